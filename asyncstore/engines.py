@@ -1,0 +1,256 @@
+"""The engine cache: one ``AsyncEngine`` per (event loop, URI, options).
+
+An engine's pooled connections belong to the event loop that opened them, so the
+cache is keyed by the running loop: a second ``asyncio.run`` (or a test with its own
+loop) gets an engine of its own, and the engines of a closed loop are dropped, never
+handed out again. Each engine gets per-dialect connection set-up here and nowhere
+else, and connects with bounded retry and exponential backoff.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import logging
+import os
+import sqlite3
+import ssl
+import weakref
+from typing import Any
+
+import sqlalchemy.pool
+from sqlalchemy import event
+from sqlalchemy.engine import URL, Connection, Dialect, Engine
+from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
+from sqlalchemy.pool import ConnectionPoolEntry
+
+from asyncstore.config import Backend, StoreConfig, is_sqlite_memory
+from asyncstore.errors import InvalidState, StoreError
+from asyncstore.translate import connect_failure_is_transient, translate
+
+try:  # SQLAlchemy 2.1 renamed await_only to await_
+    from sqlalchemy.util import await_ as _await
+except ImportError:  # pragma: no cover - SQLAlchemy 2.0
+    from sqlalchemy.util import await_only as _await
+
+log = logging.getLogger(__name__)
+
+MIN_SQLITE_VERSION = (3, 35, 0)
+"""RETURNING arrived in SQLite 3.35; generated columns in 3.31."""
+
+_MAX_BACKOFF = 5.0  # seconds: long enough to ride out a restart, short enough to notice
+
+
+@dataclasses.dataclass
+class EngineState:
+    """What asyncstore keeps beside each engine it created."""
+
+    config: StoreConfig
+    backend: Backend
+    write_lock: asyncio.Lock | None
+    """SQLite: one writer at a time in this process, so writers queue on the lock
+    instead of spinning in SQLite's busy handler. None on server databases."""
+    serialize_all: bool
+    """In-memory SQLite: every transaction (reads too) shares the one connection."""
+
+
+_engines: dict[asyncio.AbstractEventLoop, dict[StoreConfig, AsyncEngine]] = {}
+_states: weakref.WeakKeyDictionary[Engine, EngineState] = weakref.WeakKeyDictionary()
+
+
+def get_engine(uri: str | URL | None = None, *, config: StoreConfig | None = None, **options: Any) -> AsyncEngine:
+    """Return the one ``AsyncEngine`` for the running event loop, URI and options.
+
+    Args:
+        uri: database URI; defaults to ``ASYNCSTORE_DATABASE_URI`` or ``sqlite:///asyncstore.db``.
+        config: a ready :class:`StoreConfig` (then ``uri`` and ``options`` must be empty).
+        **options: pool options, see :class:`StoreConfig`.
+
+    Raises:
+        InvalidState: called with no running event loop.
+        ConfigurationError: a bad URI or option.
+
+    Example::
+
+        engine = get_engine("postgresql://postgres@127.0.0.1/test", pool_size=5)
+    """
+    if config is None:
+        config = StoreConfig.load(uri, **options)
+    elif uri is not None or options:
+        raise InvalidState("get_engine takes either config= or uri/options, not both")
+    try:
+        loop = asyncio.get_running_loop()
+    except RuntimeError:
+        raise InvalidState(
+            "get_engine needs a running event loop: call it from async code (inside asyncio.run)"
+        ) from None
+    _drop_closed_loops()
+    per_loop = _engines.setdefault(loop, {})
+    engine = per_loop.get(config)
+    if engine is None:
+        engine = per_loop[config] = _create_engine(config)
+    return engine
+
+
+def engine_state(engine: AsyncEngine) -> EngineState:
+    """The :class:`EngineState` of an engine made by :func:`get_engine` (or :func:`create_engine`)."""
+    state = _states.get(engine.sync_engine)
+    if state is None:
+        raise InvalidState("this engine was not created by asyncstore; use asyncstore.get_engine()")
+    return state
+
+
+async def dispose_engines() -> None:
+    """Close every cached engine of the running event loop and forget them."""
+    loop = asyncio.get_running_loop()
+    for engine in _engines.pop(loop, {}).values():
+        await dispose_engine(engine)
+    _drop_closed_loops()
+
+
+async def dispose_engine(engine: AsyncEngine) -> None:
+    """Close one engine's pool and remove it from the cache."""
+    for per_loop in _engines.values():
+        for key, cached in list(per_loop.items()):
+            if cached is engine:
+                del per_loop[key]
+    _states.pop(engine.sync_engine, None)
+    await engine.dispose()
+
+
+def _drop_closed_loops() -> None:
+    for loop in [lp for lp in _engines if lp.is_closed()]:
+        for engine in _engines.pop(loop).values():
+            # The loop is gone: its connections cannot be closed politely any more.
+            _states.pop(engine.sync_engine, None)
+            engine.sync_engine.pool.dispose()
+
+
+def create_engine(config: StoreConfig) -> AsyncEngine:
+    """Create an engine for ``config`` without caching it (the caller disposes it)."""
+    return _create_engine(config)
+
+
+def _create_engine(config: StoreConfig) -> AsyncEngine:
+    url = config.url
+    backend = config.backend
+    kwargs: dict[str, Any] = {
+        "echo": config.echo,
+        "pool_pre_ping": config.pool_pre_ping,
+        "pool_recycle": config.pool_recycle,
+        # asyncstore builds all statements from a small fixed set, so the compiled
+        # cache stays small; the default size (500) is plenty.
+    }
+    if config.poolclass is not None:
+        kwargs["poolclass"] = getattr(sqlalchemy.pool, config.poolclass)
+    if config.poolclass in (None, "AsyncAdaptedQueuePool") and not is_sqlite_memory(url):
+        kwargs.update(
+            pool_size=config.pool_size,
+            max_overflow=config.max_overflow,
+            pool_timeout=config.pool_timeout,
+        )
+    connect_args: dict[str, Any] = {}
+    if backend is Backend.SQLITE:
+        _check_sqlite_version()
+        if not is_sqlite_memory(url) and url.database:
+            os.makedirs(os.path.dirname(os.path.abspath(url.database)) or ".", exist_ok=True)
+        # sqlite3's own timeout is the busy timeout, in seconds.
+        connect_args["timeout"] = config.sqlite_busy_timeout_ms / 1000
+    elif backend is Backend.POSTGRESQL:
+        connect_args["server_settings"] = {"application_name": "asyncstore"}
+    elif backend is Backend.MYSQL:
+        # READ COMMITTED takes no gap locks, the main source of deadlocks between
+        # concurrent upserts into the same index range under REPEATABLE READ.
+        kwargs["isolation_level"] = "READ COMMITTED"
+        connect_args["init_command"] = (
+            "SET SESSION time_zone = '+00:00', "
+            "sql_mode = IF(@@SESSION.sql_mode = '', 'STRICT_ALL_TABLES', "
+            "CONCAT(@@SESSION.sql_mode, ',STRICT_ALL_TABLES'))"
+        )
+        if config.mysql_ssl_ca or config.mysql_ssl_cert:
+            context = ssl.create_default_context(cafile=config.mysql_ssl_ca)
+            if config.mysql_ssl_cert:
+                context.load_cert_chain(config.mysql_ssl_cert, config.mysql_ssl_key)
+            connect_args["ssl"] = context
+    engine = create_async_engine(url, connect_args=connect_args, **kwargs)
+    memory = is_sqlite_memory(url)
+    _states[engine.sync_engine] = EngineState(
+        config=config,
+        backend=backend,
+        write_lock=asyncio.Lock() if backend is Backend.SQLITE else None,
+        serialize_all=memory,
+    )
+    _install_connect_retry(engine, config)
+    if backend is Backend.SQLITE:
+        _install_sqlite_setup(engine, wal=not memory, busy_timeout_ms=config.sqlite_busy_timeout_ms)
+    log.debug("created engine for %s", config.safe_uri)
+    return engine
+
+
+def _check_sqlite_version() -> None:
+    if sqlite3.sqlite_version_info < MIN_SQLITE_VERSION:
+        raise StoreError(
+            f"SQLite {sqlite3.sqlite_version} is too old: asyncstore needs "
+            f"{'.'.join(map(str, MIN_SQLITE_VERSION))} or newer (RETURNING, generated columns); "
+            "use a Python built against a newer SQLite"
+        )
+
+
+def _install_connect_retry(engine: AsyncEngine, config: StoreConfig) -> None:
+    """Retry failed connection attempts with exponential backoff.
+
+    Runs inside SQLAlchemy's greenlet, so the wait is an ``await`` of the event loop,
+    not a blocking sleep. Permanent failures (credentials, unknown database) are
+    raised at once.
+    """
+
+    @event.listens_for(engine.sync_engine, "do_connect")
+    def _connect(dialect: Dialect, conn_rec: ConnectionPoolEntry, cargs: Any, cparams: Any) -> Any:
+        delay = config.connect_backoff
+        for attempt in range(config.connect_retries + 1):
+            try:
+                return dialect.connect(*cargs, **cparams)
+            except Exception as exc:
+                if attempt == config.connect_retries or not connect_failure_is_transient(exc):
+                    raise
+                log.warning(
+                    "connecting to %s failed (%s); attempt %d of %d, next in %.2fs",
+                    config.safe_uri,
+                    translate(exc).message,
+                    attempt + 1,
+                    config.connect_retries + 1,
+                    delay,
+                )
+                _await(asyncio.sleep(delay))
+                delay = min(delay * 2, _MAX_BACKOFF)
+        raise AssertionError("unreachable")  # pragma: no cover
+
+
+def _install_sqlite_setup(engine: AsyncEngine, *, wal: bool, busy_timeout_ms: int) -> None:
+    """Per-connection SQLite set-up and explicit BEGIN handling."""
+
+    @event.listens_for(engine.sync_engine, "connect")
+    def _on_connect(dbapi_connection: Any, conn_rec: ConnectionPoolEntry) -> None:
+        # Let SQLAlchemy, not the sqlite3 module, decide when transactions begin.
+        dbapi_connection.isolation_level = None
+        cursor = dbapi_connection.cursor()
+        try:
+            cursor.execute("PRAGMA foreign_keys = ON")  # cascades and references are enforced
+            cursor.execute(f"PRAGMA busy_timeout = {int(busy_timeout_ms)}")
+            # LIKE is case-sensitive on PostgreSQL and on MySQL with utf8mb4_bin: same here.
+            cursor.execute("PRAGMA case_sensitive_like = ON")
+            if wal:
+                # Readers never block the writer and the writer never blocks readers.
+                cursor.execute("PRAGMA journal_mode = WAL")
+                # In WAL mode NORMAL is durable against application crashes and much faster.
+                cursor.execute("PRAGMA synchronous = NORMAL")
+        finally:
+            cursor.close()
+
+    @event.listens_for(engine.sync_engine, "begin")
+    def _on_begin(conn: Connection) -> None:
+        # A write transaction takes the write lock when it begins (BEGIN IMMEDIATE):
+        # SQLite does not call its busy handler when a read transaction tries to
+        # upgrade to a write one, it fails at once with "database is locked".
+        mode = conn.get_execution_options().get("asyncstore_sqlite_begin", "DEFERRED")
+        conn.exec_driver_sql(f"BEGIN {mode}")

@@ -1,0 +1,163 @@
+"""Alembic driven from async code through ``AsyncConnection.run_sync``.
+
+Migrations are the only authority over the schema. An upgrade holds a
+database-level lock for its whole length (an advisory lock on PostgreSQL,
+``GET_LOCK`` on MySQL/MariaDB, an exclusive transaction on SQLite), so that several
+processes opening the same empty database at once migrate it exactly once: the
+others wait, then find it at head. It runs on the caller's event loop, with no
+thread and no nested loop, so a web app may call it from its startup hook.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+from collections.abc import Callable
+from typing import Any
+
+from alembic import command
+from alembic.config import Config
+from alembic.runtime.migration import MigrationContext
+from alembic.script import ScriptDirectory
+from sqlalchemy import text
+from sqlalchemy.engine import URL, Connection
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
+
+from asyncstore.config import Backend, StoreConfig
+from asyncstore.engines import create_engine, engine_state
+from asyncstore.errors import InternalError, SchemaOutOfDate, StoreError, TemporarilyUnavailable
+from asyncstore.translate import translate
+
+# pg_advisory_lock key: the bytes of "asyncsto" as a signed 64-bit integer.
+_PG_LOCK_KEY = int.from_bytes(b"asyncsto", "big", signed=True)
+_MYSQL_LOCK_NAME = "asyncstore_migrate"
+_MYSQL_LOCK_TIMEOUT = 300  # seconds; a first migration of a big database can take a while
+
+
+def script_location() -> str:
+    """The folder of the Alembic scripts, inside the installed package or the repository."""
+    spec = importlib.util.find_spec("asyncstore.migrations")
+    if spec is not None and spec.origin:
+        return os.path.dirname(spec.origin)
+    here = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "migrations")
+    if os.path.isfile(os.path.join(here, "env.py")):
+        return here
+    raise InternalError("the Alembic scripts of asyncstore are missing; reinstall the package")
+
+
+def alembic_config(connection: Connection | None = None) -> Config:
+    """An Alembic ``Config`` for asyncstore's scripts, optionally bound to a connection."""
+    cfg = Config()
+    cfg.set_main_option("script_location", script_location())
+    cfg.attributes["connection"] = connection
+    return cfg
+
+
+def head_revision() -> str:
+    """The revision the code expects; an error if the scripts have more than one head."""
+    heads = ScriptDirectory.from_config(alembic_config()).get_heads()
+    if len(heads) != 1:
+        raise InternalError(
+            f"the migration scripts have {len(heads)} heads ({', '.join(heads) or 'none'}); "
+            "they must form one line: merge them with `alembic merge`"
+        )
+    return heads[0]
+
+
+async def upgrade(engine: AsyncEngine, revision: str = "head") -> None:
+    """Upgrade the database to ``revision`` under the migration lock."""
+    await _run_locked(engine, lambda conn: command.upgrade(alembic_config(conn), revision))
+
+
+async def downgrade(engine: AsyncEngine, revision: str) -> None:
+    """Downgrade the database to ``revision`` (``"base"`` drops every table)."""
+    await _run_locked(engine, lambda conn: command.downgrade(alembic_config(conn), revision))
+
+
+async def current_revision(engine: AsyncEngine) -> str | None:
+    """The revision the database is at, or None for an empty database."""
+
+    def read(conn: Connection) -> str | None:
+        return MigrationContext.configure(conn).get_current_revision()
+
+    try:
+        async with engine.connect() as conn:
+            return await conn.run_sync(read)
+    except StoreError:
+        raise
+    except Exception as exc:
+        raise translate(exc) from exc
+
+
+async def verify(engine: AsyncEngine) -> None:
+    """Raise SCHEMA_OUT_OF_DATE unless the database is at the head revision."""
+    current = await current_revision(engine)
+    head = head_revision()
+    if current != head:
+        found = current or "none (an empty database)"
+        raise SchemaOutOfDate(
+            f"the database {engine_state(engine).config.safe_uri} is at revision {found}, "
+            f"this asyncstore needs {head}: run `asyncstore db upgrade` "
+            "(or open the store with upgrade=True)"
+        )
+
+
+async def run_locked(uri: str | URL | None, fn: Callable[[Connection], Any]) -> None:
+    """Run ``fn`` on a sync connection under the migration lock (for Alembic's CLI)."""
+    engine = create_engine(StoreConfig.load(uri))
+    try:
+        await _run_locked(engine, fn)
+    finally:
+        await engine.dispose()
+
+
+async def _run_locked(engine: AsyncEngine, fn: Callable[[Connection], Any]) -> None:
+    backend = engine_state(engine).backend
+    try:
+        async with engine.connect() as conn:
+            await _lock(conn, backend)
+            try:
+                await conn.run_sync(fn)
+                await conn.commit()
+            finally:
+                await _unlock(conn, backend)
+    except StoreError:
+        raise
+    except Exception as exc:
+        raise translate(exc) from exc
+
+
+async def _lock(conn: AsyncConnection, backend: Backend) -> None:
+    if backend is Backend.POSTGRESQL:
+        # Session-level: held across the per-revision transactions until unlocked.
+        await conn.execute(text("SELECT pg_advisory_lock(:key)"), {"key": _PG_LOCK_KEY})
+        await conn.commit()
+    elif backend is Backend.MYSQL:
+        got = await conn.scalar(
+            text("SELECT GET_LOCK(:name, :timeout)"),
+            {"name": _MYSQL_LOCK_NAME, "timeout": _MYSQL_LOCK_TIMEOUT},
+        )
+        await conn.commit()
+        if got != 1:
+            raise TemporarilyUnavailable(
+                f"another process has held the migration lock for {_MYSQL_LOCK_TIMEOUT}s; "
+                "try again when its upgrade has finished"
+            )
+    else:
+        # The whole upgrade is one BEGIN EXCLUSIVE transaction (see migrations/env.py);
+        # a second process waits for it in SQLite's busy handler.
+        await conn.execution_options(asyncstore_sqlite_begin="EXCLUSIVE")
+
+
+async def _unlock(conn: AsyncConnection, backend: Backend) -> None:
+    if conn.invalidated:
+        return  # the server dropped the session, and its locks with it
+    await conn.rollback()
+    if backend is Backend.POSTGRESQL:
+        await conn.execute(text("SELECT pg_advisory_unlock(:key)"), {"key": _PG_LOCK_KEY})
+        await conn.commit()
+    elif backend is Backend.MYSQL:
+        await conn.execute(text("SELECT RELEASE_LOCK(:name)"), {"name": _MYSQL_LOCK_NAME})
+        await conn.commit()
+    else:
+        await conn.execution_options(asyncstore_sqlite_begin="DEFERRED")

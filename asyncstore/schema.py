@@ -1,0 +1,345 @@
+"""Table definitions: MLflow's tracking-schema names, types and limits.
+
+This module *describes* the schema; the Alembic revisions under ``migrations/``
+create it, and a test proves that the two agree on every backend. Change both
+together (a new revision, never an edit of a released one).
+
+Differences from MLflow, each on purpose:
+
+* ``experiments.name`` is ``VARCHAR(500)`` (MLflow: 256) so the 500-character limit
+  that asyncstore validates can be stored.
+* ``jobs.job_name`` is MLflow's ``function_fullname``; ``lease_expires_at`` and
+  ``next_attempt_at`` (epoch ms) make the table a real queue.
+* ``trace_metrics`` holds numeric metrics per trace.
+* On MySQL/MariaDB every table uses ``utf8mb4`` with the binary collation, so keys
+  that differ only by case are different keys (as on PostgreSQL and SQLite) and
+  4-byte UTF-8 is stored as it is.
+"""
+
+from __future__ import annotations
+
+from sqlalchemy import (
+    BigInteger,
+    Boolean,
+    CheckConstraint,
+    Column,
+    Computed,
+    Float,
+    ForeignKey,
+    Index,
+    Integer,
+    MetaData,
+    PrimaryKeyConstraint,
+    String,
+    Table,
+    Text,
+    UniqueConstraint,
+    false,
+    text,
+)
+from sqlalchemy.dialects import mysql
+
+NAMING_CONVENTION = {
+    "ix": "ix_%(table_name)s_%(column_0_N_name)s",
+    "uq": "uq_%(table_name)s_%(column_0_N_name)s",
+    "ck": "ck_%(table_name)s_%(constraint_name)s",
+    "fk": "fk_%(table_name)s_%(column_0_N_name)s_%(referred_table_name)s",
+    "pk": "pk_%(table_name)s",
+}
+
+metadata = MetaData(naming_convention=NAMING_CONVENTION)
+
+# MySQL/MariaDB table options: see the module docstring.
+MYSQL_TABLE_ARGS = {
+    "mysql_engine": "InnoDB",
+    "mysql_charset": "utf8mb4",
+    "mysql_collate": "utf8mb4_bin",
+}
+
+# Limits (MLflow's, where MLflow has one).
+EXPERIMENT_NAME_MAX = 500
+EXPERIMENT_TAG_VALUE_MAX = 5000
+KEY_MAX = 250
+PARAM_VALUE_MAX = 6000  # validated limit; the column holds 8000 as in MLflow
+PARAM_VALUE_COLUMN = 8000
+TAG_VALUE_MAX = 8000
+RUN_NAME_MAX = 250
+USER_ID_MAX = 256
+ARTIFACT_URI_MAX = 200
+ARTIFACT_LOCATION_MAX = 256
+TRACE_PREVIEW_MAX = 1000
+TRACE_ID_MAX = 50
+SPAN_ID_MAX = 50
+SPAN_TYPE_MAX = 500
+JOB_NAME_MAX = 500
+
+LIFECYCLE_STAGES = ("active", "deleted")
+RUN_STATUSES = ("SCHEDULED", "FAILED", "FINISHED", "RUNNING", "KILLED")
+SOURCE_TYPES = ("NOTEBOOK", "JOB", "LOCAL", "UNKNOWN", "PROJECT")
+
+LongText = Text().with_variant(mysql.LONGTEXT(), "mysql", "mariadb")
+Double = Float(precision=53)
+
+
+def _in(column: str, values: tuple[str, ...]) -> str:
+    return f"{column} IN ({', '.join(repr(v) for v in values)})"
+
+
+experiments = Table(
+    "experiments",
+    metadata,
+    Column("experiment_id", Integer, autoincrement=True),
+    Column("name", String(EXPERIMENT_NAME_MAX), nullable=False),
+    Column("artifact_location", String(ARTIFACT_LOCATION_MAX)),
+    Column("lifecycle_stage", String(32), server_default="active"),
+    Column("creation_time", BigInteger),
+    Column("last_update_time", BigInteger),
+    PrimaryKeyConstraint("experiment_id", name="experiment_pk"),
+    UniqueConstraint("name"),
+    CheckConstraint(_in("lifecycle_stage", LIFECYCLE_STAGES), name="lifecycle_stage"),
+    **MYSQL_TABLE_ARGS,
+)
+
+experiment_tags = Table(
+    "experiment_tags",
+    metadata,
+    Column("key", String(KEY_MAX), nullable=False),
+    Column("value", String(EXPERIMENT_TAG_VALUE_MAX)),
+    Column(
+        "experiment_id",
+        Integer,
+        ForeignKey("experiments.experiment_id", ondelete="CASCADE"),
+        nullable=False,
+    ),
+    PrimaryKeyConstraint("key", "experiment_id", name="experiment_tag_pk"),
+    Index("index_experiment_tags_experiment_id", "experiment_id"),
+    **MYSQL_TABLE_ARGS,
+)
+
+runs = Table(
+    "runs",
+    metadata,
+    Column("run_uuid", String(32), nullable=False),
+    Column("name", String(RUN_NAME_MAX)),
+    Column("source_type", String(20), server_default="LOCAL"),
+    Column("source_name", String(500)),
+    Column("entry_point_name", String(50)),
+    Column("user_id", String(USER_ID_MAX)),
+    Column("status", String(9), server_default="RUNNING"),
+    Column("start_time", BigInteger),
+    Column("end_time", BigInteger),
+    Column("deleted_time", BigInteger),
+    Column("source_version", String(50)),
+    Column("lifecycle_stage", String(20), server_default="active"),
+    Column("artifact_uri", String(ARTIFACT_URI_MAX)),
+    Column("experiment_id", Integer, ForeignKey("experiments.experiment_id", ondelete="CASCADE")),
+    PrimaryKeyConstraint("run_uuid", name="run_pk"),
+    CheckConstraint(_in("source_type", SOURCE_TYPES), name="source_type"),
+    CheckConstraint(_in("status", RUN_STATUSES), name="status"),
+    CheckConstraint(_in("lifecycle_stage", LIFECYCLE_STAGES), name="lifecycle_stage"),
+    # Run search: experiment, lifecycle stage, then the default order.
+    Index("index_runs_experiment_id_lifecycle_stage_start_time", "experiment_id", "lifecycle_stage", "start_time"),
+    **MYSQL_TABLE_ARGS,
+)
+
+
+def _run_child(name: str, *columns: Column, pk: tuple[str, ...], pk_name: str, index: tuple[str, ...]) -> Table:
+    return Table(
+        name,
+        metadata,
+        *columns,
+        Column("run_uuid", String(32), ForeignKey("runs.run_uuid", ondelete="CASCADE"), nullable=False),
+        PrimaryKeyConstraint(*pk, name=pk_name),
+        Index(f"index_{name}_{'_'.join(index)}", *index),
+        **MYSQL_TABLE_ARGS,
+    )
+
+
+tags = _run_child(
+    "tags",
+    Column("key", String(KEY_MAX), nullable=False),
+    Column("value", String(TAG_VALUE_MAX)),
+    pk=("key", "run_uuid"),
+    pk_name="tag_pk",
+    index=("run_uuid",),
+)
+
+params = _run_child(
+    "params",
+    Column("key", String(KEY_MAX), nullable=False),
+    Column("value", String(PARAM_VALUE_COLUMN), nullable=False),
+    pk=("key", "run_uuid"),
+    pk_name="param_pk",
+    index=("run_uuid",),
+)
+
+metrics = _run_child(
+    "metrics",
+    Column("key", String(KEY_MAX), nullable=False),
+    Column("value", Double, nullable=False),
+    Column("timestamp", BigInteger, nullable=False),
+    Column("step", BigInteger, nullable=False, server_default=text("0")),
+    Column("is_nan", Boolean(create_constraint=False), nullable=False, server_default=false()),
+    pk=("key", "timestamp", "step", "run_uuid", "value", "is_nan"),
+    pk_name="metric_pk",
+    # Metric history: one run, one key, in (step, timestamp) order.
+    index=("run_uuid", "key", "step", "timestamp"),
+)
+
+latest_metrics = _run_child(
+    "latest_metrics",
+    Column("key", String(KEY_MAX), nullable=False),
+    Column("value", Double, nullable=False),
+    Column("timestamp", BigInteger),
+    Column("step", BigInteger, nullable=False, server_default=text("0")),
+    Column("is_nan", Boolean(create_constraint=False), nullable=False, server_default=false()),
+    pk=("key", "run_uuid"),
+    pk_name="latest_metric_pk",
+    index=("run_uuid",),
+)
+# Run search by metric value: WHERE key = ? AND value > ?.
+Index("index_latest_metrics_key_value", latest_metrics.c.key, latest_metrics.c.value)
+
+trace_info = Table(
+    "trace_info",
+    metadata,
+    Column("request_id", String(TRACE_ID_MAX), nullable=False),
+    Column(
+        "experiment_id",
+        Integer,
+        ForeignKey("experiments.experiment_id", ondelete="CASCADE"),
+        nullable=False,
+    ),
+    Column("timestamp_ms", BigInteger, nullable=False),
+    Column("execution_time_ms", BigInteger),
+    Column("status", String(50), nullable=False),
+    Column("client_request_id", String(50)),
+    Column("request_preview", String(TRACE_PREVIEW_MAX)),
+    Column("response_preview", String(TRACE_PREVIEW_MAX)),
+    PrimaryKeyConstraint("request_id", name="trace_info_pk"),
+    Index("index_trace_info_experiment_id_timestamp_ms", "experiment_id", "timestamp_ms"),
+    Index("index_trace_info_client_request_id", "client_request_id"),
+    **MYSQL_TABLE_ARGS,
+)
+
+
+def _trace_child(name: str, *columns: Column, pk: tuple[str, ...], pk_name: str) -> Table:
+    return Table(
+        name,
+        metadata,
+        *columns,
+        Column(
+            "request_id",
+            String(TRACE_ID_MAX),
+            ForeignKey("trace_info.request_id", ondelete="CASCADE"),
+            nullable=False,
+        ),
+        PrimaryKeyConstraint(*pk, name=pk_name),
+        Index(f"index_{name}_request_id", "request_id"),
+        **MYSQL_TABLE_ARGS,
+    )
+
+
+trace_tags = _trace_child(
+    "trace_tags",
+    Column("key", String(KEY_MAX), nullable=False),
+    Column("value", String(TAG_VALUE_MAX)),
+    pk=("key", "request_id"),
+    pk_name="trace_tag_pk",
+)
+
+trace_request_metadata = _trace_child(
+    "trace_request_metadata",
+    Column("key", String(KEY_MAX), nullable=False),
+    Column("value", String(TAG_VALUE_MAX)),
+    pk=("key", "request_id"),
+    pk_name="trace_request_metadata_pk",
+)
+
+trace_metrics = _trace_child(
+    "trace_metrics",
+    Column("key", String(KEY_MAX), nullable=False),
+    Column("value", Double),
+    pk=("request_id", "key"),
+    pk_name="trace_metrics_pk",
+)
+
+spans = Table(
+    "spans",
+    metadata,
+    Column(
+        "trace_id",
+        String(TRACE_ID_MAX),
+        ForeignKey("trace_info.request_id", ondelete="CASCADE"),
+        nullable=False,
+    ),
+    Column(
+        "experiment_id",
+        Integer,
+        ForeignKey("experiments.experiment_id", ondelete="CASCADE"),
+        nullable=False,
+    ),
+    Column("span_id", String(SPAN_ID_MAX), nullable=False),
+    Column("parent_span_id", String(SPAN_ID_MAX)),
+    Column("name", Text),
+    Column("type", String(SPAN_TYPE_MAX)),
+    Column("status", String(50), nullable=False),
+    Column("start_time_unix_nano", BigInteger, nullable=False),
+    Column("end_time_unix_nano", BigInteger),
+    Column(
+        "duration_ns",
+        BigInteger,
+        Computed("end_time_unix_nano - start_time_unix_nano", persisted=True),
+    ),
+    Column("content", LongText, nullable=False),
+    PrimaryKeyConstraint("trace_id", "span_id", name="spans_pk"),
+    Index("index_spans_experiment_id", "experiment_id"),
+    Index("index_spans_experiment_id_status_type", "experiment_id", "status", "type"),
+    Index("index_spans_experiment_id_type_status", "experiment_id", "type", "status"),
+    Index("index_spans_experiment_id_duration", "experiment_id", "duration_ns"),
+    Index("index_spans_experiment_id_start_time", "experiment_id", "start_time_unix_nano"),
+    **MYSQL_TABLE_ARGS,
+)
+
+jobs = Table(
+    "jobs",
+    metadata,
+    Column("id", String(36), nullable=False),
+    Column("creation_time", BigInteger, nullable=False),
+    Column("job_name", String(JOB_NAME_MAX), nullable=False),
+    Column("params", Text, nullable=False),
+    Column("timeout", Double),
+    Column("status", Integer, nullable=False),
+    Column("result", Text),
+    Column("retry_count", Integer, nullable=False, server_default=text("0")),
+    Column("last_update_time", BigInteger, nullable=False),
+    Column("lease_expires_at", BigInteger),
+    Column("next_attempt_at", BigInteger, nullable=False, server_default=text("0")),
+    PrimaryKeyConstraint("id", name="jobs_pk"),
+    # MLflow's index: jobs of one name by status, oldest first.
+    Index("index_jobs_name_status_creation_time", "job_name", "status", "creation_time"),
+    # Claiming: PENDING jobs whose next attempt is due, oldest first.
+    Index("index_jobs_status_next_attempt_at", "status", "next_attempt_at", "creation_time"),
+    # Requeueing: RUNNING jobs whose lease has expired.
+    Index("index_jobs_status_lease_expires_at", "status", "lease_expires_at"),
+    # Listing: keyset pagination on (creation_time, id).
+    Index("index_jobs_creation_time_id", "creation_time", "id"),
+    **MYSQL_TABLE_ARGS,
+)
+
+__all__ = [
+    "experiment_tags",
+    "experiments",
+    "jobs",
+    "latest_metrics",
+    "metadata",
+    "metrics",
+    "params",
+    "runs",
+    "spans",
+    "tags",
+    "trace_info",
+    "trace_metrics",
+    "trace_request_metadata",
+    "trace_tags",
+]

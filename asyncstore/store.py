@@ -1,0 +1,128 @@
+"""``AsyncStore``: an engine plus the repositories, with an open/close lifecycle."""
+
+from __future__ import annotations
+
+import warnings
+from collections.abc import Generator
+from types import TracebackType
+from typing import Any
+
+from sqlalchemy.engine import URL
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from asyncstore import migrate
+from asyncstore.config import Backend, StoreConfig
+from asyncstore.engines import create_engine
+from asyncstore.repos.experiments import ExperimentRepository
+from asyncstore.repos.jobs import JobRepository
+from asyncstore.repos.runs import RunRepository
+from asyncstore.repos.spans import SpanRepository
+from asyncstore.repos.traces import TraceRepository
+from asyncstore.uow import UnitOfWork
+
+
+class AsyncStore:
+    """The store: owns one engine and hands out the repositories that use it.
+
+    Open it with :meth:`open`, as an async context manager (or ``await`` it and call
+    :meth:`close` yourself)::
+
+        async with AsyncStore.open("sqlite:///mlruns.db") as store:
+            exp_id = await store.experiments.create("demo")
+
+    Attributes:
+        experiments, runs, traces, spans, jobs: the repositories.
+        engine: the SQLAlchemy ``AsyncEngine`` (``engine.sync_engine`` is underneath).
+        config: the validated :class:`StoreConfig`.
+    """
+
+    def __init__(self, engine: AsyncEngine, config: StoreConfig) -> None:
+        self.engine = engine
+        self.config = config
+        self.uow = UnitOfWork(engine)
+        self.experiments = ExperimentRepository(self.uow)
+        self.runs = RunRepository(self.uow)
+        self.traces = TraceRepository(self.uow)
+        self.spans = SpanRepository(self.uow)
+        self.jobs = JobRepository(self.uow)
+        self._closed = False
+
+    @property
+    def backend(self) -> Backend:
+        """The database family this store runs on."""
+        return self.config.backend
+
+    @classmethod
+    def open(cls, uri: str | URL | None = None, *, upgrade: bool = False, **options: Any) -> _Opening:
+        """Open a store on ``uri`` (default: ``ASYNCSTORE_DATABASE_URI`` or ``sqlite:///asyncstore.db``).
+
+        An empty database gets the schema. A database at an older revision raises
+        SCHEMA_OUT_OF_DATE unless ``upgrade=True``, which migrates it (under the
+        migration lock, so concurrent openers migrate once).
+
+        Args:
+            uri: the database URI.
+            upgrade: migrate an out-of-date database instead of refusing it.
+            **options: pool and retry options, see :class:`StoreConfig`.
+        """
+        return _Opening(cls, StoreConfig.load(uri, **options), upgrade)
+
+    async def close(self) -> None:
+        """Dispose the engine and its connections. Safe to call twice."""
+        if not self._closed:
+            self._closed = True
+            await self.engine.dispose()
+
+    async def __aenter__(self) -> AsyncStore:
+        return self
+
+    async def __aexit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        await self.close()
+
+    def __repr__(self) -> str:
+        state = "closed" if self._closed else "open"
+        return f"<AsyncStore {self.config.safe_uri} ({state})>"
+
+    def __del__(self) -> None:
+        if not getattr(self, "_closed", True):
+            warnings.warn(
+                f"AsyncStore for {self.config.safe_uri} was never closed; use "
+                "`async with AsyncStore.open(...)` or `await store.close()`",
+                ResourceWarning,
+                stacklevel=2,
+            )
+
+
+class _Opening:
+    """What :meth:`AsyncStore.open` returns: ``await`` it, or use it in ``async with``."""
+
+    def __init__(self, cls: type[AsyncStore], config: StoreConfig, upgrade: bool) -> None:
+        self._cls, self._config, self._upgrade = cls, config, upgrade
+        self._store: AsyncStore | None = None
+
+    async def _open(self) -> AsyncStore:
+        engine = create_engine(self._config)
+        try:
+            current = await migrate.current_revision(engine)
+            if current is None or (self._upgrade and current != migrate.head_revision()):
+                await migrate.upgrade(engine)
+            await migrate.verify(engine)
+        except BaseException:
+            await engine.dispose()
+            raise
+        return self._cls(engine, self._config)
+
+    def __await__(self) -> Generator[Any, None, AsyncStore]:
+        return self._open().__await__()
+
+    async def __aenter__(self) -> AsyncStore:
+        self._store = await self._open()
+        return self._store
+
+    async def __aexit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        if self._store is not None:
+            await self._store.close()

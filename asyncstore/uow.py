@@ -1,0 +1,183 @@
+"""The unit of work: one transaction per call, translated errors, bounded retry.
+
+Every repository call runs its statements through :meth:`UnitOfWork.run` (or the
+:meth:`UnitOfWork.transaction` context manager): the transaction commits when the
+body returns and rolls back on any error. Driver exceptions become
+:class:`~asyncstore.errors.StoreError` subclasses here, once, chained with
+``from exc``.
+
+Cancellation: if the caller's task is cancelled at any await, the transaction is
+rolled back, or, on a server connection whose protocol state is unknown after an
+interrupted round trip, the connection is discarded (the server rolls back on
+disconnect). The clean-up itself cannot be interrupted by a second cancellation, so
+no connection is left checked out or half-closed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import random
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+from typing import TypeVar
+
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
+
+from asyncstore.config import Backend
+from asyncstore.engines import EngineState, engine_state
+from asyncstore.errors import ErrorCode, StoreError, TemporarilyUnavailable
+from asyncstore.translate import classify, translate
+
+T = TypeVar("T")
+log = logging.getLogger(__name__)
+
+_RETRY_BASE = 0.02  # seconds; a deadlock victim usually wins on the next try
+_RETRY_CAP = 1.0
+
+
+class UnitOfWork:
+    """Runs callables in transactions on one engine.
+
+    Args:
+        engine: an engine from :func:`asyncstore.engines.get_engine`.
+    """
+
+    def __init__(self, engine: AsyncEngine) -> None:
+        self.engine = engine
+        self.state: EngineState = engine_state(engine)
+        self.backend: Backend = self.state.backend
+
+    @contextlib.asynccontextmanager
+    async def transaction(
+        self, *, write: bool = True, messages: Mapping[ErrorCode, str] | None = None
+    ) -> AsyncIterator[AsyncConnection]:
+        """Open a connection and a transaction; commit on success, roll back on error.
+
+        No retry: use :meth:`run` for that.
+
+        Args:
+            write: whether the transaction writes (on SQLite it then takes the write
+                lock when it begins).
+            messages: per-code messages for errors the database raises.
+        """
+        try:
+            async with self._transaction(write) as conn:
+                yield conn
+        except StoreError:
+            raise
+        except Exception as exc:
+            raise translate(exc, messages) from exc
+
+    async def run(
+        self,
+        fn: Callable[[AsyncConnection], Awaitable[T]],
+        *,
+        write: bool = True,
+        idempotent: bool = False,
+        messages: Mapping[ErrorCode, str] | None = None,
+    ) -> T:
+        """Run ``fn(conn)`` in one transaction, retrying transient failures where safe.
+
+        A transient failure (deadlock, serialization failure, lock wait time-out, a
+        connection that died) before COMMIT was sent rolled everything back, so the
+        whole transaction is run again, at most ``transaction_retries`` times with
+        jittered exponential backoff. A failure during COMMIT leaves the outcome
+        unknown; it is retried only when the caller says ``idempotent=True`` (running
+        it twice has the same effect as once, e.g. upserts).
+
+        Raises:
+            StoreError: the translated error once retries are exhausted or not allowed.
+        """
+        retries = self.state.config.transaction_retries
+        attempt = 0
+        while True:
+            committing = False
+            try:
+                async with self._transaction(write) as conn:
+                    result = await fn(conn)
+                    committing = True  # leaving the block sends COMMIT
+                return result
+            except StoreError:
+                raise
+            except Exception as exc:
+                found = classify(exc)
+                retry = (
+                    found is not None
+                    and found.retryable
+                    and attempt < retries
+                    and (idempotent or not committing)
+                )
+                if not retry:
+                    raise translate(exc, messages) from exc
+                attempt += 1
+                delay = min(_RETRY_CAP, _RETRY_BASE * 2**attempt) * (0.5 + random.random())
+                log.info("transient failure (%s); retry %d of %d in %.3fs", found and found.detail, attempt, retries, delay)
+                await asyncio.sleep(delay)
+
+    @contextlib.asynccontextmanager
+    async def _transaction(self, write: bool) -> AsyncIterator[AsyncConnection]:
+        """The transaction itself, errors untranslated."""
+        async with self._guard(write):
+            conn = await self.engine.connect()
+            try:
+                await self._begin(conn, write)
+                yield conn
+                await conn.commit()
+            except BaseException as exc:
+                await _uncancellable(self._abandon(conn, exc))
+                raise
+            finally:
+                await _uncancellable(conn.close())
+
+    def _guard(self, write: bool) -> contextlib.AbstractAsyncContextManager[object]:
+        lock = self.state.write_lock
+        if lock is not None and (write or self.state.serialize_all):
+            return lock
+        return contextlib.nullcontext()
+
+    async def _begin(self, conn: AsyncConnection, write: bool) -> None:
+        if self.backend is Backend.SQLITE:
+            await conn.execution_options(asyncstore_sqlite_begin="IMMEDIATE" if write else "DEFERRED")
+        await conn.begin()
+
+    async def _abandon(self, conn: AsyncConnection, exc: BaseException) -> None:
+        """Roll back after ``exc``; discard the connection if it cannot be trusted."""
+        interrupted = not isinstance(exc, Exception)  # cancelled mid-round-trip
+        if interrupted and self.backend is not Backend.SQLITE:
+            # The driver may be half-way through a protocol exchange: do not reuse it.
+            # (aiosqlite finishes each call in its thread, so SQLite can roll back.)
+            await conn.invalidate()
+            return
+        if conn.invalidated:
+            return
+        try:
+            await conn.rollback()
+        except Exception:
+            log.debug("rollback failed; discarding the connection", exc_info=True)
+            if not self.state.serialize_all:  # never drop the only in-memory database
+                await conn.invalidate()
+
+
+async def _uncancellable(aw: Awaitable[None]) -> None:
+    """Await clean-up to its end even if the calling task is cancelled meanwhile.
+
+    A cancellation that arrives during the clean-up is delivered once it is done.
+    """
+    task = asyncio.ensure_future(aw)
+    cancelled = False
+    while not task.done():
+        try:
+            await asyncio.shield(task)
+        except asyncio.CancelledError:
+            if task.done():
+                break
+            cancelled = True
+    exc = task.exception() if not task.cancelled() else None
+    if exc is not None:
+        log.debug("clean-up failed", exc_info=exc)
+    if cancelled:
+        raise asyncio.CancelledError
+
+
+__all__ = ["TemporarilyUnavailable", "UnitOfWork"]

@@ -1,0 +1,129 @@
+"""Create, clone and drop test databases on the PostgreSQL and MySQL servers.
+
+Plain driver calls run in their own short event loop (``asyncio.run``), so the
+session-scoped fixtures that use them never share a loop with a test.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import os
+
+import aiomysql
+import asyncpg
+from sqlalchemy.engine import URL, make_url
+
+ENV_VARS = {"postgresql": "ASYNCSTORE_TEST_POSTGRESQL_URI", "mysql": "ASYNCSTORE_TEST_MYSQL_URI"}
+DEFAULTS = {
+    "postgresql": "postgresql://postgres@127.0.0.1:5432/postgres",
+    "mysql": "mysql://root@127.0.0.1:3306/test",
+}
+
+
+def server_url(backend: str) -> URL:
+    """The admin URL of a backend's test server."""
+    return make_url(os.environ.get(ENV_VARS[backend], DEFAULTS[backend]))
+
+
+def _with_database(backend: str, name: str) -> str:
+    return server_url(backend).set(database=name).render_as_string(hide_password=False)
+
+
+async def _pg(sql: str, database: str | None = None) -> list[asyncpg.Record]:
+    url = server_url("postgresql")
+    conn = await asyncpg.connect(
+        host=url.host, port=url.port or 5432, user=url.username, password=url.password,
+        database=database or url.database, timeout=5,
+    )
+    try:
+        return await conn.fetch(sql)
+    finally:
+        await conn.close()
+
+
+async def _my(statements: list[str], database: str | None = None) -> list[list[tuple]]:
+    url = server_url("mysql")
+    conn = await aiomysql.connect(
+        host=url.host or "127.0.0.1", port=url.port or 3306, user=url.username or "root",
+        password=url.password or "", db=database or url.database, autocommit=True,
+        connect_timeout=5, charset="utf8mb4",
+    )
+    try:
+        results = []
+        async with conn.cursor() as cur:
+            for sql in statements:
+                await cur.execute(sql)
+                results.append(list(await cur.fetchall()))
+        return results
+    finally:
+        conn.close()
+
+
+@functools.cache
+def check_server(backend: str) -> str | None:
+    """None when the backend's server answers, else what went wrong."""
+    if backend == "sqlite":
+        return None
+    try:
+        if backend == "postgresql":
+            asyncio.run(_pg("SELECT 1"))
+        else:
+            asyncio.run(_my(["SELECT 1"]))
+    except Exception as exc:  # any failure means "not usable": report it
+        return f"{type(exc).__name__}: {exc}"
+    return None
+
+
+def create_database(backend: str, name: str) -> str:
+    """Create an empty database and return its URI."""
+    if backend == "postgresql":
+        asyncio.run(_pg(f'CREATE DATABASE "{name}"'))
+    else:
+        asyncio.run(_my([f"CREATE DATABASE `{name}` CHARACTER SET utf8mb4 COLLATE utf8mb4_bin"]))
+    return _with_database(backend, name)
+
+
+def drop_database(backend: str, uri: str) -> None:
+    """Drop a database created by :func:`create_database` or :func:`clone_database`."""
+    name = make_url(uri).database
+    if backend == "postgresql":
+        asyncio.run(_pg(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+    else:
+        asyncio.run(_my([f"DROP DATABASE IF EXISTS `{name}`"]))
+
+
+@functools.cache
+def _mysql_schema(template: str) -> tuple[str, ...]:
+    """The statements that recreate a migrated MySQL database (cached per template)."""
+    tables = [row[0] for row in asyncio.run(_my(["SHOW TABLES"], template))[0]]
+    ddl = asyncio.run(_my([f"SHOW CREATE TABLE `{t}`" for t in tables], template))
+    versions = asyncio.run(_my(["SELECT version_num FROM alembic_version"], template))[0]
+    statements = ["SET FOREIGN_KEY_CHECKS = 0", *(rows[0][1] for rows in ddl)]
+    statements += [f"INSERT INTO alembic_version VALUES ('{v[0]}')" for v in versions]
+    return tuple(statements)
+
+
+def clone_database(backend: str, template_uri: str, name: str) -> str:
+    """Create a database with the schema (and revision) of a migrated template."""
+    template = make_url(template_uri).database or ""
+    if backend == "postgresql":
+        asyncio.run(_pg(f'CREATE DATABASE "{name}" TEMPLATE "{template}"'))
+        return _with_database(backend, name)
+    statements = _mysql_schema(template)
+    uri = create_database(backend, name)
+    asyncio.run(_my(list(statements), name))
+    return uri
+
+
+async def migrate_to_head(uri: str) -> None:
+    """Migrate a database to head and close every connection to it."""
+    from asyncstore import migrate
+    from asyncstore.config import StoreConfig
+    from asyncstore.engines import create_engine
+
+    engine = create_engine(StoreConfig.load(uri))
+    try:
+        await migrate.upgrade(engine)
+    finally:
+        await engine.dispose()
