@@ -1,0 +1,1 @@
+"""`asyncstore bench`: workloads, peers, raw-driver ceilings and reports."""
