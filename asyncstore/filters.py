@@ -1,0 +1,604 @@
+"""Parser for MLflow-style search filter and order-by strings.
+
+The grammar is MLflow's ``search_runs`` grammar: clauses joined by ``AND``, each
+``<identifier> <comparator> <value>``, where an identifier is ``<prefix>.<key>``
+(``metrics.acc``, ``params.\\`model type\\```, ``tags."mlflow.user"``) or a bare key
+of the default entity (``status``). Keywords are case-insensitive; string values are
+quoted with ``'`` or ``"``; numbers are plain literals; ``IN`` / ``NOT IN`` take a
+parenthesised tuple of strings; ``IS NULL`` / ``IS NOT NULL`` take no value.
+
+The parser is generic: the caller passes a :class:`Grammar` saying which entity
+types exist (with their prefixes), which keys each allows, the value type of each
+key and the comparators allowed on it. It returns plain :class:`Clause` /
+:class:`OrderBy` objects; the repositories turn them into SQLAlchemy expressions with
+bound parameters, so no input string ever reaches SQL text. Every error is an
+:class:`~asyncstore.errors.InvalidParameter` that names the offending token, its
+position and what is allowed there.
+
+Example::
+
+    grammar = Grammar(entities=(EntitySpec("metric", ("metrics", "metric"), NUMBER_KEY),))
+    parse_filter("metrics.acc > 0.9", grammar)
+    # [Clause(entity='metric', key='acc', comparator='>', value=0.9, position=0)]
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import enum
+import re
+from collections.abc import Mapping, Sequence
+from typing import Union
+
+from asyncstore.errors import InvalidParameter
+
+FILTER_MAX_LENGTH = 10_000
+"""Longer filter strings are refused before parsing (no real filter is that long)."""
+
+Value = Union[str, int, float, tuple[str, ...], None]
+
+
+class ValueType(str, enum.Enum):
+    """What kind of literal a key is compared with."""
+
+    NUMBER = "number"
+    STRING = "string"
+
+
+# Canonical comparator spellings (what Clause.comparator holds).
+EQ, NE, GT, GE, LT, LE = "=", "!=", ">", ">=", "<", "<="
+LIKE, ILIKE, IN, NOT_IN, IS_NULL, IS_NOT_NULL = "LIKE", "ILIKE", "IN", "NOT IN", "IS NULL", "IS NOT NULL"
+
+NUMERIC_COMPARATORS = frozenset({EQ, NE, GT, GE, LT, LE})
+STRING_COMPARATORS = frozenset({EQ, NE, LIKE, ILIKE})
+NULLABLE_STRING_COMPARATORS = STRING_COMPARATORS | {IS_NULL, IS_NOT_NULL}
+SET_STRING_COMPARATORS = STRING_COMPARATORS | {IN, NOT_IN}
+
+_COMPARATOR_ORDER = (EQ, NE, GT, GE, LT, LE, LIKE, ILIKE, IN, NOT_IN, IS_NULL, IS_NOT_NULL)
+
+
+@dataclasses.dataclass(frozen=True)
+class KeySpec:
+    """What one key (or every key of a free-form entity) allows.
+
+    Attributes:
+        value_type: the literal type it is compared with.
+        comparators: the canonical comparators allowed on it.
+        orderable: whether it may appear in an order-by.
+    """
+
+    value_type: ValueType
+    comparators: frozenset[str]
+    orderable: bool = True
+
+
+NUMBER_KEY = KeySpec(ValueType.NUMBER, NUMERIC_COMPARATORS)
+STRING_KEY = KeySpec(ValueType.STRING, STRING_COMPARATORS)
+
+
+@dataclasses.dataclass(frozen=True)
+class EntitySpec:
+    """One entity type of a grammar (``metric``, ``param``, ``tag``, ``attribute``...).
+
+    Attributes:
+        name: canonical name, returned in :attr:`Clause.entity`.
+        prefixes: the identifier prefixes that name it (``metrics``, ``metric``);
+            matched case-insensitively.
+        default: the spec of any key when ``keys`` is None (free-form keys).
+        keys: the allowed keys and their specs; None allows any key.
+        key_aliases: alternative spellings of keys, mapped to their canonical key.
+    """
+
+    name: str
+    prefixes: tuple[str, ...]
+    default: KeySpec | None = None
+    keys: Mapping[str, KeySpec] | None = None
+    key_aliases: Mapping[str, str] = dataclasses.field(default_factory=dict)
+
+    def spec_of(self, key: str) -> tuple[str, KeySpec] | None:
+        """The canonical key and its spec, or None if the key is not allowed."""
+        key = self.key_aliases.get(key, key)
+        if self.keys is None:
+            return (key, self.default) if self.default is not None else None
+        spec = self.keys.get(key)
+        return None if spec is None else (key, spec)
+
+    def describe_keys(self) -> str:
+        """Human-readable list of the allowed keys (for error messages)."""
+        if self.keys is None:
+            return "any key"
+        return ", ".join(sorted(self.keys))
+
+
+@dataclasses.dataclass(frozen=True)
+class Grammar:
+    """The entity types a search accepts.
+
+    Attributes:
+        entities: the entity specs; their prefixes must not overlap.
+        default_entity: the entity of an identifier without a prefix (MLflow: the
+            attributes), or None to require a prefix.
+    """
+
+    entities: tuple[EntitySpec, ...]
+    default_entity: str | None = None
+
+    def entity_for_prefix(self, prefix: str) -> EntitySpec | None:
+        """The entity named by an identifier prefix, or None."""
+        lowered = prefix.lower()
+        for entity in self.entities:
+            if lowered in entity.prefixes:
+                return entity
+        return None
+
+    def entity(self, name: str) -> EntitySpec:
+        """The entity with this canonical name."""
+        for entity in self.entities:
+            if entity.name == name:
+                return entity
+        raise KeyError(name)
+
+    def describe_prefixes(self) -> str:
+        """Human-readable list of the allowed prefixes (for error messages)."""
+        return ", ".join(f"{p}." for entity in self.entities for p in entity.prefixes)
+
+
+@dataclasses.dataclass(frozen=True)
+class Clause:
+    """One ``<identifier> <comparator> <value>`` clause of a filter.
+
+    Attributes:
+        entity: canonical entity name (``metric``, ``attribute``...).
+        key: canonical key (``acc``, ``start_time``).
+        comparator: canonical comparator (``=``, ``LIKE``, ``NOT IN``, ``IS NULL``...).
+        value: a number, a string, a tuple of strings (IN / NOT IN) or None (IS [NOT] NULL).
+        position: character offset of the clause in the filter string.
+    """
+
+    entity: str
+    key: str
+    comparator: str
+    value: Value
+    position: int = 0
+
+
+@dataclasses.dataclass(frozen=True)
+class OrderBy:
+    """One order-by item.
+
+    Attributes:
+        entity: canonical entity name.
+        key: canonical key.
+        ascending: True for ASC (the default), False for DESC.
+    """
+
+    entity: str
+    key: str
+    ascending: bool = True
+
+
+class TokenKind(str, enum.Enum):
+    """Kinds of lexical tokens."""
+
+    WORD = "word"  # bare identifier or keyword: letters, digits, _, .
+    BACKQUOTED = "backquoted"  # `key with spaces`
+    STRING = "string"  # 'value' or "value" (also a key after a prefix)
+    NUMBER = "number"
+    OPERATOR = "operator"  # = != > >= < <=
+    LPAREN = "("
+    RPAREN = ")"
+    COMMA = ","
+
+
+@dataclasses.dataclass(frozen=True)
+class Token:
+    """A lexical token: kind, decoded text, and its [start, end) span in the input."""
+
+    kind: TokenKind
+    text: str
+    start: int
+    end: int
+    quote: str = ""
+    """For STRING tokens, the quote character used (' or ")."""
+
+
+_WORD = re.compile(r"[A-Za-z_][A-Za-z0-9_.]*")
+_NUMBER = re.compile(r"[+-]?(?:\d+\.?\d*|\.\d+)(?:[eE][+-]?\d+)?(?![A-Za-z0-9_.])")
+_OPERATORS = (">=", "<=", "!=", "=", ">", "<")
+
+
+def _error(text: str, position: int, message: str) -> InvalidParameter:
+    near = text[position : position + 20] if position < len(text) else "<end of input>"
+    return InvalidParameter(f"invalid search string at position {position} (near {near!r}): {message}")
+
+
+def tokenize(text: str) -> list[Token]:
+    """Split a filter or order-by string into tokens.
+
+    Raises:
+        InvalidParameter: an unterminated quote or a character that cannot start a token.
+    """
+    tokens: list[Token] = []
+    i, n = 0, len(text)
+    while i < n:
+        ch = text[i]
+        if ch.isspace():
+            i += 1
+            continue
+        if ch in "'\"":
+            value, end = _read_quoted(text, i)
+            tokens.append(Token(TokenKind.STRING, value, i, end, quote=ch))
+            i = end
+            continue
+        if ch == "`":
+            close = text.find("`", i + 1)
+            if close < 0:
+                raise _error(text, i, "unterminated backquote; close the key with `")
+            if close == i + 1:
+                raise _error(text, i, "empty backquoted key ``")
+            tokens.append(Token(TokenKind.BACKQUOTED, text[i + 1 : close], i, close + 1))
+            i = close + 1
+            continue
+        if ch in "(),":
+            kind = {"(": TokenKind.LPAREN, ")": TokenKind.RPAREN, ",": TokenKind.COMMA}[ch]
+            tokens.append(Token(kind, ch, i, i + 1))
+            i += 1
+            continue
+        number = _NUMBER.match(text, i)
+        if number:
+            tokens.append(Token(TokenKind.NUMBER, number.group(), i, number.end()))
+            i = number.end()
+            continue
+        word = _WORD.match(text, i)
+        if word:
+            tokens.append(Token(TokenKind.WORD, word.group(), i, word.end()))
+            i = word.end()
+            continue
+        for op in _OPERATORS:
+            if text.startswith(op, i):
+                tokens.append(Token(TokenKind.OPERATOR, op, i, i + len(op)))
+                i += len(op)
+                break
+        else:
+            raise _error(
+                text,
+                i,
+                f"unexpected character {ch!r}; expected an identifier, a quoted string, a number, "
+                "a comparator (= != > >= < <=), a parenthesis or a comma",
+            )
+    return tokens
+
+
+def _read_quoted(text: str, start: int) -> tuple[str, int]:
+    """Decode a quoted string starting at ``start``; a quote is escaped by doubling it
+    or with a backslash. Returns the value and the index after the closing quote."""
+    quote = text[start]
+    out: list[str] = []
+    i, n = start + 1, len(text)
+    while i < n:
+        ch = text[i]
+        if ch == "\\" and i + 1 < n and text[i + 1] in (quote, "\\"):
+            out.append(text[i + 1])
+            i += 2
+            continue
+        if ch == quote:
+            if i + 1 < n and text[i + 1] == quote:
+                out.append(quote)
+                i += 2
+                continue
+            return "".join(out), i + 1
+        out.append(ch)
+        i += 1
+    raise _error(text, start, f"unterminated string; close it with {quote}")
+
+
+class _Parser:
+    """Recursive-descent parser over a token list."""
+
+    def __init__(self, text: str, grammar: Grammar) -> None:
+        self.text = text
+        self.grammar = grammar
+        self.tokens = tokenize(text)
+        self.i = 0
+
+    # --- helpers
+    def peek(self, offset: int = 0) -> Token | None:
+        j = self.i + offset
+        return self.tokens[j] if j < len(self.tokens) else None
+
+    def pos(self) -> int:
+        tok = self.peek()
+        return tok.start if tok is not None else len(self.text)
+
+    def fail(self, message: str, position: int | None = None) -> InvalidParameter:
+        return _error(self.text, self.pos() if position is None else position, message)
+
+    def is_keyword(self, word: str, offset: int = 0) -> bool:
+        tok = self.peek(offset)
+        return tok is not None and tok.kind is TokenKind.WORD and tok.text.upper() == word
+
+    def at_end(self) -> bool:
+        return self.i >= len(self.tokens)
+
+    # --- identifiers
+    def identifier(self) -> tuple[EntitySpec, str, KeySpec, int]:
+        """Read ``prefix.key`` / bare key; return entity, canonical key, spec, position."""
+        tok = self.peek()
+        if tok is None:
+            raise self.fail(f"expected an identifier such as {self._example()}")
+        start = tok.start
+        if tok.kind is TokenKind.WORD:
+            self.i += 1
+            word = tok.text
+            prefix, dot, rest = word.partition(".")
+            if not dot:
+                entity = self._default_entity(word, start)
+                key = word
+            else:
+                entity = self.grammar.entity_for_prefix(prefix)
+                if entity is None:
+                    raise self.fail(
+                        f"unknown entity type {prefix!r}; allowed prefixes: {self.grammar.describe_prefixes()}",
+                        start,
+                    )
+                nxt = self.peek()
+                glued = nxt is not None and nxt.start == tok.end
+                if rest == "" and glued and nxt is not None and nxt.kind in (TokenKind.BACKQUOTED, TokenKind.STRING):
+                    self.i += 1
+                    key = nxt.text
+                    if nxt.kind is TokenKind.STRING and nxt.quote == "'":
+                        raise self.fail("quote a key with backquotes or double quotes, not single quotes", nxt.start)
+                elif rest == "":
+                    raise self.fail(
+                        f"missing key after {prefix + '.'!r}; write {prefix}.<key>, "
+                        f"or {prefix}.`key with spaces`",
+                        start,
+                    )
+                else:
+                    key = rest
+        elif tok.kind is TokenKind.BACKQUOTED or (tok.kind is TokenKind.STRING and tok.quote == '"'):
+            self.i += 1
+            entity = self._default_entity(tok.text, start)
+            key = tok.text
+        else:
+            raise self.fail(f"expected an identifier such as {self._example()}, got {tok.text!r}")
+        if key == "":
+            raise self.fail("empty key", start)
+        found = entity.spec_of(key)
+        if found is None:
+            raise self.fail(
+                f"unknown {entity.name} key {key!r}; allowed: {entity.describe_keys()}", start
+            )
+        canonical, spec = found
+        return entity, canonical, spec, start
+
+    def _default_entity(self, word: str, position: int) -> EntitySpec:
+        if self.grammar.default_entity is None:
+            raise self.fail(
+                f"identifier {word!r} needs a prefix; allowed prefixes: {self.grammar.describe_prefixes()}",
+                position,
+            )
+        return self.grammar.entity(self.grammar.default_entity)
+
+    def _example(self) -> str:
+        entity = self.grammar.entities[0]
+        return f"{entity.prefixes[0]}.<key>"
+
+    # --- filter
+    def clause(self) -> Clause:
+        entity, key, spec, start = self.identifier()
+        comparator = self.comparator(entity, key, spec)
+        value = self.value(comparator, entity, key, spec)
+        return Clause(entity.name, key, comparator, value, start)
+
+    def comparator(self, entity: EntitySpec, key: str, spec: KeySpec) -> str:
+        tok = self.peek()
+        allowed = ", ".join(c for c in _COMPARATOR_ORDER if c in spec.comparators)
+        where = f"{entity.name} {key!r}"
+        if tok is None:
+            raise self.fail(f"expected a comparator after {where}; allowed: {allowed}")
+        start = tok.start
+        found: str | None = None
+        if tok.kind is TokenKind.OPERATOR:
+            found = tok.text
+            self.i += 1
+        elif tok.kind is TokenKind.WORD:
+            word = tok.text.upper()
+            if word in (LIKE, ILIKE, IN):
+                found = word
+                self.i += 1
+            elif word == "NOT" and self.is_keyword("IN", 1):
+                found = NOT_IN
+                self.i += 2
+            elif word == "IS":
+                if self.is_keyword("NULL", 1):
+                    found, self.i = IS_NULL, self.i + 2
+                elif self.is_keyword("NOT", 1) and self.is_keyword("NULL", 2):
+                    found, self.i = IS_NOT_NULL, self.i + 3
+                else:
+                    raise self.fail("expected IS NULL or IS NOT NULL", start)
+        if found is None:
+            raise self.fail(f"expected a comparator after {where}, got {tok.text!r}; allowed: {allowed}", start)
+        if found not in spec.comparators:
+            raise self.fail(f"comparator {found} is not allowed on {where}; allowed: {allowed}", start)
+        return found
+
+    def value(self, comparator: str, entity: EntitySpec, key: str, spec: KeySpec) -> Value:
+        if comparator in (IS_NULL, IS_NOT_NULL):
+            return None
+        where = f"{entity.name} {key!r}"
+        if comparator in (IN, NOT_IN):
+            return self.string_tuple(where)
+        tok = self.peek()
+        if tok is None:
+            raise self.fail(f"expected a value after {comparator}")
+        if comparator in (LIKE, ILIKE) or spec.value_type is ValueType.STRING:
+            if tok.kind is not TokenKind.STRING:
+                raise self.fail(
+                    f"{where} is compared with a quoted string ('value' or \"value\"), got {tok.text!r}",
+                    tok.start,
+                )
+            self.i += 1
+            return tok.text
+        if tok.kind is not TokenKind.NUMBER:
+            raise self.fail(f"{where} is compared with a number (such as 0.5 or 10), got {tok.text!r}", tok.start)
+        self.i += 1
+        return _number(tok.text)
+
+    def string_tuple(self, where: str) -> tuple[str, ...]:
+        tok = self.peek()
+        if tok is None or tok.kind is not TokenKind.LPAREN:
+            raise self.fail(f"IN and NOT IN on {where} take a parenthesised list of strings, e.g. ('a', 'b')")
+        self.i += 1
+        items: list[str] = []
+        while True:
+            tok = self.peek()
+            if tok is None or tok.kind is not TokenKind.STRING:
+                raise self.fail(f"expected a quoted string in the list for {where}")
+            items.append(tok.text)
+            self.i += 1
+            tok = self.peek()
+            if tok is not None and tok.kind is TokenKind.COMMA:
+                self.i += 1
+                continue
+            if tok is not None and tok.kind is TokenKind.RPAREN:
+                self.i += 1
+                return tuple(items)
+            raise self.fail("expected ',' or ')' in the list of values")
+
+    def filter(self) -> list[Clause]:
+        clauses: list[Clause] = []
+        if self.at_end():
+            return clauses
+        while True:
+            clauses.append(self.clause())
+            if self.at_end():
+                return clauses
+            tok = self.tokens[self.i]
+            if self.is_keyword("AND"):
+                self.i += 1
+                if self.at_end():
+                    raise self.fail("expected a clause after AND")
+                continue
+            if self.is_keyword("OR"):
+                raise self.fail("OR is not supported; clauses can only be joined by AND", tok.start)
+            raise self.fail(f"expected AND or the end of the filter, got {tok.text!r}", tok.start)
+
+    def order_by(self) -> OrderBy:
+        entity, key, spec, start = self.identifier()
+        if not spec.orderable:
+            raise self.fail(f"{entity.name} {key!r} cannot be used to order results", start)
+        ascending = True
+        if self.is_keyword("ASC"):
+            self.i += 1
+        elif self.is_keyword("DESC"):
+            ascending = False
+            self.i += 1
+        if not self.at_end():
+            tok = self.tokens[self.i]
+            raise self.fail(f"expected ASC, DESC or the end of the order-by item, got {tok.text!r}", tok.start)
+        return OrderBy(entity.name, key, ascending)
+
+
+# --- MLflow's run search grammar --------------------------------------------------
+
+RUN_ATTRIBUTE_KEYS: Mapping[str, KeySpec] = {
+    "run_id": KeySpec(ValueType.STRING, SET_STRING_COMPARATORS),
+    "run_name": KeySpec(ValueType.STRING, SET_STRING_COMPARATORS),
+    "status": KeySpec(ValueType.STRING, SET_STRING_COMPARATORS),
+    "user_id": KeySpec(ValueType.STRING, SET_STRING_COMPARATORS),
+    "artifact_uri": KeySpec(ValueType.STRING, SET_STRING_COMPARATORS),
+    "start_time": NUMBER_KEY,
+    "end_time": NUMBER_KEY,
+}
+
+RUN_GRAMMAR = Grammar(
+    entities=(
+        EntitySpec("metric", ("metrics", "metric"), default=NUMBER_KEY),
+        EntitySpec("param", ("params", "param", "parameters", "parameter"),
+                   default=KeySpec(ValueType.STRING, NULLABLE_STRING_COMPARATORS)),
+        EntitySpec("tag", ("tags", "tag"), default=KeySpec(ValueType.STRING, NULLABLE_STRING_COMPARATORS)),
+        EntitySpec(
+            "attribute",
+            ("attributes", "attribute", "attr", "run"),
+            keys=RUN_ATTRIBUTE_KEYS,
+            # MLflow's alternative spellings of attributes.
+            key_aliases={"created": "start_time", "Created": "start_time", "run name": "run_name",
+                         "Run name": "run_name", "Run Name": "run_name"},
+        ),
+    ),
+    default_entity="attribute",
+)
+"""MLflow's ``search_runs`` grammar: metrics, params, tags and run attributes."""
+
+
+def _number(text: str) -> int | float:
+    if re.fullmatch(r"[+-]?\d+", text):
+        return int(text)
+    return float(text)
+
+
+def parse_filter(text: str | None, grammar: Grammar) -> list[Clause]:
+    """Parse a filter string into clauses (an empty or blank string gives none).
+
+    Args:
+        text: the filter, e.g. ``"metrics.acc > 0.9 and params.model = 'cnn'"``.
+        grammar: the entity types, keys and comparators allowed.
+
+    Raises:
+        InvalidParameter: the string is malformed, or names an unknown entity type or
+            key, or uses a comparator or value type not allowed for its key.
+    """
+    if text is None:
+        return []
+    if not isinstance(text, str):
+        raise InvalidParameter(f"filter_string must be a string, got {type(text).__name__}")
+    if len(text) > FILTER_MAX_LENGTH:
+        raise InvalidParameter(f"filter string is {len(text)} characters long; the limit is {FILTER_MAX_LENGTH}")
+    return _Parser(text, grammar).filter()
+
+
+def parse_order_by(items: Sequence[str] | None, grammar: Grammar) -> list[OrderBy]:
+    """Parse order-by items, each ``<identifier> [ASC|DESC]``.
+
+    Args:
+        items: e.g. ``["metrics.acc DESC", "attributes.start_time"]``.
+        grammar: the entity types and keys allowed.
+
+    Raises:
+        InvalidParameter: an item is malformed or names a key that cannot be ordered by.
+    """
+    if items is None:
+        return []
+    if isinstance(items, str):
+        raise InvalidParameter("order_by must be a list of strings such as ['metrics.acc DESC'], not one string")
+    result: list[OrderBy] = []
+    for item in items:
+        if not isinstance(item, str) or not item.strip():
+            raise InvalidParameter(f"order_by item {item!r} must be a non-empty string such as 'metrics.acc DESC'")
+        if len(item) > FILTER_MAX_LENGTH:
+            raise InvalidParameter(f"order_by item is {len(item)} characters long; the limit is {FILTER_MAX_LENGTH}")
+        result.append(_Parser(item, grammar).order_by())
+    return result
+
+
+__all__ = [
+    "Clause",
+    "EntitySpec",
+    "Grammar",
+    "KeySpec",
+    "NULLABLE_STRING_COMPARATORS",
+    "NUMBER_KEY",
+    "NUMERIC_COMPARATORS",
+    "OrderBy",
+    "RUN_GRAMMAR",
+    "SET_STRING_COMPARATORS",
+    "STRING_COMPARATORS",
+    "STRING_KEY",
+    "Token",
+    "TokenKind",
+    "ValueType",
+    "parse_filter",
+    "parse_order_by",
+    "tokenize",
+]
