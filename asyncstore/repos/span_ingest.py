@@ -1,0 +1,175 @@
+"""Bulk span ingestion: the hand-written statements, one set per backend.
+
+A batch is written with a bounded number of statements, whatever its size:
+
+1. one upsert of the batch's ``trace_info`` rows, in sorted ``request_id`` order,
+   that creates missing traces and widens existing ones (earliest start, latest end,
+   state from the root span while the trace is IN_PROGRESS). The upsert takes the
+   trace row locks in sorted order, so concurrent ingesters on PostgreSQL and
+   MySQL queue behind each other instead of deadlocking;
+2. one check that no trace of the batch belongs to another experiment;
+3. one upsert of the span rows (sorted by trace_id, span_id) per chunk of
+   ``SPAN_CHUNK`` spans: re-sent spans overwrite the stored row.
+
+Per backend, the fastest path measured by ``benchmarks/bench_spans.py``:
+
+* PostgreSQL: ``INSERT ... SELECT FROM unnest($arrays) ON CONFLICT DO UPDATE``: one
+  prepared statement with a fixed number (10) of array parameters, so the 32767
+  bind-parameter limit never applies and asyncpg's binary array encoding does the
+  work that COPY would, without a temporary table.
+* SQLite: ``executemany`` of a one-row upsert (sqlite3 loops in C, one call into
+  the aiosqlite thread per batch).
+* MySQL/MariaDB: ``executemany`` of a one-row ``INSERT ... ON DUPLICATE KEY
+  UPDATE``, which aiomysql rewrites into multi-row statements of at most ~1 MB each
+  (below MariaDB's 16 MB ``max_allowed_packet``).
+
+``duration_ns`` is a generated column and is never written.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+from sqlalchemy import select
+from sqlalchemy.ext.asyncio import AsyncConnection
+
+from asyncstore.config import Backend
+from asyncstore.errors import InvalidParameter
+from asyncstore.repos.span_rows import PreparedBatch
+from asyncstore.schema import trace_info
+
+SPAN_CHUNK = 5000
+"""Spans per statement: bounds the size of one message (~5 MB of 1 KB spans)."""
+TRACE_CHUNK = 2000
+"""Trace ids per IN list in the experiment check (2000 binds, far below every limit)."""
+
+_SPAN_COLUMNS = (
+    "trace_id, experiment_id, span_id, parent_span_id, name, type, status, "
+    "start_time_unix_nano, end_time_unix_nano, content"
+)
+_SPAN_OVERWRITE = (
+    "parent_span_id", "name", "type", "status", "start_time_unix_nano", "end_time_unix_nano", "content",
+)
+_TRACE_COLUMNS = "request_id, experiment_id, timestamp_ms, execution_time_ms, status"
+
+# --- PostgreSQL ---------------------------------------------------------------------
+# $1 is the experiment id; the arrays are the columns of the rows, in row order.
+PG_SPANS = f"""
+INSERT INTO spans ({_SPAN_COLUMNS})
+SELECT u.trace_id, $1, u.span_id, u.parent_span_id, u.name, u.type, u.status, u.start_ns, u.end_ns, u.content
+FROM unnest($2::varchar[], $3::varchar[], $4::varchar[], $5::text[], $6::varchar[], $7::varchar[],
+            $8::bigint[], $9::bigint[], $10::text[])
+     WITH ORDINALITY AS u(trace_id, span_id, parent_span_id, name, type, status, start_ns, end_ns, content, n)
+ORDER BY u.n
+ON CONFLICT (trace_id, span_id) DO UPDATE SET
+    {", ".join(f"{c} = excluded.{c}" for c in _SPAN_OVERWRITE)}
+"""
+
+# Widening: the new range is [min(old start, new start), max(old end, new end)];
+# the state follows the root span only while the stored trace is IN_PROGRESS.
+PG_TRACES = f"""
+INSERT INTO trace_info AS t ({_TRACE_COLUMNS})
+SELECT u.request_id, $1, u.timestamp_ms, u.execution_time_ms, u.status
+FROM unnest($2::varchar[], $3::bigint[], $4::bigint[], $5::varchar[])
+     WITH ORDINALITY AS u(request_id, timestamp_ms, execution_time_ms, status, n)
+ORDER BY u.n
+ON CONFLICT (request_id) DO UPDATE SET
+    execution_time_ms = GREATEST(t.timestamp_ms + COALESCE(t.execution_time_ms, 0),
+                                 excluded.timestamp_ms + excluded.execution_time_ms)
+                        - LEAST(t.timestamp_ms, excluded.timestamp_ms),
+    timestamp_ms = LEAST(t.timestamp_ms, excluded.timestamp_ms),
+    status = CASE WHEN t.status = 'IN_PROGRESS' THEN excluded.status ELSE t.status END
+"""
+
+# --- SQLite -------------------------------------------------------------------------
+SQLITE_SPANS = f"""
+INSERT INTO spans ({_SPAN_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
+ON CONFLICT (trace_id, span_id) DO UPDATE SET
+    {", ".join(f"{c} = excluded.{c}" for c in _SPAN_OVERWRITE)}
+"""
+
+SQLITE_TRACES = f"""
+INSERT INTO trace_info ({_TRACE_COLUMNS}) VALUES (?, ?, ?, ?, ?)
+ON CONFLICT (request_id) DO UPDATE SET
+    execution_time_ms = MAX(trace_info.timestamp_ms + COALESCE(trace_info.execution_time_ms, 0),
+                            excluded.timestamp_ms + excluded.execution_time_ms)
+                        - MIN(trace_info.timestamp_ms, excluded.timestamp_ms),
+    timestamp_ms = MIN(trace_info.timestamp_ms, excluded.timestamp_ms),
+    status = CASE WHEN trace_info.status = 'IN_PROGRESS' THEN excluded.status ELSE trace_info.status END
+"""
+
+# --- MySQL / MariaDB ----------------------------------------------------------------
+# The VALUES (...) clause must stay a single row of %s: aiomysql's executemany
+# recognises that shape and sends multi-row statements.
+MYSQL_SPANS = f"""
+INSERT INTO spans ({_SPAN_COLUMNS}) VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s)
+ON DUPLICATE KEY UPDATE {", ".join(f"{c} = VALUES({c})" for c in _SPAN_OVERWRITE)}
+"""
+
+# MySQL assigns left to right and later assignments see earlier results, so the
+# duration is computed before timestamp_ms changes.
+MYSQL_TRACES = f"""
+INSERT INTO trace_info ({_TRACE_COLUMNS}) VALUES (%s, %s, %s, %s, %s)
+ON DUPLICATE KEY UPDATE
+    execution_time_ms = GREATEST(timestamp_ms + COALESCE(execution_time_ms, 0),
+                                 VALUES(timestamp_ms) + VALUES(execution_time_ms))
+                        - LEAST(timestamp_ms, VALUES(timestamp_ms)),
+    timestamp_ms = LEAST(timestamp_ms, VALUES(timestamp_ms)),
+    status = IF(status = 'IN_PROGRESS', VALUES(status), status)
+"""
+
+
+def _chunks(rows: Sequence[Any], size: int) -> list[Sequence[Any]]:
+    return [rows[i : i + size] for i in range(0, len(rows), size)]
+
+
+async def write_batch(conn: AsyncConnection, backend: Backend, experiment_id: int, batch: PreparedBatch) -> None:
+    """Write a prepared batch in the caller's transaction.
+
+    Raises:
+        InvalidParameter: a trace of the batch belongs to another experiment.
+    """
+    if backend is Backend.POSTGRESQL:
+        await _write_pg(conn, experiment_id, batch)
+    elif backend is Backend.SQLITE:
+        await conn.exec_driver_sql(SQLITE_TRACES, batch.trace_rows)
+        await _check_experiment(conn, experiment_id, batch.trace_ids)
+        for chunk in _chunks(batch.span_rows, SPAN_CHUNK):
+            await conn.exec_driver_sql(SQLITE_SPANS, [(r[0], experiment_id, *r[1:]) for r in chunk])
+    elif backend is Backend.MYSQL:
+        await conn.exec_driver_sql(MYSQL_TRACES, batch.trace_rows)
+        await _check_experiment(conn, experiment_id, batch.trace_ids)
+        for chunk in _chunks(batch.span_rows, SPAN_CHUNK):
+            await conn.exec_driver_sql(MYSQL_SPANS, [(r[0], experiment_id, *r[1:]) for r in chunk])
+    else:  # pragma: no cover - Backend is exhaustive
+        raise AssertionError(backend)
+
+
+async def _write_pg(conn: AsyncConnection, experiment_id: int, batch: PreparedBatch) -> None:
+    rows = batch.trace_rows
+    await conn.exec_driver_sql(
+        PG_TRACES,
+        (experiment_id, [r[0] for r in rows], [r[2] for r in rows], [r[3] for r in rows], [r[4] for r in rows]),
+    )
+    await _check_experiment(conn, experiment_id, batch.trace_ids)
+    for chunk in _chunks(batch.span_rows, SPAN_CHUNK):
+        columns = list(zip(*chunk))
+        await conn.exec_driver_sql(PG_SPANS, (experiment_id, *(list(c) for c in columns)))
+
+
+async def _check_experiment(conn: AsyncConnection, experiment_id: int, trace_ids: list[str]) -> None:
+    """Refuse the batch if one of its traces belongs to another experiment."""
+    for chunk in _chunks(trace_ids, TRACE_CHUNK):
+        found = (
+            await conn.execute(
+                select(trace_info.c.request_id, trace_info.c.experiment_id)
+                .where(trace_info.c.request_id.in_(chunk), trace_info.c.experiment_id != experiment_id)
+                .limit(1)
+            )
+        ).first()
+        if found is not None:
+            raise InvalidParameter(
+                f"trace {found[0]} belongs to experiment {found[1]}, not {experiment_id}: "
+                "log its spans to the experiment it was started in; nothing in the batch was written"
+            )
