@@ -7,12 +7,119 @@ from __future__ import annotations
 
 import dataclasses  # noqa: F401  (used by the sections below)
 import enum  # noqa: F401
+from typing import Any  # noqa: F401
 
 from asyncstore.paging import Page
 
 # --- experiments and runs ------------------------------------------------------------
 
 # --- traces and spans ----------------------------------------------------------------
+
+
+class TraceState(str, enum.Enum):
+    """The state of a trace (MLflow's TraceState; stored in ``trace_info.status``)."""
+
+    OK = "OK"
+    ERROR = "ERROR"
+    IN_PROGRESS = "IN_PROGRESS"
+
+
+class SpanStatus(str, enum.Enum):
+    """The status code of a span (OpenTelemetry's StatusCode names)."""
+
+    UNSET = "UNSET"
+    OK = "OK"
+    ERROR = "ERROR"
+
+
+@dataclasses.dataclass(frozen=True)
+class SpanEvent:
+    """A timestamped event inside a span (an exception, a log line…).
+
+    Attributes:
+        name: the event name, e.g. ``"exception"``.
+        timestamp_unix_nano: when it happened, epoch nanoseconds.
+        attributes: JSON-serialisable attribute values.
+    """
+
+    name: str
+    timestamp_unix_nano: int
+    attributes: dict[str, Any] = dataclasses.field(default_factory=dict)
+
+
+@dataclasses.dataclass(frozen=True)
+class Span:
+    """One span, as given to ``store.spans.log_spans`` and read back from the store.
+
+    Ids follow MLflow: ``trace_id`` is ``tr-`` + 32 lowercase hex characters, span
+    ids are 16 lowercase hex characters; times are epoch nanoseconds. Everything
+    (attributes, events, status message, kind, resource) is stored as JSON in the
+    span row's ``content`` and read back equal.
+
+    Example::
+
+        Span(trace_id="tr-" + "ab" * 16, span_id="cd" * 8, name="llm",
+             start_time_unix_nano=1_700_000_000_000_000_000,
+             end_time_unix_nano=1_700_000_000_500_000_000, span_type="LLM",
+             status=SpanStatus.OK, attributes={"model": "gpt"})
+    """
+
+    trace_id: str
+    span_id: str
+    name: str
+    start_time_unix_nano: int
+    end_time_unix_nano: int | None = None
+    parent_span_id: str | None = None
+    span_type: str | None = None
+    status: SpanStatus = SpanStatus.UNSET
+    status_message: str = ""
+    kind: str = "INTERNAL"
+    attributes: dict[str, Any] = dataclasses.field(default_factory=dict)
+    events: tuple[SpanEvent, ...] = ()
+    resource: dict[str, Any] = dataclasses.field(default_factory=dict)
+
+    @property
+    def duration_ns(self) -> int | None:
+        """End minus start in nanoseconds; None while the span is open."""
+        if self.end_time_unix_nano is None:
+            return None
+        return self.end_time_unix_nano - self.start_time_unix_nano
+
+
+@dataclasses.dataclass(frozen=True)
+class TraceInfo:
+    """The summary row of one trace (``trace_info`` plus its tags, metadata, metrics).
+
+    Attributes:
+        trace_id: ``tr-`` + 32 hex characters (MLflow's ``request_id``).
+        experiment_id: the experiment the trace belongs to.
+        timestamp_ms: start, epoch milliseconds.
+        execution_time_ms: duration in milliseconds, None if unknown.
+        state: OK, ERROR or IN_PROGRESS.
+        client_request_id, request_preview, response_preview: optional strings.
+        tags, metadata: string maps; metrics: numeric map.
+    """
+
+    trace_id: str
+    experiment_id: str
+    timestamp_ms: int
+    execution_time_ms: int | None
+    state: TraceState
+    client_request_id: str | None = None
+    request_preview: str | None = None
+    response_preview: str | None = None
+    tags: dict[str, str] = dataclasses.field(default_factory=dict)
+    metadata: dict[str, str] = dataclasses.field(default_factory=dict)
+    metrics: dict[str, float] = dataclasses.field(default_factory=dict)
+
+
+@dataclasses.dataclass(frozen=True)
+class Trace:
+    """A trace: its info and all its spans, each parent before its children."""
+
+    info: TraceInfo
+    spans: tuple[Span, ...]
+
 
 # --- jobs ----------------------------------------------------------------------------
 
