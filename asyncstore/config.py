@@ -92,7 +92,7 @@ def normalize_uri(uri: str | URL) -> URL:
     """
     try:
         url = make_url(uri) if isinstance(uri, str) else uri
-    except ArgumentError as exc:
+    except (ArgumentError, ValueError) as exc:  # ValueError: e.g. a port that is not a number
         raise ConfigurationError(
             f"could not parse database URI {redact(str(uri))!r}; expected a URI such as "
             "sqlite:///asyncstore.db or postgresql://user@host:5432/db"
@@ -111,7 +111,7 @@ def redact(uri: str | URL) -> str:
     """Return the URI with its password replaced by ``***`` (safe for logs and errors)."""
     try:
         url = make_url(uri) if isinstance(uri, str) else uri
-    except ArgumentError:
+    except (ArgumentError, ValueError):
         return "<unparseable URI>"
     return url.render_as_string(hide_password=True)
 

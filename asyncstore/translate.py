@@ -135,6 +135,9 @@ _DEFAULT_MESSAGES: dict[ErrorCode, str] = {
     ),
     ErrorCode.INTERNAL: "unexpected database error",
 }
+_CONNECT_REFUSED = (
+    "the database refused the connection; check the user, password and database name in the URI"
+)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -165,11 +168,8 @@ def _chain(exc: BaseException) -> Iterator[BaseException]:
 def classify(exc: BaseException) -> Classified | None:
     """Classify a driver or SQLAlchemy exception, or return None if it is not one."""
     for err in _chain(exc):
-        sqlstate = getattr(err, "sqlstate", None)
-        if isinstance(sqlstate, str) and len(sqlstate) == 5:
-            kind = _PG_EXACT.get(sqlstate) or _PG_CLASS.get(sqlstate[:2]) or InternalError
-            retry = kind is TemporarilyUnavailable and sqlstate not in _PG_NOT_RETRYABLE
-            return Classified(kind, retry, f"SQLSTATE {sqlstate}: {_first_line(err)}")
+        # MySQL first: PyMySQL >= 1.1 also sets a (MySQL-flavoured) sqlstate attribute,
+        # but its error number is the precise code.
         if isinstance(err, _MySQLError) and err.args and isinstance(err.args[0], int):
             errno = err.args[0]
             if isinstance(err, _MySQLInterfaceError) and errno == 0:
@@ -178,6 +178,11 @@ def classify(exc: BaseException) -> Classified | None:
             kind = _MYSQL.get(errno, InternalError)
             retry = kind is TemporarilyUnavailable and errno not in _MYSQL_NOT_RETRYABLE
             return Classified(kind, retry, f"MySQL error {errno}: {_first_line(err)}")
+        sqlstate = getattr(err, "sqlstate", None)
+        if isinstance(sqlstate, str) and len(sqlstate) == 5:
+            kind = _PG_EXACT.get(sqlstate) or _PG_CLASS.get(sqlstate[:2]) or InternalError
+            retry = kind is TemporarilyUnavailable and sqlstate not in _PG_NOT_RETRYABLE
+            return Classified(kind, retry, f"SQLSTATE {sqlstate}: {_first_line(err)}")
         if isinstance(err, sqlite3.Error):
             code = getattr(err, "sqlite_errorcode", None)
             if code is None:  # Python 3.10: no result codes, fall back to the class
@@ -231,7 +236,10 @@ def translate(exc: BaseException, messages: Mapping[ErrorCode, str] | None = Non
         detail = f"{type(exc).__name__}: {_first_line(exc)}"
     else:
         kind, detail = found.kind, found.detail
-    base = (messages or {}).get(kind.code) or _DEFAULT_MESSAGES[kind.code]
+    if kind is DatabaseConnectError:
+        base = _CONNECT_REFUSED
+    else:
+        base = (messages or {}).get(kind.code) or _DEFAULT_MESSAGES[kind.code]
     return kind(f"{base} ({detail})")
 
 

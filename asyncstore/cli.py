@@ -1,0 +1,229 @@
+"""The ``asyncstore`` command line.
+
+::
+
+    asyncstore db upgrade [URI] [--revision REV]   migrate to head (or REV)
+    asyncstore db downgrade URI REVISION           migrate down to REVISION ("base": no tables)
+    asyncstore db current [URI]                    print the revision the database is at
+    asyncstore db check [URI]                      exit 0 when at head, 1 when out of date
+
+URI defaults to ``ASYNCSTORE_DATABASE_URI``, else ``sqlite:///asyncstore.db``. Any
+failure (a bad URI, an unreachable server, an unknown revision) is one line on
+stderr and exit code 2, never a traceback, and never shows a password.
+
+Adding a command: write ``def add_x_command(subparsers) -> None`` that calls
+``subparsers.add_parser(...)`` and sets ``handler=`` (an ``async def
+handler(args) -> int``) with ``set_defaults``, then append it to
+:data:`SUBCOMMANDS` (the list below; ``asyncstore bench`` plugs in there).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import sys
+from collections.abc import Awaitable, Callable, Sequence
+from typing import TYPE_CHECKING, Any
+
+from asyncstore import migrate
+from asyncstore.config import StoreConfig
+from asyncstore.engines import create_engine
+from asyncstore.errors import StoreError
+
+if TYPE_CHECKING:
+    from sqlalchemy.ext.asyncio import AsyncEngine
+
+    Subparsers = argparse._SubParsersAction[argparse.ArgumentParser]
+
+Handler = Callable[[argparse.Namespace], Awaitable[int]]
+"""What a subcommand runs: an async function of the parsed arguments returning the exit code."""
+
+EXIT_OK = 0
+EXIT_OUT_OF_DATE = 1  # `db check` only
+EXIT_ERROR = 2  # same code argparse uses for a usage error
+
+_URI_HELP = "database URI (default: $ASYNCSTORE_DATABASE_URI, else sqlite:///asyncstore.db)"
+
+
+def add_db_command(subparsers: Subparsers) -> None:
+    """Register ``asyncstore db`` and its ``upgrade``, ``downgrade``, ``current`` and ``check``."""
+    db = subparsers.add_parser(
+        "db", help="migrate and inspect the database schema", description="Migrate and inspect the database schema."
+    )
+    actions = db.add_subparsers(dest="action", metavar="ACTION", required=True)
+
+    up = actions.add_parser(
+        "upgrade",
+        help="migrate the database to the latest revision (or to --revision)",
+        description="Migrate the database to the latest revision (or to --revision). "
+        "An empty database gets the whole schema. Safe to run from several processes at once.",
+    )
+    up.add_argument("uri", nargs="?", default=None, metavar="URI", help=_URI_HELP)
+    up.add_argument("--revision", default="head", metavar="REV", help="target revision (default: head)")
+    up.set_defaults(handler=_db_upgrade)
+
+    down = actions.add_parser(
+        "downgrade",
+        help="migrate the database down to REVISION",
+        description="Migrate the database down to REVISION; 'base' removes every table "
+        "and its data. The URI is required here, so the default database is never dropped by accident.",
+    )
+    down.add_argument("uri", metavar="URI", help="database URI")
+    down.add_argument("revision", metavar="REVISION", help="target revision, e.g. 0001_initial or base")
+    down.set_defaults(handler=_db_downgrade)
+
+    current = actions.add_parser(
+        "current", help="print the revision the database is at", description="Print the revision the database is at."
+    )
+    current.add_argument("uri", nargs="?", default=None, metavar="URI", help=_URI_HELP)
+    current.set_defaults(handler=_db_current)
+
+    check = actions.add_parser(
+        "check",
+        help="exit 0 when the database is at the latest revision, 1 when it is not",
+        description="Exit 0 when the database is at the latest revision, 1 when it is out of "
+        "date (or empty), 2 when it cannot be reached.",
+    )
+    check.add_argument("uri", nargs="?", default=None, metavar="URI", help=_URI_HELP)
+    check.set_defaults(handler=_db_check)
+
+
+SUBCOMMANDS: list[Callable[[Subparsers], None]] = [add_db_command]
+"""Registrars of the top-level subcommands, called in order by :func:`build_parser`."""
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The ``asyncstore`` argument parser with every registered subcommand."""
+    parser = argparse.ArgumentParser(
+        prog="asyncstore", description="asyncstore: an async store for experiments, runs, traces, spans and jobs."
+    )
+    parser.add_argument("-v", "--verbose", action="store_true", help="log progress (each migration applied) to stderr")
+    commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    for register in SUBCOMMANDS:
+        register(commands)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the command line; return the exit code (the console script exits with it).
+
+    Example::
+
+        $ asyncstore db upgrade postgresql://postgres@127.0.0.1/test
+        postgresql+asyncpg://postgres@127.0.0.1/test is at revision 0002_job_queue (head)
+    """
+    args = build_parser().parse_args(argv)
+    _configure_logging(args.verbose)
+    handler: Handler = args.handler
+    try:
+        return asyncio.run(handler(args))
+    except StoreError as exc:
+        _fail(exc.message, args)
+    except KeyboardInterrupt:
+        _fail("interrupted", args)
+    except Exception as exc:  # anything else is a bug, still reported on one line
+        _fail(f"unexpected error ({type(exc).__name__}): {exc}", args)
+    return EXIT_ERROR
+
+
+def _configure_logging(verbose: bool) -> None:
+    root = logging.getLogger()
+    if verbose:
+        logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s", stream=sys.stderr)
+    else:
+        # Keep stderr to the one error line: no connect-retry warnings, no lastResort output.
+        root.addHandler(logging.NullHandler())
+
+
+def _fail(message: str, args: argparse.Namespace) -> None:
+    line = " ".join(str(message).split())  # one line, whatever the driver said
+    print(f"asyncstore: error: {_scrub(line, args)}", file=sys.stderr)
+
+
+def _scrub(text: str, args: argparse.Namespace) -> str:
+    """Remove the password of the URI given, wherever a driver may have echoed it."""
+    raw = getattr(args, "uri", None)
+    if raw is None:
+        return text
+    try:
+        password = StoreConfig.load(raw).url.password
+    except Exception:
+        password = _password_of(raw)
+    if password:
+        text = text.replace(str(password), "***")
+    return text
+
+
+def _password_of(raw: str) -> str | None:
+    # Best effort for URIs SQLAlchemy cannot parse: "scheme://user:password@host...".
+    _, sep, rest = raw.partition("://")
+    userinfo = rest.rpartition("@")[0] if sep else ""
+    return userinfo.partition(":")[2] or None
+
+
+class _Engine:
+    """An engine for one command, disposed at the end (not kept in the cache)."""
+
+    def __init__(self, uri: str | None) -> None:
+        self.config = StoreConfig.load(uri)
+        self.engine: AsyncEngine | None = None
+
+    async def __aenter__(self) -> AsyncEngine:
+        self.engine = create_engine(self.config)
+        return self.engine
+
+    async def __aexit__(self, *exc: Any) -> None:
+        if self.engine is not None:
+            await self.engine.dispose()
+
+
+async def _describe(engine: AsyncEngine, config: StoreConfig) -> tuple[str | None, str]:
+    current = await migrate.current_revision(engine)
+    head = migrate.head_revision()
+    if current is None:
+        state = "none (an empty database)"
+    else:
+        state = f"{current} (head)" if current == head else f"{current} (head is {head})"
+    return current, f"{config.safe_uri} is at revision {state}"
+
+
+async def _db_upgrade(args: argparse.Namespace) -> int:
+    opened = _Engine(args.uri)
+    async with opened as engine:
+        await migrate.upgrade(engine, args.revision)
+        _, line = await _describe(engine, opened.config)
+    print(line)
+    return EXIT_OK
+
+
+async def _db_downgrade(args: argparse.Namespace) -> int:
+    opened = _Engine(args.uri)
+    async with opened as engine:
+        await migrate.downgrade(engine, args.revision)
+        _, line = await _describe(engine, opened.config)
+    print(line)
+    return EXIT_OK
+
+
+async def _db_current(args: argparse.Namespace) -> int:
+    opened = _Engine(args.uri)
+    async with opened as engine:
+        _, line = await _describe(engine, opened.config)
+    print(line)
+    return EXIT_OK
+
+
+async def _db_check(args: argparse.Namespace) -> int:
+    opened = _Engine(args.uri)
+    async with opened as engine:
+        current, line = await _describe(engine, opened.config)
+    if current == migrate.head_revision():
+        print(line)
+        return EXIT_OK
+    print(f"{line}: out of date, run `asyncstore db upgrade`")
+    return EXIT_OUT_OF_DATE
+
+
+if __name__ == "__main__":  # python -m asyncstore.cli
+    sys.exit(main())
