@@ -16,6 +16,7 @@ import os
 import sqlite3
 import ssl
 import weakref
+from collections.abc import AsyncGenerator
 from typing import Any
 
 import sqlalchemy.pool
@@ -25,7 +26,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 from sqlalchemy.pool import ConnectionPoolEntry
 
 from asyncstore.config import Backend, StoreConfig, is_sqlite_memory
-from asyncstore.errors import InvalidState, StoreError
+from asyncstore.errors import ConfigurationError, InternalError, InvalidState
 from asyncstore.translate import connect_failure_is_transient, translate
 
 try:  # SQLAlchemy 2.1 renamed await_only to await_
@@ -56,6 +57,8 @@ class EngineState:
 
 _engines: dict[asyncio.AbstractEventLoop, dict[StoreConfig, AsyncEngine]] = {}
 _states: weakref.WeakKeyDictionary[Engine, EngineState] = weakref.WeakKeyDictionary()
+# One suspended async generator per loop that has cached engines (see _watch_loop).
+_watchers: dict[asyncio.AbstractEventLoop, AsyncGenerator[None, None]] = {}
 
 
 def get_engine(uri: str | URL | None = None, *, config: StoreConfig | None = None, **options: Any) -> AsyncEngine:
@@ -89,7 +92,42 @@ def get_engine(uri: str | URL | None = None, *, config: StoreConfig | None = Non
     engine = per_loop.get(config)
     if engine is None:
         engine = per_loop[config] = _create_engine(config)
+        _watch_loop(loop)
     return engine
+
+
+def _watch_loop(loop: asyncio.AbstractEventLoop) -> None:
+    """Dispose the loop's engines when the loop shuts down, while it can still run I/O.
+
+    ``asyncio.run``, ``asyncio.Runner`` (pytest-asyncio, anyio) and uvloop call
+    ``loop.shutdown_asyncgens()`` before closing the loop: that closes every suspended
+    async generator of the loop, so a generator parked here runs its ``finally``
+    (dispose) at the right moment. Without this the connections of a finished
+    ``asyncio.run`` could only be dropped after the loop closed, unclosed.
+    """
+    if loop in _watchers:
+        return
+    watcher = _dispose_at_shutdown()
+    try:
+        # Start it (to its first yield) without awaiting: the body awaits nothing
+        # before the yield, so one send() runs it there; this registers it with the
+        # loop's async-generator hooks.
+        watcher.__anext__().send(None)
+    except StopIteration:
+        _watchers[loop] = watcher
+
+
+async def _dispose_at_shutdown() -> AsyncGenerator[None, None]:
+    try:
+        yield
+    finally:
+        loop = asyncio.get_running_loop()
+        _watchers.pop(loop, None)
+        for engine in list(_engines.pop(loop, {}).values()):
+            try:
+                await dispose_engine(engine)
+            except Exception:  # the loop is ending: report, do not raise into shutdown
+                log.warning("disposing an engine at loop shutdown failed", exc_info=True)
 
 
 def engine_state(engine: AsyncEngine) -> EngineState:
@@ -119,11 +157,19 @@ async def dispose_engine(engine: AsyncEngine) -> None:
 
 
 def _drop_closed_loops() -> None:
+    for loop in [lp for lp in _watchers if lp.is_closed()]:
+        del _watchers[loop]
     for loop in [lp for lp in _engines if lp.is_closed()]:
         for engine in _engines.pop(loop).values():
-            # The loop is gone: its connections cannot be closed politely any more.
+            # The loop was closed without shutdown_asyncgens() (not by asyncio.run):
+            # its connections cannot be closed any more, only forgotten. The drivers
+            # warn (ResourceWarning) when they are garbage-collected.
             _states.pop(engine.sync_engine, None)
-            engine.sync_engine.pool.dispose()
+            log.warning(
+                "dropped the engine for %s: its event loop was closed before the engine was "
+                "disposed; call `await asyncstore.dispose_engines()` before closing a loop",
+                engine.url.render_as_string(hide_password=True),
+            )
 
 
 def create_engine(config: StoreConfig) -> AsyncEngine:
@@ -168,10 +214,7 @@ def _create_engine(config: StoreConfig) -> AsyncEngine:
             "CONCAT(@@SESSION.sql_mode, ',STRICT_ALL_TABLES'))"
         )
         if config.mysql_ssl_ca or config.mysql_ssl_cert:
-            context = ssl.create_default_context(cafile=config.mysql_ssl_ca)
-            if config.mysql_ssl_cert:
-                context.load_cert_chain(config.mysql_ssl_cert, config.mysql_ssl_key)
-            connect_args["ssl"] = context
+            connect_args["ssl"] = _mysql_ssl_context(config)
     engine = create_async_engine(url, connect_args=connect_args, **kwargs)
     memory = is_sqlite_memory(url)
     _states[engine.sync_engine] = EngineState(
@@ -187,9 +230,30 @@ def _create_engine(config: StoreConfig) -> AsyncEngine:
     return engine
 
 
+def _mysql_ssl_context(config: StoreConfig) -> ssl.SSLContext:
+    """The TLS context for MySQL from the CA, certificate and key files of the config."""
+    try:
+        context = ssl.create_default_context(cafile=config.mysql_ssl_ca)
+    except (ssl.SSLError, OSError) as exc:
+        raise ConfigurationError(
+            f"mysql_ssl_ca (ASYNCSTORE_MYSQL_SSL_CA)={config.mysql_ssl_ca!r} could not be loaded "
+            f"({exc}); expected a PEM file of CA certificates"
+        ) from exc
+    if config.mysql_ssl_cert:
+        try:
+            context.load_cert_chain(config.mysql_ssl_cert, config.mysql_ssl_key)
+        except (ssl.SSLError, OSError) as exc:
+            raise ConfigurationError(
+                f"mysql_ssl_cert/mysql_ssl_key (ASYNCSTORE_MYSQL_SSL_CERT/_KEY)="
+                f"{config.mysql_ssl_cert!r}/{config.mysql_ssl_key!r} could not be loaded ({exc}); "
+                "expected a PEM client certificate and its private key"
+            ) from exc
+    return context
+
+
 def _check_sqlite_version() -> None:
     if sqlite3.sqlite_version_info < MIN_SQLITE_VERSION:
-        raise StoreError(
+        raise InternalError(
             f"SQLite {sqlite3.sqlite_version} is too old: asyncstore needs "
             f"{'.'.join(map(str, MIN_SQLITE_VERSION))} or newer (RETURNING, generated columns); "
             "use a Python built against a newer SQLite"

@@ -19,13 +19,14 @@ from alembic import command
 from alembic.config import Config
 from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
+from alembic.util import CommandError
 from sqlalchemy import text
 from sqlalchemy.engine import URL, Connection
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from asyncstore.config import Backend, StoreConfig
 from asyncstore.engines import create_engine, engine_state
-from asyncstore.errors import InternalError, SchemaOutOfDate, StoreError, TemporarilyUnavailable
+from asyncstore.errors import InternalError, InvalidParameter, SchemaOutOfDate, StoreError, TemporarilyUnavailable
 from asyncstore.translate import translate
 
 # pg_advisory_lock key: the bytes of "asyncsto" as a signed 64-bit integer.
@@ -118,13 +119,32 @@ async def _run_locked(engine: AsyncEngine, fn: Callable[[Connection], Any]) -> N
             await _lock(conn, backend)
             try:
                 await conn.run_sync(fn)
+                if backend is Backend.SQLITE:
+                    await _check_foreign_keys(conn)
                 await conn.commit()
             finally:
                 await _unlock(conn, backend)
     except StoreError:
         raise
+    except CommandError as exc:  # unknown revision, no downgrade path…
+        raise InvalidParameter(f"{exc}; known revisions: {', '.join(_known_revisions())}, head, base") from exc
     except Exception as exc:
         raise translate(exc) from exc
+
+
+def _known_revisions() -> list[str]:
+    script = ScriptDirectory.from_config(alembic_config())
+    return [rev.revision for rev in reversed(list(script.walk_revisions()))]
+
+
+async def _check_foreign_keys(conn: AsyncConnection) -> None:
+    """SQLite migrates with foreign keys off: refuse to commit rows they would reject."""
+    broken = (await conn.exec_driver_sql("PRAGMA foreign_key_check")).fetchall()
+    if broken:
+        raise InternalError(
+            f"the migration left {len(broken)} row(s) whose foreign keys point nowhere "
+            f"(first: table {broken[0][0]}, rowid {broken[0][1]}); nothing was changed"
+        )
 
 
 async def _lock(conn: AsyncConnection, backend: Backend) -> None:
@@ -144,9 +164,16 @@ async def _lock(conn: AsyncConnection, backend: Backend) -> None:
                 "try again when its upgrade has finished"
             )
     else:
-        # The whole upgrade is one BEGIN EXCLUSIVE transaction (see migrations/env.py);
-        # a second process waits for it in SQLite's busy handler.
+        # Foreign keys off while tables are rebuilt (batch mode copies a table, drops the
+        # old one and renames the copy; with foreign keys on, dropping a referenced table
+        # would cascade). The pragma is a no-op inside a transaction, so it is set on the
+        # driver connection before ours begins; _check_foreign_keys runs before COMMIT.
+        await _sqlite_pragma(conn, "PRAGMA foreign_keys = OFF")
+        # The whole upgrade is one BEGIN EXCLUSIVE transaction, begun here so that Alembic
+        # sees an outer transaction and commits nothing between revisions: a second
+        # process waits in SQLite's busy handler, then finds the database at head.
         await conn.execution_options(asyncstore_sqlite_begin="EXCLUSIVE")
+        await conn.begin()
 
 
 async def _unlock(conn: AsyncConnection, backend: Backend) -> None:
@@ -161,3 +188,11 @@ async def _unlock(conn: AsyncConnection, backend: Backend) -> None:
         await conn.commit()
     else:
         await conn.execution_options(asyncstore_sqlite_begin="DEFERRED")
+        await _sqlite_pragma(conn, "PRAGMA foreign_keys = ON")
+
+
+async def _sqlite_pragma(conn: AsyncConnection, pragma: str) -> None:
+    """Run a pragma on the aiosqlite connection itself, outside SQLAlchemy's transaction."""
+    raw = await conn.get_raw_connection()
+    async with raw.driver_connection.execute(pragma):
+        pass

@@ -130,11 +130,33 @@ class UnitOfWork:
             finally:
                 await _uncancellable(conn.close())
 
-    def _guard(self, write: bool) -> contextlib.AbstractAsyncContextManager[object]:
+    @contextlib.asynccontextmanager
+    async def _guard(self, write: bool) -> AsyncIterator[None]:
+        """SQLite: hold the process's write lock (every transaction's, in memory).
+
+        Waiting for it is bounded by ``pool_timeout``, like waiting for a pooled
+        connection, so a stuck writer makes the others fail with
+        TEMPORARILY_UNAVAILABLE instead of hanging.
+        """
         lock = self.state.write_lock
-        if lock is not None and (write or self.state.serialize_all):
-            return lock
-        return contextlib.nullcontext()
+        if lock is None or not (write or self.state.serialize_all):
+            yield
+            return
+        if lock.locked():
+            timeout = self.state.config.pool_timeout
+            try:
+                await asyncio.wait_for(lock.acquire(), timeout=timeout)
+            except asyncio.TimeoutError:
+                raise TemporarilyUnavailable(
+                    f"waited {timeout:g}s (pool_timeout) for the SQLite write lock held by another "
+                    "transaction of this process; try again, or raise pool_timeout"
+                ) from None
+        else:
+            await lock.acquire()  # free: taken at once, no suspension
+        try:
+            yield
+        finally:
+            lock.release()
 
     async def _begin(self, conn: AsyncConnection, write: bool) -> None:
         if self.backend is Backend.SQLITE:
