@@ -92,11 +92,11 @@ class UnitOfWork:
         retries = self.state.config.transaction_retries
         attempt = 0
         while True:
-            committing = False
+            progress = _Progress()
             try:
-                async with self._transaction(write) as conn:
+                async with self._transaction(write, progress) as conn:
                     result = await fn(conn)
-                    committing = True  # leaving the block sends COMMIT
+                    progress.committing = True  # leaving the block sends COMMIT
                 return result
             except StoreError:
                 raise
@@ -106,7 +106,9 @@ class UnitOfWork:
                     found is not None
                     and found.retryable
                     and attempt < retries
-                    and (idempotent or not committing)
+                    # A failed connect was already retried with backoff by the engine.
+                    and progress.connected
+                    and (idempotent or not progress.committing)
                 )
                 if not retry:
                     raise translate(exc, messages) from exc
@@ -116,10 +118,12 @@ class UnitOfWork:
                 await asyncio.sleep(delay)
 
     @contextlib.asynccontextmanager
-    async def _transaction(self, write: bool) -> AsyncIterator[AsyncConnection]:
+    async def _transaction(self, write: bool, progress: _Progress | None = None) -> AsyncIterator[AsyncConnection]:
         """The transaction itself, errors untranslated."""
         async with self._guard(write):
             conn = await self.engine.connect()
+            if progress is not None:
+                progress.connected = True
             try:
                 await self._begin(conn, write)
                 yield conn
@@ -179,6 +183,16 @@ class UnitOfWork:
             log.debug("rollback failed; discarding the connection", exc_info=True)
             if not self.state.serialize_all:  # never drop the only in-memory database
                 await conn.invalidate()
+
+
+class _Progress:
+    """How far one attempt of :meth:`UnitOfWork.run` got (decides whether to retry)."""
+
+    __slots__ = ("committing", "connected")
+
+    def __init__(self) -> None:
+        self.connected = False
+        self.committing = False
 
 
 async def _uncancellable(aw: Awaitable[None]) -> None:
