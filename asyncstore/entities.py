@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import dataclasses  # noqa: F401  (used by the sections below)
 import enum  # noqa: F401
+from collections.abc import Mapping  # noqa: F401
 from typing import Any  # noqa: F401
 
 from asyncstore.paging import Page
@@ -122,6 +123,99 @@ class Trace:
 
 
 # --- jobs ----------------------------------------------------------------------------
+
+
+class JobStatus(enum.IntEnum):
+    """Status of a job, stored as a fixed integer in ``jobs.status``.
+
+    The integers are MLflow's (PENDING 0 … TIMEOUT 4, CANCELED 5) and never change:
+    rows written by one version are read by every other.
+
+    ========= === ==========================================================
+    PENDING    0  waiting to be claimed (after ``next_attempt_at``)
+    RUNNING    1  claimed or started by a worker
+    SUCCEEDED  2  finished with a result (terminal)
+    FAILED     3  failed for good (terminal)
+    TIMEOUT    4  ran past its own timeout (terminal)
+    CANCELED   5  canceled before it finished (terminal)
+    ========= === ==========================================================
+    """
+
+    PENDING = 0
+    RUNNING = 1
+    SUCCEEDED = 2
+    FAILED = 3
+    TIMEOUT = 4
+    CANCELED = 5
+
+    def __str__(self) -> str:
+        return self.name
+
+    @property
+    def is_terminal(self) -> bool:
+        """Whether the job is done for good (no transition leaves it except ``reset``)."""
+        return self not in (JobStatus.PENDING, JobStatus.RUNNING)
+
+
+@dataclasses.dataclass(frozen=True)
+class Job:
+    """One job of the queue (a row of ``jobs``); times are epoch milliseconds.
+
+    Attributes:
+        job_id: UUID string; ids of one ``create_many`` batch sort in creation order.
+        job_name: what to run (MLflow's ``function_fullname``).
+        params: the job's parameters, decoded from their JSON text.
+        timeout: seconds a run may take before it is TIMEOUT, or None for no limit.
+        status: the current :class:`JobStatus`.
+        result: the result (SUCCEEDED) or last error (FAILED, retried, TIMEOUT).
+        retry_count: how many times ``retry_or_fail`` sent it back to PENDING.
+        creation_time: when it was created (database clock).
+        last_update_time: when its status last changed (database clock); a heartbeat
+            only moves ``lease_expires_at``, so for a RUNNING job this is when it started.
+        lease_expires_at: for a claimed RUNNING job, when its worker's lease runs out.
+        next_attempt_at: when a PENDING job may be claimed (later than creation after
+            a retry's backoff).
+    """
+
+    job_id: str
+    job_name: str
+    params: dict[str, Any]
+    timeout: float | None
+    status: JobStatus
+    result: str | None
+    retry_count: int
+    creation_time: int
+    last_update_time: int
+    lease_expires_at: int | None
+    next_attempt_at: int
+
+
+@dataclasses.dataclass(frozen=True)
+class NewJob:
+    """A job to enqueue with ``store.jobs.create_many``.
+
+    Attributes:
+        job_name: what to run (at most 500 characters).
+        params: JSON-serialisable parameters (a dict with string keys).
+        timeout: seconds a run may take, or None for no limit.
+    """
+
+    job_name: str
+    params: Mapping[str, Any] = dataclasses.field(default_factory=dict)
+    timeout: float | None = None
+
+
+@dataclasses.dataclass(frozen=True)
+class RequeueResult:
+    """What ``store.jobs.requeue_expired`` did.
+
+    Attributes:
+        requeued: RUNNING jobs whose lease expired, returned to PENDING.
+        timed_out: RUNNING jobs past their own timeout, marked TIMEOUT.
+    """
+
+    requeued: int
+    timed_out: int
 
 __all__ = sorted(
     name

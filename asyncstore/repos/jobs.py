@@ -1,12 +1,544 @@
-"""The jobs repository (to be built)."""
+"""The job queue: enqueue, claim, heartbeat, finish, retry with backoff, time out, list.
+
+A job moves through :class:`~asyncstore.entities.JobStatus`::
+
+    create -> PENDING --claim/start--> RUNNING --finish--> SUCCEEDED
+                 ^                       |  |---fail---------> FAILED
+                 |                       |  |---mark_timed_out-> TIMEOUT
+                 +--retry_or_fail--------+  +---cancel (also from PENDING)-> CANCELED
+                 +--requeue_expired (lease ran out)
+                 +--reset (from RUNNING, FAILED, TIMEOUT, CANCELED)
+
+Each transition is one UPDATE guarded by ``status IN (<allowed>)``, so it applies
+only from the states it is allowed from and never overwrites a finished job; when
+it matches no row, the job is looked up to say NOT_FOUND or INVALID_STATE naming its
+state. Times are epoch milliseconds on the database clock
+(:func:`asyncstore.repos.job_sql.now_ms`), so workers on different hosts agree on
+leases and backoff. The claim, the clock and params matching are the per-backend
+SQL, all in :mod:`asyncstore.repos.job_sql`.
+"""
 
 from __future__ import annotations
 
+import builtins
+import json
+import secrets
+import time
+import uuid
+from collections.abc import AsyncIterator, Iterable, Mapping, Sequence
+from typing import Any, NoReturn
+
+from sqlalchemy import and_, func, insert, or_, select, update
+from sqlalchemy.ext.asyncio import AsyncConnection
+from sqlalchemy.sql.elements import ColumnElement
+
+from asyncstore.config import Backend
+from asyncstore.entities import Job, JobStatus, NewJob, RequeueResult
+from asyncstore.errors import InvalidParameter, InvalidState, NotFound
+from asyncstore.repos import job_rules as rules
+from asyncstore.repos import job_sql
+from asyncstore.schema import jobs
 from asyncstore.uow import UnitOfWork
+
+_INSERT_BATCH = 500
+"""Rows per multi-row INSERT of ``create_many``: 500 x 9 columns stays far below every
+backend's bound-parameter limit (SQLite 32,766, asyncpg 32,767)."""
+_LIST_PAGE = 500
+"""Rows read per page by ``list``: one short read transaction per page."""
+
+_P, _R = JobStatus.PENDING, JobStatus.RUNNING
+# The states each transition is allowed from.
+_ALLOWED: dict[str, tuple[JobStatus, ...]] = {
+    "start": (_P,),
+    "heartbeat": (_R,),
+    "finish": (_R,),
+    "fail": (_R,),
+    "mark_timed_out": (_R,),
+    "retry_or_fail": (_R,),
+    "cancel": (_P, _R),
+    "reset": (_R, JobStatus.FAILED, JobStatus.TIMEOUT, JobStatus.CANCELED),
+}
 
 
 class JobRepository:
-    """Async repository for jobs."""
+    """Async repository of the job queue (``store.jobs``).
+
+    Example::
+
+        job = await store.jobs.create("train", {"lr": 0.1})
+        for claimed in await store.jobs.claim(["train"], limit=1, lease_seconds=30):
+            await store.jobs.finish(claimed.job_id, "ok")
+    """
 
     def __init__(self, uow: UnitOfWork) -> None:
         self._uow = uow
+
+    @property
+    def _backend(self) -> Backend:
+        return self._uow.backend
+
+    # --- enqueue -----------------------------------------------------------------------
+
+    async def create(self, job_name: str, params: Mapping[str, Any], timeout: float | None = None) -> Job:
+        """Enqueue one PENDING job.
+
+        Args:
+            job_name: what to run (at most 500 characters).
+            params: a dict of JSON-serialisable values, stored as JSON text.
+            timeout: seconds one run may take (see :meth:`requeue_expired`), None for no limit.
+
+        Raises:
+            InvalidParameter: a bad name, params that are not JSON-serialisable, a bad timeout.
+        """
+        created = await self.create_many([NewJob(job_name, params, timeout)])
+        return created[0]
+
+    async def create_many(self, new_jobs: Iterable[NewJob]) -> builtins.list[Job]:
+        """Enqueue a batch of PENDING jobs atomically, in a bounded number of statements.
+
+        All get the same ``creation_time``; their ids sort in the order given, so they
+        are claimed and listed in that order.
+
+        Raises:
+            InvalidParameter: any job is invalid (then none is created).
+        """
+        specs = builtins.list(new_jobs)
+        rows: builtins.list[dict[str, Any]] = []
+        for index, spec in enumerate(specs):
+            if not isinstance(spec, NewJob):
+                raise InvalidParameter(f"create_many takes NewJob items; item {index} is {type(spec).__name__}")
+            rows.append(
+                {
+                    "job_name": rules.job_name(spec.job_name),
+                    "params": rules.params_text(spec.params),
+                    "timeout": rules.timeout(spec.timeout),
+                }
+            )
+        for row, job_id in zip(rows, _ordered_uuids(len(rows))):
+            row["id"] = job_id
+
+        async def fn(conn: AsyncConnection) -> int:
+            now = await job_sql.read_now_ms(conn, self._backend)
+            for row in rows:
+                row.update(
+                    creation_time=now,
+                    last_update_time=now,
+                    next_attempt_at=now,
+                    status=int(JobStatus.PENDING),
+                    retry_count=0,
+                )
+            for start in range(0, len(rows), _INSERT_BATCH):
+                await conn.execute(insert(jobs), rows[start : start + _INSERT_BATCH])
+            return now
+
+        if not rows:
+            return []
+        now = await self._uow.run(fn)
+        return [
+            Job(
+                job_id=row["id"],
+                job_name=row["job_name"],
+                params=json.loads(row["params"]),
+                timeout=row["timeout"],
+                status=JobStatus.PENDING,
+                result=None,
+                retry_count=0,
+                creation_time=now,
+                last_update_time=now,
+                lease_expires_at=None,
+                next_attempt_at=now,
+            )
+            for row in rows
+        ]
+
+    # --- read --------------------------------------------------------------------------
+
+    async def get(self, job_id: str) -> Job:
+        """Return one job.
+
+        Raises:
+            NotFound: no job has this id.
+        """
+        rules.job_id(job_id)
+
+        async def fn(conn: AsyncConnection) -> Job:
+            row = (await conn.execute(select(jobs).where(jobs.c.id == job_id))).first()
+            if row is None:
+                raise NotFound(f"job {job_id!r} does not exist")
+            return job_sql.to_job(row)
+
+        return await self._uow.run(fn, write=False)
+
+    async def count_by_status(self, job_name: str | None = None) -> dict[JobStatus, int]:
+        """Count jobs per status (every status present, zero included), optionally of one name."""
+        name = None if job_name is None else rules.job_name(job_name)
+
+        async def fn(conn: AsyncConnection) -> dict[JobStatus, int]:
+            query = select(jobs.c.status, func.count()).group_by(jobs.c.status)
+            if name is not None:
+                query = query.where(jobs.c.job_name == name)
+            counts = dict.fromkeys(JobStatus, 0)
+            for status, n in (await conn.execute(query)).all():
+                counts[JobStatus(status)] = int(n)
+            return counts
+
+        return await self._uow.run(fn, write=False)
+
+    # --- claim and lease ---------------------------------------------------------------
+
+    async def claim(
+        self,
+        job_names: Sequence[str] | None = None,
+        limit: int = 1,
+        lease_seconds: float = rules.DEFAULT_LEASE_SECONDS,
+    ) -> builtins.list[Job]:
+        """Atomically take the oldest due PENDING jobs, mark them RUNNING, lease them.
+
+        A job is due when its ``next_attempt_at`` has passed; the oldest due come first
+        (by ``next_attempt_at``, then creation). No job is handed to two claimers; on
+        PostgreSQL and MySQL/MariaDB concurrent claimers skip each other's rows (``FOR
+        UPDATE SKIP LOCKED``) rather than wait, so an empty list means "nothing free
+        right now", not necessarily "queue empty". The worker must :meth:`heartbeat`
+        before ``lease_seconds`` run out, or :meth:`requeue_expired` returns the job to
+        PENDING. SQL: :func:`asyncstore.repos.job_sql.claim`.
+
+        Args:
+            job_names: only jobs with one of these names; None for any.
+            limit: at most this many jobs (1 to 1000).
+            lease_seconds: how long the claim holds without a heartbeat.
+
+        Returns:
+            The claimed jobs, oldest first, RUNNING, with ``lease_expires_at`` set.
+        """
+        names = rules.job_names(job_names)
+        count = rules.bounded_int("limit", limit, 1, rules.MAX_CLAIM)
+        lease_ms = rules.seconds_ms("lease_seconds", lease_seconds)
+
+        async def fn(conn: AsyncConnection) -> builtins.list[Job]:
+            rows = await job_sql.claim(conn, self._backend, names, count, lease_ms)
+            claimed = [job_sql.to_job(row) for row in rows]
+            return sorted(claimed, key=lambda j: (j.next_attempt_at, j.creation_time, j.job_id))
+
+        return await self._uow.run(fn)
+
+    async def start(self, job_id: str, lease_seconds: float | None = None) -> Job:
+        """Move a PENDING job to RUNNING (MLflow's start_job).
+
+        Args:
+            job_id: the job.
+            lease_seconds: give the job a lease as :meth:`claim` does; None for none (then
+                :meth:`requeue_expired` never requeues it, but its timeout still applies).
+
+        Raises:
+            NotFound: no such job. InvalidState: the job is not PENDING.
+        """
+        lease_ms = None if lease_seconds is None else rules.seconds_ms("lease_seconds", lease_seconds)
+        now = job_sql.now_ms(self._backend)
+        return await self._transition(
+            "start",
+            job_id,
+            status=int(_R),
+            lease_expires_at=None if lease_ms is None else now + lease_ms,
+            last_update_time=now,
+            result=None,
+        )
+
+    async def heartbeat(self, job_id: str, lease_seconds: float = rules.DEFAULT_LEASE_SECONDS) -> Job:
+        """Extend a RUNNING job's lease to now + ``lease_seconds`` (status time unchanged).
+
+        Raises:
+            NotFound: no such job. InvalidState: the job is no longer RUNNING (its lease
+                expired and it was requeued, or it was canceled): stop working on it.
+        """
+        lease_ms = rules.seconds_ms("lease_seconds", lease_seconds)
+        return await self._transition(
+            "heartbeat", job_id, lease_expires_at=job_sql.now_ms(self._backend) + lease_ms
+        )
+
+    async def requeue_expired(self) -> RequeueResult:
+        """Return RUNNING jobs whose lease expired to PENDING; time out overdue ones.
+
+        In one transaction: a RUNNING job whose own ``timeout`` has passed since it
+        started (``last_update_time``) becomes TIMEOUT, whether or not a worker still
+        heartbeats it; then a RUNNING job whose lease has expired (its worker died or
+        hung) becomes PENDING, claimable again at once, keeping its place in the queue.
+        Safe to run from many hosts at once: each job is counted by one of them.
+        """
+        backend = self._backend
+
+        async def fn(conn: AsyncConnection) -> RequeueResult:
+            now = job_sql.now_ms(backend)
+            running = jobs.c.status == int(_R)
+            overdue = and_(
+                running, jobs.c.timeout.is_not(None), jobs.c.last_update_time + jobs.c.timeout * 1000 <= now
+            )
+            timed_out = await conn.execute(
+                update(jobs)
+                .where(overdue)
+                .values(
+                    status=int(JobStatus.TIMEOUT),
+                    lease_expires_at=None,
+                    last_update_time=now,
+                    result="timed out: ran longer than its timeout",
+                )
+            )
+            expired = and_(running, jobs.c.lease_expires_at.is_not(None), jobs.c.lease_expires_at <= now)
+            requeued = await conn.execute(
+                update(jobs)
+                .where(expired)
+                .values(status=int(_P), lease_expires_at=None, last_update_time=now)
+            )
+            return RequeueResult(requeued=int(requeued.rowcount), timed_out=int(timed_out.rowcount))
+
+        return await self._uow.run(fn)
+
+    # --- finish ------------------------------------------------------------------------
+
+    async def finish(self, job_id: str, result: str) -> Job:
+        """Mark a RUNNING job SUCCEEDED with its result (a string, e.g. JSON).
+
+        Raises:
+            NotFound: no such job. InvalidState: the job is not RUNNING.
+            InvalidParameter: result is not a string or longer than 65,535 bytes.
+        """
+        return await self._end("finish", job_id, JobStatus.SUCCEEDED, rules.text("result", result))
+
+    async def fail(self, job_id: str, error: str) -> Job:
+        """Mark a RUNNING job FAILED for good, keeping ``error`` as its result.
+
+        Raises:
+            NotFound: no such job. InvalidState: the job is not RUNNING.
+        """
+        return await self._end("fail", job_id, JobStatus.FAILED, rules.text("error", error))
+
+    async def mark_timed_out(self, job_id: str) -> Job:
+        """Mark a RUNNING job TIMEOUT (its worker gave up on it).
+
+        Raises:
+            NotFound: no such job. InvalidState: the job is not RUNNING.
+        """
+        return await self._end("mark_timed_out", job_id, JobStatus.TIMEOUT, "timed out")
+
+    async def cancel(self, job_id: str) -> Job:
+        """Cancel a PENDING or RUNNING job; a RUNNING job's worker learns it on its next call.
+
+        Raises:
+            NotFound: no such job. InvalidState: the job has finished already.
+        """
+        return await self._end("cancel", job_id, JobStatus.CANCELED, None)
+
+    async def reset(self, job_id: str) -> Job:
+        """Give a RUNNING, FAILED, TIMEOUT or CANCELED job a fresh start as PENDING.
+
+        The retry count, result and lease are cleared and it is due at once. A
+        SUCCEEDED job is never reset (create a new one).
+
+        Raises:
+            NotFound: no such job. InvalidState: the job is PENDING or SUCCEEDED.
+        """
+        now = job_sql.now_ms(self._backend)
+        return await self._transition(
+            "reset",
+            job_id,
+            status=int(_P),
+            retry_count=0,
+            result=None,
+            lease_expires_at=None,
+            last_update_time=now,
+            next_attempt_at=now,
+        )
+
+    async def retry_or_fail(
+        self,
+        job_id: str,
+        error: str,
+        max_retries: int | None = None,
+        *,
+        backoff_base: float | None = None,
+        backoff_cap: float | None = None,
+    ) -> int | None:
+        """Send a failed RUNNING job back to PENDING after a backoff, or fail it for good.
+
+        If the job was retried fewer than ``max_retries`` times it becomes PENDING with
+        its retry count + 1 and may be claimed again from ``next_attempt_at = now +
+        min(backoff_cap, backoff_base * 2 ** retries_so_far)`` (database clock), else it
+        becomes FAILED. Either way ``error`` is kept as its result.
+
+        Args:
+            job_id: the job.
+            error: what went wrong.
+            max_retries: default ``ASYNCSTORE_JOB_MAX_RETRIES``, else 3.
+            backoff_base: seconds; default ``ASYNCSTORE_JOB_BACKOFF_BASE``, else 1.
+            backoff_cap: seconds; default ``ASYNCSTORE_JOB_BACKOFF_CAP``, else 300.
+
+        Returns:
+            The new retry count, or None when the job is now FAILED.
+
+        Raises:
+            NotFound: no such job. InvalidState: the job is not RUNNING.
+            ConfigurationError: a bad keyword or environment value (named).
+        """
+        rules.job_id(job_id)
+        message = rules.text("error", error)
+        policy = rules.retry_policy(max_retries, backoff_base, backoff_cap)
+        backend = self._backend
+
+        async def fn(conn: AsyncConnection) -> int | None:
+            query = select(jobs.c.status, jobs.c.retry_count).where(jobs.c.id == job_id)
+            if backend is not Backend.SQLITE:  # SQLite: BEGIN IMMEDIATE holds the write lock
+                query = query.with_for_update()
+            row = (await conn.execute(query)).first()
+            if row is None or row.status != int(_R):
+                await _refuse(conn, "retry_or_fail", job_id)
+            seen = int(row.retry_count)
+            now = job_sql.now_ms(backend)
+            values: dict[str, Any] = {"result": message, "lease_expires_at": None, "last_update_time": now}
+            if seen >= policy.max_retries:
+                values["status"] = int(JobStatus.FAILED)
+            else:
+                values.update(status=int(_P), retry_count=seen + 1, next_attempt_at=now + policy.backoff_ms(seen))
+            guard = and_(jobs.c.id == job_id, jobs.c.status == int(_R), jobs.c.retry_count == seen)
+            if (await conn.execute(update(jobs).where(guard).values(**values))).rowcount != 1:
+                await _refuse(conn, "retry_or_fail", job_id)
+            return None if seen >= policy.max_retries else seen + 1
+
+        return await self._uow.run(fn)
+
+    # --- helpers -----------------------------------------------------------------------
+
+    async def _end(self, op: str, job_id: str, status: JobStatus, result: str | None) -> Job:
+        return await self._transition(
+            op,
+            job_id,
+            status=int(status),
+            result=result,
+            lease_expires_at=None,
+            last_update_time=job_sql.now_ms(self._backend),
+        )
+
+    async def _transition(self, op: str, job_id: str, **values: Any) -> Job:
+        """One guarded UPDATE: ``... WHERE id = :id AND status IN (<allowed for op>)``."""
+        rules.job_id(job_id)
+        guard = and_(jobs.c.id == job_id, jobs.c.status.in_([int(s) for s in _ALLOWED[op]]))
+        stmt = update(jobs).where(guard).values(**values)
+        backend = self._backend
+
+        async def fn(conn: AsyncConnection) -> Job:
+            if backend is Backend.MYSQL:  # MariaDB has no UPDATE ... RETURNING
+                if (await conn.execute(stmt)).rowcount == 1:
+                    row = (await conn.execute(select(jobs).where(jobs.c.id == job_id))).one()
+                    return job_sql.to_job(row)
+            else:
+                row = (await conn.execute(stmt.returning(*jobs.c))).first()
+                if row is not None:
+                    return job_sql.to_job(row)
+            await _refuse(conn, op, job_id)
+
+        return await self._uow.run(fn)
+
+    # --- list (last: its name shadows the builtin inside the class body) -----------------
+
+    def list(
+        self,
+        job_name: str | None = None,
+        statuses: Iterable[JobStatus | str] | JobStatus | str | None = None,
+        begin_timestamp: int | None = None,
+        end_timestamp: int | None = None,
+        params: Mapping[str, Any] | None = None,
+        *,
+        page_size: int = _LIST_PAGE,
+    ) -> AsyncIterator[Job]:
+        """Iterate over matching jobs, oldest first (MLflow's list_jobs).
+
+        The arguments are checked at once; rows are read lazily, ``page_size`` at a
+        time, by keyset on ``(creation_time, id)`` (not OFFSET), each page in its own
+        short read transaction, so jobs created meanwhile neither repeat nor vanish.
+
+        Args:
+            job_name: only jobs of this name.
+            statuses: only jobs in these states (JobStatus members or names).
+            begin_timestamp: only jobs created at or after this epoch ms.
+            end_timestamp: only jobs created at or before this epoch ms.
+            params: only jobs whose params hold every given key with an equal JSON
+                value. Matched in SQL (PostgreSQL ``jsonb @>``, MySQL/MariaDB
+                ``JSON_CONTAINS``, SQLite ``json_type``/``json_extract`` per key), then
+                confirmed in Python for exact JSON equality on every backend; see
+                :func:`asyncstore.repos.job_sql.params_match_sql` for what each does.
+            page_size: rows per database round trip (1 to 10,000).
+
+        Example::
+
+            async for job in store.jobs.list("train", statuses=[JobStatus.FAILED]):
+                print(job.job_id, job.result)
+        """
+        name = None if job_name is None else rules.job_name(job_name)
+        wanted_statuses = rules.statuses(statuses)
+        begin = rules.timestamp("begin_timestamp", begin_timestamp)
+        end = rules.timestamp("end_timestamp", end_timestamp)
+        if begin is not None and end is not None and begin > end:
+            raise InvalidParameter(f"begin_timestamp {begin} is after end_timestamp {end}")
+        wanted = rules.params_filter(params)
+        size = rules.bounded_int("page_size", page_size, 1, rules.MAX_PAGE_SIZE)
+        conditions: builtins.list[ColumnElement[bool]] = []
+        if name is not None:
+            conditions.append(jobs.c.job_name == name)
+        if wanted_statuses is not None:
+            conditions.append(jobs.c.status.in_([int(s) for s in wanted_statuses]))
+        if begin is not None:
+            conditions.append(jobs.c.creation_time >= begin)
+        if end is not None:
+            conditions.append(jobs.c.creation_time <= end)
+        if wanted:
+            conditions.extend(job_sql.params_match_sql(self._backend, wanted))
+        return self._pages(conditions, wanted, size)
+
+    async def _pages(
+        self, conditions: builtins.list[ColumnElement[bool]], wanted: dict[str, Any] | None, size: int
+    ) -> AsyncIterator[Job]:
+        after: tuple[int, str] | None = None
+        while True:
+            query = select(jobs).where(*conditions)
+            if after is not None:
+                at, last_id = after
+                query = query.where(
+                    or_(jobs.c.creation_time > at, and_(jobs.c.creation_time == at, jobs.c.id > last_id))
+                )
+            query = query.order_by(jobs.c.creation_time, jobs.c.id).limit(size)
+
+            async def fn(conn: AsyncConnection, query: Any = query) -> builtins.list[Any]:
+                return builtins.list((await conn.execute(query)).all())
+
+            rows = await self._uow.run(fn, write=False)
+            for row in rows:
+                job = job_sql.to_job(row)
+                if wanted is None or job_sql.params_match(job.params, wanted):
+                    yield job
+            if len(rows) < size:
+                return
+            after = (int(rows[-1].creation_time), rows[-1].id)
+
+
+async def _refuse(conn: AsyncConnection, op: str, job_id: str) -> NoReturn:
+    """Raise NOT_FOUND or INVALID_STATE (naming the job's state) for a refused transition."""
+    status = (await conn.execute(select(jobs.c.status).where(jobs.c.id == job_id))).scalar()
+    if status is None:
+        raise NotFound(f"job {job_id!r} does not exist")
+    allowed = " or ".join(s.name for s in _ALLOWED[op])
+    raise InvalidState(f"cannot {op} job {job_id!r}: it is {JobStatus(status).name}; {op} applies only to a {allowed} job")
+
+
+def _ordered_uuids(count: int) -> builtins.list[str]:
+    """``count`` UUIDv7-style ids that sort in the order made (time first, then a counter).
+
+    Layout (RFC 9562 version 7): 48-bit epoch ms | version 7 | 74 bits that hold a
+    random start plus the index, so ids of one batch are consecutive and jobs created
+    in the same millisecond are listed and claimed in the order given.
+    """
+    millis = time.time_ns() // 1_000_000
+    start = secrets.randbits(73)  # leaves room for 2**73 increments before overflow
+    ids = []
+    for index in range(count):
+        tail = start + index
+        value = (millis << 80) | (0x7 << 76) | ((tail >> 62) << 64) | (0b10 << 62) | (tail & ((1 << 62) - 1))
+        ids.append(str(uuid.UUID(int=value)))
+    return ids

@@ -1,0 +1,257 @@
+"""The job queue's backend-specific SQL, in one place: the clock, the claim, params matching.
+
+Everything else in :mod:`asyncstore.repos.jobs` is plain SQLAlchemy Core that renders
+the same on every backend. The three things below differ per backend, so each is
+written out here, dispatched exhaustively on :class:`~asyncstore.config.Backend`, with
+the SQL it renders shown next to it. No user input is ever part of the SQL text:
+job names, ids, times and params filters are bound parameters.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import sys
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+from sqlalchemy import BigInteger, Text, and_, bindparam, cast, func, literal_column, select, update
+from sqlalchemy.dialects.postgresql import JSONB
+from sqlalchemy.ext.asyncio import AsyncConnection
+from sqlalchemy.sql.elements import ColumnElement
+from sqlalchemy.sql.selectable import Select
+
+from asyncstore.config import Backend
+from asyncstore.entities import Job, JobStatus
+from asyncstore.schema import jobs
+
+if sys.version_info >= (3, 11):
+    from typing import assert_never
+else:  # pragma: no cover - Python 3.10
+    from typing_extensions import assert_never
+
+# --- the database clock ----------------------------------------------------------------
+#
+# Leases, backoff and requeueing compare times written by workers on different hosts,
+# so every time the queue writes comes from the database server's clock, never from
+# the host's. (SQLite is embedded: its "server" is this host, shared by every process
+# that opens the file.) Each expression is stable within one statement.
+_NOW_MS_SQL: dict[Backend, str] = {
+    # statement_timestamp(): when the statement arrived; epoch seconds (numeric) -> ms.
+    Backend.POSTGRESQL: "CAST(FLOOR(EXTRACT(EPOCH FROM statement_timestamp()) * 1000) AS BIGINT)",
+    # NOW(3) has millisecond precision; UNIX_TIMESTAMP of it is a DECIMAL(…,3).
+    Backend.MYSQL: "CAST(FLOOR(UNIX_TIMESTAMP(NOW(3)) * 1000) AS SIGNED)",
+    # strftime('%s') is whole seconds and '%f' is "SS.SSS": add its milliseconds.
+    Backend.SQLITE: (
+        "(CAST(strftime('%s', 'now') AS INTEGER) * 1000"
+        " + CAST(substr(strftime('%f', 'now'), 4) AS INTEGER))"
+    ),
+}
+
+
+def now_ms(backend: Backend) -> ColumnElement[int]:
+    """The SQL expression for "now" in epoch milliseconds on the database clock."""
+    if backend is Backend.POSTGRESQL or backend is Backend.MYSQL or backend is Backend.SQLITE:
+        return literal_column(_NOW_MS_SQL[backend], BigInteger)
+    assert_never(backend)
+
+
+async def read_now_ms(conn: AsyncConnection, backend: Backend) -> int:
+    """Read the database clock: ``SELECT <now_ms>``."""
+    return int((await conn.execute(select(now_ms(backend)))).scalar_one())
+
+
+# --- claiming ----------------------------------------------------------------------------
+#
+# The queue order is "due first": next_attempt_at (set to the creation time on
+# create, pushed into the future by a retry's backoff), then creation_time, then id.
+# It is exactly the index index_jobs_status_next_attempt_at (status, next_attempt_at,
+# creation_time), so a claimer reads the first `limit` due rows of that index and
+# stops: it never scans, let alone locks, the rest of the queue.
+
+
+def _candidates(backend: Backend, job_names: Sequence[str] | None, limit: int) -> Select[Any]:
+    """The ids of the oldest due PENDING jobs::
+
+        SELECT id FROM jobs
+        WHERE status = 0 /* PENDING */ AND next_attempt_at <= <now_ms>
+          [AND job_name IN (:names)]
+        ORDER BY next_attempt_at, creation_time, id
+        LIMIT :limit
+    """
+    query = select(jobs.c.id).where(
+        jobs.c.status == int(JobStatus.PENDING), jobs.c.next_attempt_at <= now_ms(backend)
+    )
+    if job_names is not None:
+        query = query.where(jobs.c.job_name.in_(job_names))
+    return query.order_by(jobs.c.next_attempt_at, jobs.c.creation_time, jobs.c.id).limit(limit)
+
+
+def _running_values(backend: Backend, lease_ms: int) -> dict[str, Any]:
+    """SET status = 1 /* RUNNING */, lease_expires_at = <now_ms> + :lease_ms, last_update_time = <now_ms>."""
+    now = now_ms(backend)
+    return {
+        "status": int(JobStatus.RUNNING),
+        "lease_expires_at": now + bindparam("lease_ms", lease_ms, type_=BigInteger),
+        "last_update_time": now,
+        "result": None,
+    }
+
+
+async def claim(
+    conn: AsyncConnection, backend: Backend, job_names: Sequence[str] | None, limit: int, lease_ms: int
+) -> list[Any]:
+    """Atomically move up to ``limit`` due PENDING jobs to RUNNING; return their rows.
+
+    No row is ever handed to two claimers:
+
+    * PostgreSQL: one statement. The CTE locks the candidates with ``FOR UPDATE SKIP
+      LOCKED``, so concurrent claimers pass over rows another claimer holds instead of
+      queueing behind it, and in READ COMMITTED a locked row is re-checked against the
+      WHERE clause, so a row claimed and committed meanwhile is not taken again::
+
+          WITH candidates AS (
+              SELECT id FROM jobs WHERE status = 0 AND next_attempt_at <= <now>
+              ORDER BY next_attempt_at, creation_time, id LIMIT :limit
+              FOR UPDATE SKIP LOCKED)
+          UPDATE jobs SET status = 1, lease_expires_at = <now> + :lease_ms, ...
+          FROM candidates WHERE jobs.id = candidates.id
+          RETURNING jobs.*
+
+    * MySQL/MariaDB (10.6+ for SKIP LOCKED): MariaDB has no UPDATE … RETURNING, so
+      three statements in one transaction. The SELECT locks the rows it returns
+      (skipping rows locked by other claimers) until COMMIT; the UPDATE repeats the
+      ``status = 0`` guard; the last SELECT reads the rows back::
+
+          SELECT id FROM jobs WHERE status = 0 AND next_attempt_at <= <now>
+          ORDER BY next_attempt_at, creation_time, id LIMIT :limit
+          FOR UPDATE SKIP LOCKED;
+          UPDATE jobs SET status = 1, ... WHERE id IN (:ids) AND status = 0;
+          SELECT * FROM jobs WHERE id IN (:ids);
+
+    * SQLite: the unit of work begins write transactions with ``BEGIN IMMEDIATE``, so
+      this transaction holds the database's single write lock from its first
+      statement; one conditional UPDATE picks and moves the rows::
+
+          UPDATE jobs SET status = 1, ...
+          WHERE id IN (SELECT id FROM jobs WHERE status = 0 AND ... LIMIT :limit)
+            AND status = 0
+          RETURNING *
+    """
+    values = _running_values(backend, lease_ms)
+    if backend is Backend.POSTGRESQL:
+        picked = _candidates(backend, job_names, limit).with_for_update(skip_locked=True).cte("candidates")
+        stmt = update(jobs).where(jobs.c.id == picked.c.id).values(**values).returning(*jobs.c)
+        return list((await conn.execute(stmt)).all())
+    if backend is Backend.MYSQL:
+        locked = _candidates(backend, job_names, limit).with_for_update(skip_locked=True)
+        ids = list((await conn.execute(locked)).scalars().all())
+        if not ids:
+            return []
+        guarded = jobs.c.id.in_(ids) & (jobs.c.status == int(JobStatus.PENDING))
+        await conn.execute(update(jobs).where(guarded).values(**values))
+        return list((await conn.execute(select(jobs).where(jobs.c.id.in_(ids)))).all())
+    if backend is Backend.SQLITE:
+        picked_ids = _candidates(backend, job_names, limit)
+        guarded = jobs.c.id.in_(picked_ids) & (jobs.c.status == int(JobStatus.PENDING))
+        stmt = update(jobs).where(guarded).values(**values).returning(*jobs.c)
+        return list((await conn.execute(stmt)).all())
+    assert_never(backend)
+
+
+# --- params matching -----------------------------------------------------------------------
+
+
+def params_match_sql(backend: Backend, wanted: Mapping[str, Any]) -> list[ColumnElement[bool]]:
+    """SQL conditions a job's params must meet to contain every pair of ``wanted``.
+
+    ``params`` is stored as JSON text; the conditions narrow the rows in SQL and
+    :func:`params_match` then confirms each row in Python, so the result is exact
+    JSON equality per key (1 and 1.0 equal, true and 1 not) on every backend:
+
+    * PostgreSQL: ``CAST(params AS JSONB) @> CAST(:wanted AS JSONB)``, containment of
+      the whole filter document (exact for scalar values; for arrays and objects
+      containment is looser than equality, hence the Python check).
+    * MySQL/MariaDB: ``JSON_CONTAINS(params, :wanted)``, likewise (MySQL also lets a
+      scalar match inside an array).
+    * SQLite: per key, ``json_type(params, '$."key"')`` must be the value's JSON type
+      and, for strings and numbers, ``json_extract(params, '$."key"') = :value``. A key
+      that holds ``"`` or ``\\`` cannot be written as a JSON path: it is checked in
+      Python only, as are integers beyond 64 bits.
+    """
+    if not wanted:
+        return []
+    if backend is Backend.POSTGRESQL:
+        document = cast(bindparam(None, _dumps(wanted), type_=Text), JSONB)
+        return [cast(jobs.c.params, JSONB).op("@>")(document)]
+    if backend is Backend.MYSQL:
+        return [func.json_contains(jobs.c.params, bindparam(None, _dumps(wanted), type_=Text)) == 1]
+    if backend is Backend.SQLITE:
+        return [cond for key, value in wanted.items() if (cond := _sqlite_key_match(key, value)) is not None]
+    assert_never(backend)
+
+
+def _sqlite_key_match(key: str, value: Any) -> ColumnElement[bool] | None:
+    if '"' in key or "\\" in key:
+        return None
+    path = bindparam(None, f'$."{key}"', type_=Text)
+    kind = func.json_type(jobs.c.params, path)
+    extracted = func.json_extract(jobs.c.params, path)
+    if value is None:
+        return kind == "null"
+    if isinstance(value, bool):
+        return kind == ("true" if value else "false")
+    if isinstance(value, int):
+        if not -(2**63) <= value < 2**63:
+            return None
+        return and_(kind.in_(("integer", "real")), extracted == value)
+    if isinstance(value, float):
+        return and_(kind.in_(("integer", "real")), extracted == value)
+    if isinstance(value, str):
+        return and_(kind == "text", extracted == value)
+    if isinstance(value, (list, tuple)):
+        return kind == "array"
+    return kind == "object"
+
+
+def params_match(params: Mapping[str, Any], wanted: Mapping[str, Any]) -> bool:
+    """Whether ``params`` holds every key of ``wanted`` with a JSON-equal value."""
+    return all(key in params and json_equal(params[key], value) for key, value in wanted.items())
+
+
+def json_equal(a: Any, b: Any) -> bool:
+    """JSON equality: numbers by value (1 == 1.0), booleans apart from numbers, deep."""
+    if isinstance(a, bool) or isinstance(b, bool):
+        return isinstance(a, bool) and isinstance(b, bool) and a == b
+    if isinstance(a, (int, float)) and isinstance(b, (int, float)):
+        return a == b
+    if isinstance(a, (list, tuple)) and isinstance(b, (list, tuple)):
+        return len(a) == len(b) and all(json_equal(x, y) for x, y in zip(a, b))
+    if isinstance(a, Mapping) and isinstance(b, Mapping):
+        return a.keys() == b.keys() and all(json_equal(a[k], b[k]) for k in a)
+    return type(a) is type(b) and a == b
+
+
+def _dumps(value: Any) -> str:
+    return json.dumps(value, ensure_ascii=False, allow_nan=False, separators=(",", ":"))
+
+
+# --- rows ------------------------------------------------------------------------------------
+
+
+def to_job(row: Any) -> Job:
+    """Build a :class:`Job` from a ``jobs`` row."""
+    timeout = row.timeout
+    return Job(
+        job_id=row.id,
+        job_name=row.job_name,
+        params=json.loads(row.params),
+        timeout=None if timeout is None or math.isnan(timeout) else float(timeout),
+        status=JobStatus(row.status),
+        result=row.result,
+        retry_count=int(row.retry_count),
+        creation_time=int(row.creation_time),
+        last_update_time=int(row.last_update_time),
+        lease_expires_at=None if row.lease_expires_at is None else int(row.lease_expires_at),
+        next_attempt_at=int(row.next_attempt_at),
+    )
