@@ -1,0 +1,104 @@
+"""Cancellation storm: a thousand concurrent calls, a third of them cancelled at random."""
+
+from __future__ import annotations
+
+import asyncio
+import random
+from collections.abc import Awaitable, Callable
+
+import pytest
+from sqlalchemy import func, insert, select
+from sqlalchemy.ext.asyncio import AsyncConnection
+
+from asyncstore import AsyncStore
+from asyncstore.schema import experiment_tags, experiments
+from tests.faults import admin
+
+OPERATIONS = 1000
+CANCEL_SHARE = 0.35
+HANG_GUARD = 120  # seconds: only there so that a hang fails the test instead of CI
+TAGS_PER_EXPERIMENT = 3
+
+
+async def _eventually(read: Callable[[], Awaitable[int]], want: int, seconds: float = 10.0) -> int:
+    """Poll ``read`` until it returns ``want`` or ``seconds`` pass; return the last value.
+
+    The server notices a discarded connection's socket close asynchronously.
+    """
+    value = await read()
+    for _ in range(int(seconds / 0.1)):
+        if value == want:
+            break
+        await asyncio.sleep(0.1)
+        value = await read()
+    return value
+
+
+async def _write_batch(conn: AsyncConnection, name: str) -> None:
+    exp_id = (await conn.execute(insert(experiments).values(name=name))).inserted_primary_key[0]
+    await conn.execute(
+        insert(experiment_tags),
+        [{"experiment_id": exp_id, "key": f"k{j}", "value": name} for j in range(TAGS_PER_EXPERIMENT)],
+    )
+
+
+async def _read(conn: AsyncConnection) -> int:
+    return int(await conn.scalar(select(func.count()).select_from(experiments)))
+
+
+@pytest.mark.slow
+async def test_cancellation_storm_leaves_no_connection_transaction_or_half_write(migrated_uri: str) -> None:
+    """Promise: after 1,000 concurrent calls (writes through ``uow.run``, writes through
+    ``uow.transaction``, reads) with about a third cancelled at random moments, no call
+    failed with anything but its cancellation, 0 connections are checked out, the
+    server has no open transaction and no session beyond the idle pool, every write
+    that reported success is in the database, and every experiment in the database has
+    all its tags (no half-written batch)."""
+    rng = random.Random(20240607)
+    loop = asyncio.get_running_loop()
+    succeeded: set[str] = set()
+
+    async with AsyncStore.open(migrated_uri, pool_size=8, max_overflow=8) as store:
+
+        async def operation(i: int) -> None:
+            name = f"storm-{i}"
+            kind = i % 3
+            if kind == 0:
+                await store.uow.run(lambda c: _write_batch(c, name))
+                succeeded.add(name)
+            elif kind == 1:
+                async with store.uow.transaction() as conn:
+                    await _write_batch(conn, name)
+                succeeded.add(name)
+            else:
+                assert await store.uow.run(_read, write=False) >= 0
+
+        tasks = [asyncio.ensure_future(operation(i)) for i in range(OPERATIONS)]
+        for task in tasks:
+            if rng.random() < CANCEL_SHARE:
+                loop.call_later(rng.uniform(0.0, 0.3), task.cancel)
+        outcomes = await asyncio.wait_for(asyncio.gather(*tasks, return_exceptions=True), HANG_GUARD)
+
+        failures = [o for o in outcomes if isinstance(o, BaseException) and not isinstance(o, asyncio.CancelledError)]
+        assert failures == []
+        cancelled = sum(isinstance(o, asyncio.CancelledError) for o in outcomes)
+        assert 0 < cancelled < OPERATIONS and succeeded  # the storm really mixed both
+        pool = store.engine.sync_engine.pool
+        assert pool.checkedout() == 0
+        assert await _eventually(lambda: admin.open_transactions(migrated_uri), 0) == 0
+        if store.backend.value != "sqlite":
+            idle = pool.checkedin()
+            assert await _eventually(lambda: admin.sessions(migrated_uri), idle) == idle
+
+        async def snapshot(conn: AsyncConnection) -> tuple[set[str], dict[str, int]]:
+            names = set((await conn.execute(select(experiments.c.name))).scalars())
+            per = await conn.execute(
+                select(experiments.c.name, func.count(experiment_tags.c.key))
+                .join(experiment_tags, experiment_tags.c.experiment_id == experiments.c.experiment_id)
+                .group_by(experiments.c.name)
+            )
+            return names, {name: int(n) for name, n in per}
+
+        names, tag_counts = await store.uow.run(snapshot, write=False)
+        assert succeeded <= names
+        assert {name: tag_counts.get(name, 0) for name in names} == {name: TAGS_PER_EXPERIMENT for name in names}
