@@ -14,6 +14,136 @@ from asyncstore.paging import Page
 
 # --- experiments and runs ------------------------------------------------------------
 
+
+class LifecycleStage(str, enum.Enum):
+    """Whether an experiment or run is live or (soft-)deleted."""
+
+    ACTIVE = "active"
+    DELETED = "deleted"
+
+
+class ViewType(str, enum.Enum):
+    """Which lifecycle stages a search returns."""
+
+    ACTIVE_ONLY = "ACTIVE_ONLY"
+    DELETED_ONLY = "DELETED_ONLY"
+    ALL = "ALL"
+
+
+class RunStatus(str, enum.Enum):
+    """The status of a run (MLflow's RunStatus)."""
+
+    RUNNING = "RUNNING"
+    SCHEDULED = "SCHEDULED"
+    FINISHED = "FINISHED"
+    FAILED = "FAILED"
+    KILLED = "KILLED"
+
+
+@dataclasses.dataclass(frozen=True)
+class ExperimentTag:
+    """A key/value tag of an experiment."""
+
+    key: str
+    value: str
+
+
+@dataclasses.dataclass(frozen=True)
+class Experiment:
+    """An experiment: a named group of runs. Times are epoch milliseconds."""
+
+    experiment_id: str
+    name: str
+    artifact_location: str | None
+    lifecycle_stage: LifecycleStage
+    creation_time: int | None
+    last_update_time: int | None
+    tags: dict[str, str] = dataclasses.field(default_factory=dict)
+
+
+@dataclasses.dataclass(frozen=True)
+class Metric:
+    """One metric measurement. ``timestamp`` is epoch ms; ``value`` may be NaN or ±inf."""
+
+    key: str
+    value: float
+    timestamp: int
+    step: int = 0
+
+
+@dataclasses.dataclass(frozen=True)
+class RunMetric:
+    """A metric measurement together with the run it belongs to (bulk history)."""
+
+    run_id: str
+    key: str
+    value: float
+    timestamp: int
+    step: int = 0
+
+
+@dataclasses.dataclass(frozen=True)
+class Param:
+    """A run parameter; immutable once logged."""
+
+    key: str
+    value: str
+
+
+@dataclasses.dataclass(frozen=True)
+class RunTag:
+    """A key/value tag of a run."""
+
+    key: str
+    value: str
+
+
+@dataclasses.dataclass(frozen=True)
+class RunInfo:
+    """Run metadata. Times are epoch milliseconds."""
+
+    run_id: str
+    experiment_id: str
+    run_name: str | None
+    user_id: str | None
+    status: RunStatus
+    start_time: int | None
+    end_time: int | None
+    lifecycle_stage: LifecycleStage
+    artifact_uri: str | None
+    deleted_time: int | None = None
+
+
+@dataclasses.dataclass(frozen=True)
+class RunData:
+    """What a run logged: the latest value of each metric, its params and tags.
+
+    Attributes:
+        metrics: latest value per metric key.
+        params: param key -> value.
+        tags: tag key -> value.
+        latest_metrics: the latest measurement per key, with its step and timestamp.
+    """
+
+    metrics: dict[str, float] = dataclasses.field(default_factory=dict)
+    params: dict[str, str] = dataclasses.field(default_factory=dict)
+    tags: dict[str, str] = dataclasses.field(default_factory=dict)
+    latest_metrics: dict[str, Metric] = dataclasses.field(default_factory=dict)
+
+
+@dataclasses.dataclass(frozen=True)
+class Run:
+    """A run: its :class:`RunInfo` and :class:`RunData`."""
+
+    info: RunInfo
+    data: RunData
+
+    @property
+    def run_id(self) -> str:
+        """Shortcut for ``info.run_id``."""
+        return self.info.run_id
+
+
 # --- traces and spans ----------------------------------------------------------------
 
 

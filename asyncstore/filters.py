@@ -419,6 +419,8 @@ class _Parser:
                     raise self.fail("expected IS NULL or IS NOT NULL", start)
         if found is None:
             raise self.fail(f"expected a comparator after {where}, got {tok.text!r}; allowed: {allowed}", start)
+        if not spec.comparators:
+            raise self.fail(f"{where} cannot be used in a filter, only in order_by", start)
         if found not in spec.comparators:
             raise self.fail(f"comparator {found} is not allowed on {where}; allowed: {allowed}", start)
         return found

@@ -1,0 +1,257 @@
+"""Helpers shared by the experiment and run repositories.
+
+Validation of ids, keys and values (MLflow's rules and limits), the dialect-specific
+upsert, the storage encoding of NaN / ±inf metric values, and the per-dialect
+string expressions (case-sensitive LIKE, binary ordering) that make search behave
+the same on every backend.
+"""
+
+from __future__ import annotations
+
+import math
+import posixpath
+import re
+import time
+from collections.abc import Iterable, Mapping, Sequence
+from typing import Any, NoReturn
+
+from typing_extensions import assert_never
+
+from sqlalchemy import ColumnElement, Table, func
+from sqlalchemy.dialects import mysql as mysql_dialect
+from sqlalchemy.dialects import postgresql as pg_dialect
+from sqlalchemy.dialects import sqlite as sqlite_dialect
+from sqlalchemy.sql.dml import Insert
+
+from asyncstore.config import Backend
+from asyncstore.errors import InvalidParameter
+from asyncstore.schema import KEY_MAX
+
+MAX_RESULTS_LIMIT = 50_000
+"""Largest page a search returns (MLflow's limit for search_runs)."""
+
+DEFAULT_ARTIFACT_ROOT = "mlflow-artifacts:"
+"""Experiments created without an artifact location get ``mlflow-artifacts:/<id>``,
+the location an MLflow tracking server that serves artifacts uses."""
+
+FLOAT_MAX = 1.7976931348623157e308
+"""±inf is stored as ±FLOAT_MAX (MySQL's DOUBLE cannot hold infinities; MLflow does
+the same) and read back as ±inf."""
+
+IN_CHUNK = 1000
+"""Run ids per ``IN (...)`` list when loading the data of a page of runs: far below
+SQLite's 32766 bound-parameter limit, and large enough to keep round trips few."""
+
+_RUN_ID = re.compile(r"^[a-zA-Z0-9][\w\-]{0,31}$")
+_EXPERIMENT_ID = re.compile(r"^[0-9]{1,10}$")
+# MLflow's rule for metric, param and tag keys: alphanumerics, _ - . space / :
+_KEY = re.compile(r"^[/\w.\- :]*$")
+
+
+def now_ms() -> int:
+    """The current time in epoch milliseconds."""
+    return int(time.time() * 1000)
+
+
+def invalid(message: str) -> NoReturn:
+    """Raise :class:`InvalidParameter` with ``message``."""
+    raise InvalidParameter(message)
+
+
+def experiment_id_of(value: object) -> int:
+    """Validate an experiment id (a string or int of digits) and return it as int."""
+    if isinstance(value, bool) or not isinstance(value, (str, int)) or not _EXPERIMENT_ID.match(str(value)):
+        invalid(f"experiment id {value!r} is not valid: expected a string of digits such as '1'")
+    return int(value)
+
+
+def run_id_of(value: object) -> str:
+    """Validate a run id (MLflow: 32 hex characters; up to 32 word characters accepted)."""
+    if not isinstance(value, str) or not _RUN_ID.match(value):
+        invalid(f"run id {value!r} is not valid: expected 32 hexadecimal characters")
+    return value
+
+
+def check_key(kind: str, key: object) -> str:
+    """Validate a metric, param or tag key with MLflow's rules."""
+    if not isinstance(key, str) or key == "":
+        invalid(f"{kind} key {key!r} is not valid: expected a non-empty string")
+    if len(key) > KEY_MAX:
+        invalid(f"{kind} key {key[:40]!r}... is {len(key)} characters long; the limit is {KEY_MAX}")
+    if not _KEY.match(key):
+        invalid(
+            f"{kind} key {key!r} is not valid: keys may contain only letters, digits, "
+            "underscores (_), dashes (-), periods (.), spaces ( ), colons (:) and slashes (/)"
+        )
+    if posixpath.normpath(key) != key or key.startswith("/"):
+        invalid(f"{kind} key {key!r} is not valid: it must be a relative path without '..', '//' or a trailing '/'")
+    return key
+
+
+def check_value(kind: str, key: str, value: object, limit: int) -> str:
+    """Validate a param or tag value (a string; numbers and bools are turned into strings)."""
+    if isinstance(value, (bool, int, float)):
+        value = str(value)
+    if not isinstance(value, str):
+        invalid(f"{kind} {key!r} has a value of type {type(value).__name__}; expected a string")
+    if len(value) > limit:
+        invalid(f"{kind} {key!r} has a value {len(value)} characters long; the limit is {limit}")
+    return value
+
+
+def check_string(name: str, value: object, limit: int, *, allow_none: bool = True) -> str | None:
+    """Validate an optional string argument against a length limit."""
+    if value is None and allow_none:
+        return None
+    if not isinstance(value, str):
+        invalid(f"{name} must be a string, got {type(value).__name__}")
+    if len(value) > limit:
+        invalid(f"{name} is {len(value)} characters long; the limit is {limit}")
+    return value
+
+
+def check_int(name: str, value: object, *, allow_none: bool = False) -> int | None:
+    """Validate an integer argument (epoch ms, step...); bools are refused."""
+    if value is None and allow_none:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int):
+        invalid(f"{name} must be an integer, got {value!r}")
+    if not -(2**63) <= value < 2**63:
+        invalid(f"{name} {value} does not fit in a 64-bit integer")
+    return value
+
+
+def check_max_results(value: object, *, limit: int = MAX_RESULTS_LIMIT) -> int:
+    """Validate ``max_results`` (1 .. limit)."""
+    if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= limit:
+        invalid(f"max_results must be an integer between 1 and {limit}, got {value!r}")
+    return value
+
+
+def tag_pairs(kind: str, tags: Mapping[str, str] | Iterable[Any] | None, limit: int) -> dict[str, str]:
+    """Validate tags given as a mapping or as objects with ``key``/``value``."""
+    if tags is None:
+        return {}
+    items: Iterable[tuple[Any, Any]]
+    if isinstance(tags, Mapping):
+        items = tags.items()
+    else:
+        items = [(getattr(t, "key", None), getattr(t, "value", None)) for t in tags]
+    result: dict[str, str] = {}
+    for key, value in items:
+        key = check_key(kind, key)
+        result[key] = check_value(kind, key, value, limit)
+    return result
+
+
+# --- metric values ------------------------------------------------------------------
+
+
+def encode_metric(value: object, key: str) -> tuple[float, bool]:
+    """Return the stored (value, is_nan) of a metric value (MLflow's encoding)."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        invalid(f"metric {key!r} has value {value!r}; expected a number")
+    number = float(value)
+    if math.isnan(number):
+        return 0.0, True
+    if math.isinf(number):
+        return (FLOAT_MAX if number > 0 else -FLOAT_MAX), False
+    return number, False
+
+
+def decode_metric(value: float, is_nan: bool) -> float:
+    """Inverse of :func:`encode_metric`."""
+    if is_nan:
+        return math.nan
+    if value >= FLOAT_MAX:
+        return math.inf
+    if value <= -FLOAT_MAX:
+        return -math.inf
+    return float(value)
+
+
+# --- dialect-specific SQL -----------------------------------------------------------
+
+
+def dialect_insert(backend: Backend, table: Table) -> Insert:
+    """An INSERT of the backend's dialect (so it has upsert methods)."""
+    if backend is Backend.SQLITE:
+        return sqlite_dialect.insert(table)
+    if backend is Backend.POSTGRESQL:
+        return pg_dialect.insert(table)
+    if backend is Backend.MYSQL:
+        return mysql_dialect.insert(table)
+    assert_never(backend)
+
+
+def upsert(backend: Backend, table: Table, keys: Sequence[str], update: Sequence[str]) -> Insert:
+    """INSERT ... ON CONFLICT (keys) DO UPDATE / ON DUPLICATE KEY UPDATE ``update``.
+
+    With ``update`` empty, a conflicting row is left as it is (DO NOTHING).
+    Execute it with a list of parameter dicts (executemany: one statement per batch).
+    """
+    stmt: Any = dialect_insert(backend, table)
+    if backend is Backend.MYSQL:
+        # MySQL has no DO NOTHING: assigning a key column to itself is a no-op update.
+        cols = update or [keys[0]]
+        return stmt.on_duplicate_key_update({c: stmt.inserted[c] for c in cols})  # type: ignore[no-any-return]
+    if not update:
+        return stmt.on_conflict_do_nothing(index_elements=list(keys))  # type: ignore[no-any-return]
+    return stmt.on_conflict_do_update(  # type: ignore[no-any-return]
+        index_elements=list(keys), set_={c: stmt.excluded[c] for c in update}
+    )
+
+
+def _like_to_glob(pattern: str) -> str:
+    """Translate a LIKE pattern (% _ and backslash escapes) into an equivalent GLOB."""
+    out: list[str] = []
+    i = 0
+    while i < len(pattern):
+        ch = pattern[i]
+        if ch == "\\" and i + 1 < len(pattern):
+            i += 1
+            ch = pattern[i]
+            out.append(f"[{ch}]" if ch in "*?[" else ch)
+        elif ch == "%":
+            out.append("*")
+        elif ch == "_":
+            out.append("?")
+        elif ch in "*?[":
+            out.append(f"[{ch}]")
+        else:
+            out.append(ch)
+        i += 1
+    return "".join(out)
+
+
+def like(backend: Backend, column: ColumnElement[Any], pattern: str, *, insensitive: bool) -> ColumnElement[bool]:
+    """A LIKE (case-sensitive) or ILIKE comparison that behaves the same on every backend.
+
+    ``%`` and ``_`` are wildcards and a backslash escapes the next character. SQLite's
+    LIKE ignores case, so there it becomes the equivalent GLOB.
+    """
+    if backend is Backend.SQLITE:
+        if insensitive:
+            return func.lower(column).op("GLOB")(_like_to_glob(pattern.lower()))
+        return column.op("GLOB")(_like_to_glob(pattern))
+    if backend is Backend.POSTGRESQL:
+        return column.ilike(pattern) if insensitive else column.like(pattern)
+    if backend is Backend.MYSQL:
+        # utf8mb4_bin columns: LIKE is case-sensitive; ILIKE compares lower-cased.
+        return func.lower(column).like(func.lower(pattern)) if insensitive else column.like(pattern)
+    assert_never(backend)
+
+
+def sortable(backend: Backend, column: ColumnElement[Any]) -> ColumnElement[Any]:
+    """A string column ordered by code point on every backend (PostgreSQL: "C" collation)."""
+    if backend is Backend.POSTGRESQL:
+        return column.collate("C")
+    if backend in (Backend.SQLITE, Backend.MYSQL):
+        return column  # BINARY / utf8mb4_bin already compare code points
+    assert_never(backend)
+
+
+def chunks(items: Sequence[str], size: int = IN_CHUNK) -> Iterable[Sequence[str]]:
+    """Split ``items`` into slices of at most ``size``."""
+    for start in range(0, len(items), size):
+        yield items[start : start + size]

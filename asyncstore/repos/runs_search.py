@@ -1,0 +1,173 @@
+"""Reading runs: rows to entities, loading run data in bulk, and run search.
+
+Search filters and sorts in the database. Each metric / param / tag clause is an
+``EXISTS`` on ``latest_metrics`` / ``params`` / ``tags`` (primary-key lookups per run);
+each order-by key on one of them is a ``LEFT JOIN`` on (run, key). Ordering follows
+MLflow: real values first, then NaN, then missing; ties by ``start_time DESC`` and
+``run_id``, so offset pages are stable.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+from sqlalchemy import Row, Select, and_, case, exists, or_, select
+from sqlalchemy.ext.asyncio import AsyncConnection
+from sqlalchemy.sql import ColumnElement, FromClause
+
+from asyncstore import filters as f
+from asyncstore.config import Backend
+from asyncstore.entities import LifecycleStage, Metric, RunData, RunInfo, RunStatus, ViewType
+from asyncstore.repos import _tracking as t
+from asyncstore.repos.experiments import NUMERIC_OPS, string_comparison
+from asyncstore.schema import latest_metrics, params, runs, tags
+
+# Filter/order-by attribute key -> runs column name.
+ATTRIBUTE_COLUMNS: Mapping[str, str] = {
+    "run_id": "run_uuid",
+    "run_name": "name",
+    "status": "status",
+    "user_id": "user_id",
+    "artifact_uri": "artifact_uri",
+    "start_time": "start_time",
+    "end_time": "end_time",
+}
+_STRING_ATTRIBUTES = frozenset({"run_id", "run_name", "status", "user_id", "artifact_uri"})
+
+
+def run_info(row: Row[Any]) -> RunInfo:
+    """A :class:`RunInfo` from a ``runs`` row."""
+    return RunInfo(
+        run_id=row.run_uuid,
+        experiment_id=str(row.experiment_id),
+        run_name=row.name,
+        user_id=row.user_id,
+        status=RunStatus(row.status),
+        start_time=row.start_time,
+        end_time=row.end_time,
+        lifecycle_stage=LifecycleStage(row.lifecycle_stage),
+        artifact_uri=row.artifact_uri,
+        deleted_time=row.deleted_time,
+    )
+
+
+async def load_run_data(conn: AsyncConnection, run_ids: Sequence[str]) -> dict[str, RunData]:
+    """Latest metrics, params and tags of many runs: three queries per 1000 runs."""
+    metrics: dict[str, dict[str, Metric]] = {r: {} for r in run_ids}
+    param_map: dict[str, dict[str, str]] = {r: {} for r in run_ids}
+    tag_map: dict[str, dict[str, str]] = {r: {} for r in run_ids}
+    for chunk in t.chunks(list(run_ids)):
+        lm = latest_metrics.c
+        for row in await conn.execute(
+            select(lm.run_uuid, lm.key, lm.value, lm.timestamp, lm.step, lm.is_nan).where(lm.run_uuid.in_(chunk))
+        ):
+            metrics[row.run_uuid][row.key] = Metric(
+                row.key, t.decode_metric(row.value, bool(row.is_nan)), row.timestamp or 0, row.step
+            )
+        for row in await conn.execute(select(params.c.run_uuid, params.c.key, params.c.value).where(params.c.run_uuid.in_(chunk))):
+            param_map[row.run_uuid][row.key] = row.value
+        for row in await conn.execute(select(tags.c.run_uuid, tags.c.key, tags.c.value).where(tags.c.run_uuid.in_(chunk))):
+            tag_map[row.run_uuid][row.key] = row.value
+    return {
+        r: RunData(
+            metrics={k: m.value for k, m in metrics[r].items()},
+            params=param_map[r],
+            tags=tag_map[r],
+            latest_metrics=metrics[r],
+        )
+        for r in run_ids
+    }
+
+
+def view_condition(view: ViewType) -> ColumnElement[bool] | None:
+    """The lifecycle condition on ``runs`` for a view type."""
+    if view is ViewType.ACTIVE_ONLY:
+        return runs.c.lifecycle_stage == LifecycleStage.ACTIVE.value
+    if view is ViewType.DELETED_ONLY:
+        return runs.c.lifecycle_stage == LifecycleStage.DELETED.value
+    if view is ViewType.ALL:
+        return None
+    t.invalid(f"view {view!r} is not valid")  # pragma: no cover - check_view ran first
+
+
+def _numeric_value(clause: f.Clause) -> float | int:
+    value = clause.value
+    if not isinstance(value, (int, float)):  # pragma: no cover - the grammar guarantees it
+        t.invalid(f"{clause.entity} {clause.key!r} needs a number")
+    if clause.entity == "metric":
+        return t.encode_metric(value, clause.key)[0]
+    if isinstance(value, float):
+        return value
+    if not -(2**63) <= value < 2**63:
+        t.invalid(f"{clause.key} value {value} does not fit in a 64-bit integer")
+    return value
+
+
+def clause_condition(backend: Backend, clause: f.Clause) -> ColumnElement[bool]:
+    """The SQL condition of one parsed run-search clause (bound parameters only)."""
+    if clause.entity == "metric":
+        lm = latest_metrics.c
+        value = _numeric_value(clause)
+        if clause.comparator == f.NE:  # NaN differs from every number
+            test: ColumnElement[bool] = or_(lm.is_nan == True, lm.value != value)  # noqa: E712
+        else:
+            test = and_(lm.is_nan == False, NUMERIC_OPS[clause.comparator](lm.value, value))  # noqa: E712
+        return exists().where(lm.run_uuid == runs.c.run_uuid, lm.key == clause.key, test)
+    if clause.entity in ("param", "tag"):
+        table = params if clause.entity == "param" else tags
+        keyed = and_(table.c.run_uuid == runs.c.run_uuid, table.c.key == clause.key)
+        if clause.comparator == f.IS_NULL:
+            return ~exists().where(keyed)
+        if clause.comparator == f.IS_NOT_NULL:
+            return exists().where(keyed)
+        return exists().where(keyed, string_comparison(backend, table.c.value, clause))
+    if clause.entity == "attribute":
+        column = runs.c[ATTRIBUTE_COLUMNS[clause.key]]
+        if clause.key in _STRING_ATTRIBUTES:
+            return string_comparison(backend, column, clause)
+        return NUMERIC_OPS[clause.comparator](column, _numeric_value(clause))  # type: ignore[no-any-return]
+    t.invalid(f"unknown entity {clause.entity!r}")  # pragma: no cover - the grammar guarantees it
+
+
+def search_query(
+    backend: Backend,
+    experiment_ids: Sequence[int],
+    view: ViewType,
+    clauses: Sequence[f.Clause],
+    orders: Sequence[f.OrderBy],
+) -> Select[Any]:
+    """The search statement: runs rows, filtered and ordered, without LIMIT/OFFSET."""
+    conditions = [runs.c.experiment_id.in_(list(experiment_ids))]
+    lifecycle = view_condition(view)
+    if lifecycle is not None:
+        conditions.append(lifecycle)
+    conditions += [clause_condition(backend, c) for c in clauses]
+    source: FromClause = runs
+    order_cols: list[Any] = []
+    seen: set[str] = set()
+    for i, order in enumerate(orders):
+        direction = (lambda c: c.asc()) if order.ascending else (lambda c: c.desc())
+        if order.entity == "metric":
+            lm = latest_metrics.alias(f"order_lm_{i}")
+            source = source.outerjoin(lm, and_(lm.c.run_uuid == runs.c.run_uuid, lm.c.key == order.key))
+            rank = case((lm.c.is_nan == True, 1), (lm.c.value.is_(None), 2), else_=0)  # noqa: E712
+            order_cols += [rank, direction(lm.c.value)]
+        elif order.entity in ("param", "tag"):
+            table = (params if order.entity == "param" else tags).alias(f"order_{order.entity}_{i}")
+            source = source.outerjoin(table, and_(table.c.run_uuid == runs.c.run_uuid, table.c.key == order.key))
+            order_cols += [case((table.c.value.is_(None), 1), else_=0), direction(t.sortable(backend, table.c.value))]
+        else:
+            column: Any = runs.c[ATTRIBUTE_COLUMNS[order.key]]
+            if order.key in _STRING_ATTRIBUTES:
+                column = t.sortable(backend, column)
+            order_cols += [case((runs.c[ATTRIBUTE_COLUMNS[order.key]].is_(None), 1), else_=0), direction(column)]
+            seen.add(order.key)
+    if "start_time" not in seen:
+        order_cols.append(runs.c.start_time.desc())
+    if "run_id" not in seen:
+        order_cols.append(t.sortable(backend, runs.c.run_uuid).asc())
+    return select(runs).select_from(source).where(*conditions).order_by(*order_cols)
+
+
+__all__ = ["ATTRIBUTE_COLUMNS", "clause_condition", "load_run_data", "run_info", "search_query", "view_condition"]
