@@ -173,7 +173,8 @@ async def test_reset_gives_a_fresh_start(store: AsyncStore, end: str) -> None:
 
 async def test_reset_refuses_pending_and_succeeded(store: AsyncStore) -> None:
     pending = await store.jobs.create("work", {})
-    with pytest.raises(InvalidState, match="it is PENDING; reset applies only to a RUNNING or FAILED or TIMEOUT or CANCELED job"):
+    allowed = "RUNNING or FAILED or TIMEOUT or CANCELED"
+    with pytest.raises(InvalidState, match=f"it is PENDING; reset applies only to a {allowed} job"):
         await store.jobs.reset(pending.job_id)
     done = await store.jobs.finish((await _running(store)).job_id, "ok")
     with pytest.raises(InvalidState, match="it is SUCCEEDED"):

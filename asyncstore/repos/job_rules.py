@@ -102,7 +102,9 @@ def retry_policy(
 def job_id(value: Any) -> str:
     """Check a job id: a non-empty string of at most 36 characters."""
     if not isinstance(value, str) or not value or len(value) > JOB_ID_MAX:
-        raise InvalidParameter(f"job_id {value!r} is not valid: expected a UUID string of at most {JOB_ID_MAX} characters")
+        raise InvalidParameter(
+            f"job_id {value!r} is not valid: expected a UUID string of at most {JOB_ID_MAX} characters"
+        )
     return value
 
 

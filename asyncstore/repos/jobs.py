@@ -28,23 +28,20 @@ import uuid
 from collections.abc import AsyncIterator, Iterable, Mapping, Sequence
 from typing import Any, NoReturn
 
-from sqlalchemy import and_, func, insert, or_, select, update
+from sqlalchemy import and_, func, insert, select, update
 from sqlalchemy.ext.asyncio import AsyncConnection
-from sqlalchemy.sql.elements import ColumnElement
 
 from asyncstore.config import Backend
 from asyncstore.entities import Job, JobStatus, NewJob, RequeueResult
 from asyncstore.errors import InvalidParameter, InvalidState, NotFound
+from asyncstore.repos import job_listing, job_sql
 from asyncstore.repos import job_rules as rules
-from asyncstore.repos import job_sql
 from asyncstore.schema import jobs
 from asyncstore.uow import UnitOfWork
 
 _INSERT_BATCH = 500
 """Rows per multi-row INSERT of ``create_many``: 500 x 9 columns stays far below every
 backend's bound-parameter limit (SQLite 32,766, asyncpg 32,767)."""
-_LIST_PAGE = 500
-"""Rows read per page by ``list``: one short read transaction per page."""
 
 _P, _R = JobStatus.PENDING, JobStatus.RUNNING
 # The states each transition is allowed from.
@@ -446,7 +443,7 @@ class JobRepository:
         end_timestamp: int | None = None,
         params: Mapping[str, Any] | None = None,
         *,
-        page_size: int = _LIST_PAGE,
+        page_size: int = job_listing.PAGE_SIZE,
     ) -> AsyncIterator[Job]:
         """Iterate over matching jobs, oldest first (MLflow's list_jobs).
 
@@ -471,51 +468,9 @@ class JobRepository:
             async for job in store.jobs.list("train", statuses=[JobStatus.FAILED]):
                 print(job.job_id, job.result)
         """
-        name = None if job_name is None else rules.job_name(job_name)
-        wanted_statuses = rules.statuses(statuses)
-        begin = rules.timestamp("begin_timestamp", begin_timestamp)
-        end = rules.timestamp("end_timestamp", end_timestamp)
-        if begin is not None and end is not None and begin > end:
-            raise InvalidParameter(f"begin_timestamp {begin} is after end_timestamp {end}")
-        wanted = rules.params_filter(params)
-        size = rules.bounded_int("page_size", page_size, 1, rules.MAX_PAGE_SIZE)
-        conditions: builtins.list[ColumnElement[bool]] = []
-        if name is not None:
-            conditions.append(jobs.c.job_name == name)
-        if wanted_statuses is not None:
-            conditions.append(jobs.c.status.in_([int(s) for s in wanted_statuses]))
-        if begin is not None:
-            conditions.append(jobs.c.creation_time >= begin)
-        if end is not None:
-            conditions.append(jobs.c.creation_time <= end)
-        if wanted:
-            conditions.extend(job_sql.params_match_sql(self._backend, wanted))
-        return self._pages(conditions, wanted, size)
-
-    async def _pages(
-        self, conditions: builtins.list[ColumnElement[bool]], wanted: dict[str, Any] | None, size: int
-    ) -> AsyncIterator[Job]:
-        after: tuple[int, str] | None = None
-        while True:
-            query = select(jobs).where(*conditions)
-            if after is not None:
-                at, last_id = after
-                query = query.where(
-                    or_(jobs.c.creation_time > at, and_(jobs.c.creation_time == at, jobs.c.id > last_id))
-                )
-            query = query.order_by(jobs.c.creation_time, jobs.c.id).limit(size)
-
-            async def fn(conn: AsyncConnection, query: Any = query) -> builtins.list[Any]:
-                return builtins.list((await conn.execute(query)).all())
-
-            rows = await self._uow.run(fn, write=False)
-            for row in rows:
-                job = job_sql.to_job(row)
-                if wanted is None or job_sql.params_match(job.params, wanted):
-                    yield job
-            if len(rows) < size:
-                return
-            after = (int(rows[-1].creation_time), rows[-1].id)
+        return job_listing.list_jobs(
+            self._uow, job_name, statuses, begin_timestamp, end_timestamp, params, page_size
+        )
 
 
 async def _refuse(conn: AsyncConnection, op: str, job_id: str) -> NoReturn:
@@ -524,7 +479,9 @@ async def _refuse(conn: AsyncConnection, op: str, job_id: str) -> NoReturn:
     if status is None:
         raise NotFound(f"job {job_id!r} does not exist")
     allowed = " or ".join(s.name for s in _ALLOWED[op])
-    raise InvalidState(f"cannot {op} job {job_id!r}: it is {JobStatus(status).name}; {op} applies only to a {allowed} job")
+    raise InvalidState(
+        f"cannot {op} job {job_id!r}: it is {JobStatus(status).name}; {op} applies only to a {allowed} job"
+    )
 
 
 def _ordered_uuids(count: int) -> builtins.list[str]:
