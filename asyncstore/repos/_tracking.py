@@ -83,7 +83,8 @@ def check_key(kind: str, key: object) -> str:
             f"{kind} key {key!r} is not valid: keys may contain only letters, digits, "
             "underscores (_), dashes (-), periods (.), spaces ( ), colons (:) and slashes (/)"
         )
-    if posixpath.normpath(key) != key or key.startswith("/"):
+    norm = posixpath.normpath(key)
+    if norm != key or norm == "." or norm.startswith(("..", "/")):
         invalid(f"{kind} key {key!r} is not valid: it must be a relative path without '..', '//' or a trailing '/'")
     return key
 
