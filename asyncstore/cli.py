@@ -27,6 +27,7 @@ from collections.abc import Awaitable, Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
 from asyncstore import migrate
+from asyncstore.bench.runner import add_bench_command
 from asyncstore.config import StoreConfig
 from asyncstore.engines import create_engine
 from asyncstore.errors import StoreError
@@ -89,7 +90,7 @@ def add_db_command(subparsers: Subparsers) -> None:
     check.set_defaults(handler=_db_check)
 
 
-SUBCOMMANDS: list[Callable[[Subparsers], None]] = [add_db_command]
+SUBCOMMANDS: list[Callable[[Subparsers], None]] = [add_db_command, add_bench_command]
 """Registrars of the top-level subcommands, called in order by :func:`build_parser`."""
 
 

@@ -1,0 +1,175 @@
+"""The results: versions, machine, the printed table and the JSON file.
+
+The JSON file holds every figure of a run (per system, per repetition), the
+versions (Python, SQLAlchemy, asyncstore, drivers, database server, MLflow) and
+the machine (CPU count and model, memory), so that results can be compared later.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import importlib.metadata
+import json
+import os
+import platform
+import sqlite3
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+from asyncstore.config import Backend
+
+SYSTEMS = ("asyncstore", "mlflow", "raw")
+"""The systems a workload can be measured on, in table order."""
+
+_DRIVERS = {Backend.SQLITE: ("aiosqlite",), Backend.POSTGRESQL: ("asyncpg",), Backend.MYSQL: ("aiomysql", "PyMySQL")}
+_MLFLOW_DRIVERS = {Backend.SQLITE: (), Backend.POSTGRESQL: ("psycopg2-binary", "psycopg2"), Backend.MYSQL: ("PyMySQL",)}
+
+
+def package_version(name: str) -> str | None:
+    """The installed version of a distribution, or None when it is not installed."""
+    try:
+        return importlib.metadata.version(name)
+    except importlib.metadata.PackageNotFoundError:
+        return None
+
+
+def versions(backend: Backend, server_version: str, *, mlflow: bool) -> dict[str, Any]:
+    """Versions of everything that shapes the figures."""
+    drivers = {name: package_version(name) for name in _DRIVERS[backend]}
+    if backend is Backend.SQLITE:
+        drivers["sqlite3 library"] = sqlite3.sqlite_version
+    found: dict[str, Any] = {
+        "python": platform.python_version(),
+        "asyncstore": package_version("asyncstore"),
+        "sqlalchemy": package_version("SQLAlchemy"),
+        "alembic": package_version("alembic"),
+        "drivers": drivers,
+        "database_server": server_version,
+    }
+    if mlflow:
+        found["mlflow"] = package_version("mlflow")
+        found["mlflow_drivers"] = {
+            name: package_version(name) for name in _MLFLOW_DRIVERS[backend] if package_version(name)
+        }
+    return found
+
+
+def machine() -> dict[str, Any]:
+    """CPU count and model, memory and operating system of this machine."""
+    return {
+        "cpu_count": os.cpu_count() or 1,
+        "cpu_model": _cpu_model(),
+        "memory_bytes": _memory_bytes(),
+        "platform": platform.platform(),
+    }
+
+
+def _cpu_model() -> str:
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def _memory_bytes() -> int:
+    try:
+        import psutil  # optional: in the bench and test extras
+
+        return int(psutil.virtual_memory().total)
+    except ImportError:
+        pass
+    try:
+        return int(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES"))
+    except (ValueError, OSError, AttributeError):  # not on this platform
+        return 0
+
+
+def now_utc() -> str:
+    """The current time, ISO 8601 in UTC, to the second."""
+    return dt.datetime.now(dt.timezone.utc).replace(microsecond=0).isoformat()
+
+
+def ratio(numerator: float | None, denominator: float | None) -> float | None:
+    """``numerator / denominator`` rounded to 2 decimals, None when either is missing or 0."""
+    if not numerator or not denominator:
+        return None
+    return round(numerator / denominator, 2)
+
+
+def add_ratios(workloads: Mapping[str, dict[str, Any]]) -> None:
+    """Set ``ratio_mlflow`` (asyncstore / MLflow) and ``ratio_raw`` (asyncstore / raw) in place."""
+    for entry in workloads.values():
+        ours = _throughput(entry.get("asyncstore"))
+        for peer in ("mlflow", "raw"):
+            value = ratio(ours, _throughput(entry.get(peer)))
+            if value is not None:
+                entry[f"ratio_{peer}"] = value
+
+
+def _throughput(figures: Any) -> float | None:
+    if isinstance(figures, Mapping) and isinstance(figures.get("throughput"), (int, float)):
+        return float(figures["throughput"])
+    return None
+
+
+def _rate(value: float) -> str:
+    if value >= 100_000:
+        return f"{value / 1000:,.0f}k"
+    if value >= 100:
+        return f"{value:,.0f}"
+    return f"{value:,.1f}"
+
+
+def _cell(figures: Any) -> str:
+    rate = _throughput(figures)
+    if rate is None:
+        return str(figures.get("unsupported", "n/a")) if isinstance(figures, Mapping) else "-"
+    text = _rate(rate)
+    if isinstance(figures, Mapping) and "p50_ms" in figures:
+        text += f" (p50 {figures['p50_ms']:.1f} / p99 {figures['p99_ms']:.1f} ms)"
+    return text
+
+
+def table(result: Mapping[str, Any]) -> str:
+    """The results as a fixed-width text table (one row per workload)."""
+    workloads: Mapping[str, Mapping[str, Any]] = result["workloads"]
+    compare = any("mlflow" in w for w in workloads.values())
+    header = ["workload", "unit", "asyncstore"]
+    if compare:
+        header += ["MLflow", "x MLflow"]
+    header += ["raw driver", "of raw"]
+    rows: list[Sequence[str]] = [header]
+    for name, entry in workloads.items():
+        row = [name, entry["unit"], _cell(entry.get("asyncstore"))]
+        if compare:
+            mlflow = entry.get("mlflow")
+            row += [_cell(mlflow) if mlflow is not None else "-"]
+            row += [f"{entry['ratio_mlflow']:.2f}x" if "ratio_mlflow" in entry else "-"]
+        raw = entry.get("raw")
+        row += [_cell(raw) if raw is not None else "-"]
+        row += [f"{entry['ratio_raw']:.0%}" if "ratio_raw" in entry else "-"]
+        rows.append(row)
+    widths = [max(len(r[i]) for r in rows) for i in range(len(header))]
+    lines = ["  ".join(cell.ljust(w) for cell, w in zip(r, widths)).rstrip() for r in rows]
+    lines.insert(1, "  ".join("-" * w for w in widths))
+    title = (
+        f"asyncstore bench - {result['backend']} ({result['versions']['database_server']}), "
+        f"scale {result['scale']}, median of {result['repetitions']} repetitions after "
+        f"{result['warmup']} warm-up"
+    )
+    notes = [f"  {name}: {entry['description']}" for name, entry in workloads.items()]
+    return "\n".join([title, "", *lines, "", "throughput per second; workloads:", *notes])
+
+
+def write_json(result: Mapping[str, Any], out_dir: Path) -> Path:
+    """Write ``bench-<backend>-<timestamp>.json`` into ``out_dir`` and return its path."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    stamp = str(result["date"]).replace(":", "").replace("-", "").replace("+0000", "Z")
+    path = out_dir / f"bench-{result['backend']}-{stamp}.json"
+    path.write_text(json.dumps(result, indent=2, sort_keys=False) + "\n", encoding="utf-8")
+    return path

@@ -1,0 +1,329 @@
+"""The benchmark workloads, and asyncstore doing each of them.
+
+:data:`SPECS` names every workload, its unit and its concurrency; the classes
+below are asyncstore's side (an open :class:`~asyncstore.AsyncStore`). The same
+workloads through MLflow are in :mod:`asyncstore.bench.mlflow_peer`, and the
+raw-driver ceilings in :mod:`asyncstore.bench.raw`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import secrets
+import time
+from collections.abc import Callable
+
+from asyncstore.bench.data import SpanRow, metric_batch, span_batch
+from asyncstore.bench.measure import Outcome, fan_out, timed
+from asyncstore.bench.scale import (
+    GET_RUN_CONCURRENCY,
+    JOB_WORKERS,
+    METRIC_BATCH,
+    SEARCH_CONCURRENCY,
+    SPAN_BATCH,
+    SPANS_PER_TRACE,
+    WRITE_CONCURRENCY,
+    Scale,
+)
+from asyncstore.entities import Metric, NewJob, Param, RunTag, Span, SpanStatus
+from asyncstore.store import AsyncStore
+
+SETUP_CONCURRENCY = 8
+"""Concurrent callers while filling the database before a read workload (untimed)."""
+TRACE_SEARCH_SPANS = 10
+"""Spans per trace in the traces that trace search scans."""
+SEARCH_PAGE = 100
+"""max_results of every search call (a dashboard page)."""
+RUN_SEARCHES = (
+    # (filter, order_by): a filtered, metric-ordered search and a plain listing.
+    ("metrics.loss < 0.5 and params.model = 'b'", ["metrics.accuracy DESC"]),
+    ("", []),
+)
+TRACE_SEARCHES = (
+    # (filter, order_by): traces containing a given span, and the latest traces.
+    ("span.name = 'tool_3'", ["timestamp_ms DESC"]),
+    ("", ["timestamp_ms DESC"]),
+)
+JOB_NAME = "bench.noop"
+
+
+@dataclasses.dataclass(frozen=True)
+class Spec:
+    """One workload: what it measures and how.
+
+    Attributes:
+        name: the workload's name on the command line and in the JSON.
+        unit: what its throughput counts, per second.
+        description: one line for the table's footnotes.
+        concurrency: concurrent callers during the timed part.
+        size: the number of calls/items per repetition at a scale.
+        raw: whether a raw-driver ceiling is measured for it.
+    """
+
+    name: str
+    unit: str
+    description: str
+    concurrency: int
+    size: Callable[[Scale], int]
+    raw: bool = False
+
+
+SPECS: tuple[Spec, ...] = (
+    Spec("create_runs", "runs/s", f"create an experiment, then runs in it ({WRITE_CONCURRENCY} concurrent callers)",
+         WRITE_CONCURRENCY, lambda s: s.runs_created),
+    Spec("log_batch", "metrics/s", f"log_batch of {METRIC_BATCH} metrics (100 keys x 10 steps) to one run, one caller",
+         1, lambda s: s.metric_batches * METRIC_BATCH, raw=True),
+    Spec("get_run", "calls/s", f"get_run of runs with 20 metrics, 10 params, 5 tags ({GET_RUN_CONCURRENCY} concurrent callers)",
+         GET_RUN_CONCURRENCY, lambda s: s.get_run_calls),
+    Spec("search_runs", "searches/s", f"search_runs over 1,000+ runs, filtered by metric and param or not, {SEARCH_PAGE} per page "
+         f"({SEARCH_CONCURRENCY} concurrent callers)", SEARCH_CONCURRENCY, lambda s: s.run_searches),
+    Spec("log_spans", "spans/s", f"ingest {SPAN_BATCH}-span batches ({SPANS_PER_TRACE} spans per trace, ~1 KB JSON each), one caller",
+         1, lambda s: s.span_batches * SPAN_BATCH, raw=True),
+    Spec("search_traces", "searches/s", f"search_traces by span name or latest first, {SEARCH_PAGE} per page "
+         f"({SEARCH_CONCURRENCY} concurrent callers)", SEARCH_CONCURRENCY, lambda s: s.trace_searches),
+    Spec("claim_jobs", "jobs/s", f"claim + finish queued jobs with {JOB_WORKERS} concurrent workers",
+         JOB_WORKERS, lambda s: s.jobs),
+)
+SPEC_BY_NAME = {spec.name: spec for spec in SPECS}
+
+
+def unique(label: str) -> str:
+    """A name no earlier run of the benchmark used (experiment names are unique)."""
+    return f"bench-{label}-{secrets.token_hex(4)}"
+
+
+def run_fixture(index: int) -> tuple[list[tuple[str, float, int, int]], list[tuple[str, str]], list[tuple[str, str]]]:
+    """Metrics, params and tags of a run the read workloads fill the database with.
+
+    Returns (key, value, timestamp, step) metrics, (key, value) params and tags: 20
+    metrics (``loss`` and ``accuracy`` among them), 10 params (``model`` cycles
+    through a-d), 5 tags.
+    """
+    now = 1_760_000_000_000 + index
+    loss = (index * 7919 % 1000) / 1000
+    metrics = [("loss", loss, now, 0), ("accuracy", 1 - loss, now, 0)]
+    metrics += [(f"metric_{k:02d}", (index + k) % 97 / 97, now, 0) for k in range(18)]
+    params = [("model", "abcd"[index % 4])] + [(f"param_{k}", str(index % (k + 2))) for k in range(9)]
+    tags = [("team", "bench")] + [(f"tag_{k}", f"value-{index % 5}") for k in range(4)]
+    return metrics, params, tags
+
+
+class _StoreWorkload:
+    """Shared plumbing of the asyncstore workloads."""
+
+    def __init__(self, store: AsyncStore, scale: Scale) -> None:
+        self.store = store
+        self.scale = scale
+        self.experiment_id = ""
+
+    async def setup(self) -> None:
+        """Create the workload's experiment."""
+        self.experiment_id = await self.store.experiments.create(unique(type(self).__name__.lower()))
+
+    async def prepare(self, rep: int) -> None:
+        """Nothing to prepare by default."""
+
+    async def teardown(self) -> None:
+        """Nothing to release: the runner closes the store."""
+
+    async def _filled_runs(self, count: int) -> list[str]:
+        run_ids: list[str] = [""] * count
+
+        async def make(i: int) -> None:
+            metrics, params, tags = run_fixture(i)
+            run = await self.store.runs.create(self.experiment_id, run_name=f"run-{i}", start_time=1_760_000_000_000 + i)
+            await self.store.runs.log_batch(
+                run.info.run_id,
+                metrics=[Metric(k, v, ts, st) for k, v, ts, st in metrics],
+                params=[Param(k, v) for k, v in params],
+                tags=[RunTag(k, v) for k, v in tags],
+            )
+            run_ids[i] = run.info.run_id
+
+        await fan_out(count, SETUP_CONCURRENCY, make)
+        return run_ids
+
+
+class CreateRuns(_StoreWorkload):
+    """An experiment, then ``runs_created`` runs in it from concurrent callers."""
+
+    async def setup(self) -> None:
+        """Nothing: each repetition creates its own experiment."""
+
+    async def run(self, rep: int) -> Outcome:
+        """Create the experiment and the runs."""
+        experiment_id = await self.store.experiments.create(unique(f"create-{rep}"))
+
+        async def create(i: int) -> None:
+            await self.store.runs.create(experiment_id, run_name=f"run-{i}", user_id="bench")
+
+        await fan_out(self.scale.runs_created, WRITE_CONCURRENCY, create)
+        return Outcome(self.scale.runs_created)
+
+
+class LogBatch(_StoreWorkload):
+    """1,000-metric ``log_batch`` calls to a fresh run, one after the other."""
+
+    async def prepare(self, rep: int) -> None:
+        """A fresh run and this repetition's metrics."""
+        run = await self.store.runs.create(self.experiment_id, run_name=f"log-batch-{rep}")
+        self.run_id = run.info.run_id
+        n = self.scale.metric_batches
+        self.batches = [[Metric(m.key, m.value, m.timestamp, m.step) for m in metric_batch(rep, b, n)] for b in range(n)]
+
+    async def run(self, rep: int) -> Outcome:
+        """Log every batch."""
+        for batch in self.batches:
+            await self.store.runs.log_batch(self.run_id, metrics=batch)
+        return Outcome(len(self.batches) * METRIC_BATCH)
+
+
+class GetRun(_StoreWorkload):
+    """``get_run`` from 32 concurrent tasks over a pool of filled runs."""
+
+    async def setup(self) -> None:
+        """The experiment and its runs."""
+        await super().setup()
+        self.run_ids = await self._filled_runs(self.scale.get_run_pool)
+
+    async def run(self, rep: int) -> Outcome:
+        """Read runs; record each call's latency."""
+        latencies: list[float] = []
+        ids = self.run_ids
+
+        async def get(i: int) -> None:
+            await timed(lambda: self.store.runs.get(ids[(i * 31 + rep) % len(ids)]), latencies)
+
+        await fan_out(self.scale.get_run_calls, GET_RUN_CONCURRENCY, get)
+        return Outcome(self.scale.get_run_calls, latencies=latencies)
+
+
+class SearchRuns(_StoreWorkload):
+    """Run search over ``searched_runs`` filled runs."""
+
+    async def setup(self) -> None:
+        """The experiment and its runs."""
+        await super().setup()
+        await self._filled_runs(self.scale.searched_runs)
+
+    async def run(self, rep: int) -> Outcome:
+        """Search, alternating the filtered and the plain query."""
+
+        async def search(i: int) -> None:
+            filter_string, order_by = RUN_SEARCHES[i % len(RUN_SEARCHES)]
+            page = await self.store.runs.search(
+                [self.experiment_id], filter_string=filter_string, order_by=order_by, max_results=SEARCH_PAGE
+            )
+            if not page.items:
+                raise RuntimeError(f"run search {filter_string!r} found nothing; the workload is broken")
+
+        await fan_out(self.scale.run_searches, SEARCH_CONCURRENCY, search)
+        return Outcome(self.scale.run_searches)
+
+
+def to_spans(rows: list[SpanRow]) -> list[Span]:
+    """asyncstore ``Span`` entities of generated rows."""
+    return [
+        Span(
+            trace_id=r.trace_id, span_id=r.span_id, name=r.name, start_time_unix_nano=r.start_ns,
+            end_time_unix_nano=r.end_ns, parent_span_id=r.parent_span_id, span_type=r.span_type,
+            status=SpanStatus.OK, attributes=r.attributes,
+        )
+        for r in rows
+    ]
+
+
+class LogSpans(_StoreWorkload):
+    """1,000-span ingestion calls, one after the other."""
+
+    salt = "log-spans"
+
+    async def prepare(self, rep: int) -> None:
+        """This repetition's spans (new traces every repetition)."""
+        salt = f"{self.salt}-{self.experiment_id}"
+        self.batches = [to_spans(span_batch(salt, rep, b)) for b in range(self.scale.span_batches)]
+
+    async def run(self, rep: int) -> Outcome:
+        """Ingest every batch."""
+        for batch in self.batches:
+            await self.store.spans.log_spans(self.experiment_id, batch)
+        return Outcome(len(self.batches) * SPAN_BATCH)
+
+
+class SearchTraces(_StoreWorkload):
+    """Trace search over ``searched_traces`` ingested traces."""
+
+    async def setup(self) -> None:
+        """The experiment and its traces (10 spans each)."""
+        await super().setup()
+        per_batch = SPAN_BATCH // TRACE_SEARCH_SPANS
+        salt = f"search-traces-{self.experiment_id}"
+        for b in range(-(-self.scale.searched_traces // per_batch)):
+            rows = span_batch(salt, 0, b, size=SPAN_BATCH, per_trace=TRACE_SEARCH_SPANS)
+            await self.store.spans.log_spans(self.experiment_id, to_spans(rows))
+
+    async def run(self, rep: int) -> Outcome:
+        """Search, alternating the span-name and the plain query."""
+
+        async def search(i: int) -> None:
+            filter_string, order_by = TRACE_SEARCHES[i % len(TRACE_SEARCHES)]
+            page = await self.store.traces.search(
+                [self.experiment_id], filter_string=filter_string, order_by=order_by, max_results=SEARCH_PAGE
+            )
+            if not page.items:
+                raise RuntimeError(f"trace search {filter_string!r} found nothing; the workload is broken")
+
+        await fan_out(self.scale.trace_searches, SEARCH_CONCURRENCY, search)
+        return Outcome(self.scale.trace_searches)
+
+
+class ClaimJobs(_StoreWorkload):
+    """8 workers claiming and finishing the queued jobs until none is left."""
+
+    async def setup(self) -> None:
+        """Nothing: jobs need no experiment."""
+
+    async def prepare(self, rep: int) -> None:
+        """Queue this repetition's jobs (a job name of their own)."""
+        self.job_name = f"{JOB_NAME}.{rep}"
+        todo = self.scale.jobs
+        while todo > 0:
+            chunk = min(todo, 500)
+            await self.store.jobs.create_many([NewJob(self.job_name, {"n": i}) for i in range(chunk)])
+            todo -= chunk
+
+    async def run(self, rep: int) -> Outcome:
+        """Claim one job at a time and finish it, from every worker."""
+        total = self.scale.jobs
+        done = 0
+        empty_claims = 0
+
+        async def worker() -> None:
+            nonlocal done, empty_claims
+            while done < total:
+                jobs = await self.store.jobs.claim([self.job_name], limit=1, lease_seconds=60)
+                if not jobs:
+                    # Nothing free right now: others hold the last jobs, or skipped them.
+                    empty_claims += 1
+                    await asyncio.sleep(0.001)
+                    continue
+                await self.store.jobs.finish(jobs[0].job_id, "ok")
+                done += 1
+
+        started = time.monotonic()
+        await fan_out(JOB_WORKERS, JOB_WORKERS, lambda _: worker())
+        if done != total:
+            raise RuntimeError(f"{done} of {total} jobs finished in {time.monotonic() - started:.1f}s")
+        return Outcome(total, extra={"empty_claims": empty_claims})
+
+
+STORE_WORKLOADS: dict[str, type[_StoreWorkload]] = {
+    "create_runs": CreateRuns,
+    "log_batch": LogBatch,
+    "get_run": GetRun,
+    "search_runs": SearchRuns,
+    "log_spans": LogSpans,
+    "search_traces": SearchTraces,
+    "claim_jobs": ClaimJobs,
+}
