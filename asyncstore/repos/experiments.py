@@ -18,7 +18,7 @@ from sqlalchemy.sql import ColumnElement
 from asyncstore import filters as f
 from asyncstore.config import Backend
 from asyncstore.entities import Experiment, ExperimentTag, LifecycleStage, ViewType
-from asyncstore.errors import AlreadyExists, ErrorCode, InvalidState, NotFound
+from asyncstore.errors import ErrorCode, InvalidState, NotFound
 from asyncstore.paging import Page, decode_token, encode_token, fingerprint
 from asyncstore.repos import _tracking as t
 from asyncstore.schema import (

@@ -13,7 +13,7 @@ from __future__ import annotations
 import random
 import uuid
 from collections.abc import Iterable, Mapping, Sequence
-from typing import Any, cast
+from typing import Any
 
 from sqlalchemy import delete, insert, select, tuple_, update
 from sqlalchemy.ext.asyncio import AsyncConnection
@@ -35,34 +35,23 @@ from asyncstore.errors import InvalidState, NotFound
 from asyncstore.paging import Page, decode_token, encode_token, fingerprint
 from asyncstore.repos import _tracking as t
 from asyncstore.repos.experiments import check_view
+from asyncstore.repos.runs_batch import RUN_NAME_TAG, Batch, write_batch
 from asyncstore.repos.runs_search import load_run_data, run_info, search_query
 from asyncstore.schema import (
     ARTIFACT_URI_MAX,
-    PARAM_VALUE_MAX,
     RUN_NAME_MAX,
     TAG_VALUE_MAX,
     USER_ID_MAX,
     experiments,
-    latest_metrics,
     runs,
 )
 from asyncstore.schema import metrics as metric_table
-from asyncstore.schema import params as param_table
 from asyncstore.schema import tags as run_tags
 from asyncstore.uow import UnitOfWork
-
-MAX_METRICS_PER_BATCH = 1000
-MAX_PARAMS_PER_BATCH = 100
-MAX_TAGS_PER_BATCH = 100
-MAX_ENTRIES_PER_BATCH = 1000
-"""MLflow's log_batch limits: 1000 metrics, 100 params, 100 tags, 1000 entries in all."""
 
 MAX_HISTORY_RESULTS = 50_000
 MAX_BULK_RUN_IDS = 100
 """MLflow's limit on the runs of one get_metric_history_bulk call."""
-
-RUN_NAME_TAG = "mlflow.runName"
-"""MLflow keeps the run name in this tag too; setting the tag renames the run."""
 
 _ADJECTIVES = ("amber", "bold", "brave", "calm", "clever", "crisp", "eager", "gentle", "keen", "lively",
                "lucky", "merry", "nimble", "polite", "quiet", "rapid", "silent", "smart", "sunny", "witty")
@@ -73,11 +62,6 @@ _NOUNS = ("badger", "crane", "dolphin", "falcon", "fox", "hare", "heron", "lark"
 def generate_run_name() -> str:
     """A readable random run name such as ``brave-otter-417`` (MLflow style)."""
     return f"{random.choice(_ADJECTIVES)}-{random.choice(_NOUNS)}-{random.randint(0, 999)}"  # noqa: S311
-
-
-def _metric_rank(step: int, timestamp: int, value: float, is_nan: bool) -> tuple[int, int, float, bool]:
-    """MLflow's order for the latest value: (step, timestamp, value); is_nan breaks the last tie."""
-    return (step, timestamp, value, is_nan)
 
 
 class RunRepository:
@@ -330,57 +314,15 @@ class RunRepository:
                 was logged before with a different value.
         """
         run_id = t.run_id_of(run_id)
-        batch = _Batch.validate(run_id, metrics, params, tags)
+        batch = Batch.validate(run_id, metrics, params, tags)
         if batch.empty:
             await self._uow.run(lambda conn: self._lock_active(conn, run_id, "log to"), write=False)
             return
         await self._uow.run(lambda conn: self._write_batch(conn, run_id, batch), idempotent=True)
 
-    async def _write_batch(self, conn: AsyncConnection, run_id: str, batch: _Batch) -> None:
-        backend = self._uow.backend
+    async def _write_batch(self, conn: AsyncConnection, run_id: str, batch: Batch) -> None:
         await self._lock_active(conn, run_id, "log to")
-        if batch.params:
-            found = await conn.execute(
-                select(param_table.c.key, param_table.c.value).where(
-                    param_table.c.run_uuid == run_id, param_table.c.key.in_(sorted(batch.params))
-                )
-            )
-            existing = {k: v for k, v in found}
-            for key, old in sorted(existing.items()):
-                if old != batch.params[key]:
-                    t.invalid(
-                        f"param {key!r} of run {run_id} was logged with value {old!r}; params are immutable, "
-                        f"so the new value {batch.params[key]!r} is refused"
-                    )
-            new = [{"run_uuid": run_id, "key": k, "value": v} for k, v in sorted(batch.params.items()) if k not in existing]
-            if new:
-                await conn.execute(insert(param_table), new)
-        if batch.metric_rows:
-            await conn.execute(t.upsert(backend, metric_table, _METRIC_PK, ()), batch.metric_rows)
-            lm = latest_metrics.c
-            found = await conn.execute(
-                select(lm.key, lm.step, lm.timestamp, lm.value, lm.is_nan).where(
-                    lm.run_uuid == run_id, lm.key.in_(sorted(batch.latest))
-                )
-            )
-            current = {r.key: _metric_rank(r.step, r.timestamp or 0, r.value, bool(r.is_nan)) for r in found}
-            winners = [
-                {"run_uuid": run_id, "key": key, "step": rank[0], "timestamp": rank[1], "value": rank[2], "is_nan": rank[3]}
-                for key, rank in sorted(batch.latest.items())
-                if key not in current or rank > current[key]
-            ]
-            if winners:
-                await conn.execute(
-                    t.upsert(backend, latest_metrics, ("key", "run_uuid"), ("value", "timestamp", "step", "is_nan")),
-                    winners,
-                )
-        if batch.tags:
-            await conn.execute(
-                t.upsert(backend, run_tags, ("key", "run_uuid"), ("value",)),
-                [{"run_uuid": run_id, "key": k, "value": v} for k, v in sorted(batch.tags.items())],
-            )
-            if RUN_NAME_TAG in batch.tags:
-                await conn.execute(update(runs).where(runs.c.run_uuid == run_id).values(name=batch.tags[RUN_NAME_TAG]))
+        await write_batch(conn, self._uow.backend, run_id, batch)
 
     # --- metric history -------------------------------------------------------------------
 
@@ -516,7 +458,6 @@ class RunRepository:
         return await self._uow.run(fn, write=False)
 
 
-_METRIC_PK = ("key", "timestamp", "step", "run_uuid", "value", "is_nan")
 
 
 class _RowLike:
@@ -534,68 +475,6 @@ def _history_position(position: Mapping[str, Any]) -> tuple[int, int, float, boo
     except (KeyError, TypeError):
         t.invalid("page_token is damaged; pass the next_page_token of a previous page unchanged")
     return step, ts, float(value), is_nan
-
-
-class _Batch:
-    """A validated log_batch: rows ready to write and the latest candidate per key."""
-
-    def __init__(self) -> None:
-        self.metric_rows: list[dict[str, Any]] = []
-        self.latest: dict[str, tuple[int, int, float, bool]] = {}
-        self.params: dict[str, str] = {}
-        self.tags: dict[str, str] = {}
-
-    @property
-    def empty(self) -> bool:
-        return not (self.metric_rows or self.params or self.tags)
-
-    @classmethod
-    def validate(
-        cls, run_id: str, metric_list: Sequence[Metric], param_list: Sequence[Param], tag_list: Sequence[RunTag]
-    ) -> _Batch:
-        for name, items, kind in (("metrics", metric_list, Metric), ("params", param_list, Param), ("tags", tag_list, RunTag)):
-            if isinstance(items, (str, bytes, Mapping)) or not isinstance(items, Sequence):
-                t.invalid(f"{name} must be a list of {kind.__name__} objects")
-            for item in items:
-                if not isinstance(item, kind):
-                    t.invalid(f"{name} must contain {kind.__name__} objects, got {type(item).__name__}")
-        counts = (len(metric_list), len(param_list), len(tag_list))
-        limits = (MAX_METRICS_PER_BATCH, MAX_PARAMS_PER_BATCH, MAX_TAGS_PER_BATCH)
-        for name, count, limit in zip(("metrics", "params", "tags"), counts, limits):
-            if count > limit:
-                t.invalid(f"a batch may hold at most {limit} {name}; {count} were given")
-        if sum(counts) > MAX_ENTRIES_PER_BATCH:
-            t.invalid(f"a batch may hold at most {MAX_ENTRIES_PER_BATCH} metrics, params and tags in all; {sum(counts)} were given")
-        batch = cls()
-        seen: set[tuple[Any, ...]] = set()
-        for metric in metric_list:
-            key = t.check_key("metric", metric.key)
-            value, is_nan = t.encode_metric(metric.value, key)
-            ts = cast(int, t.check_int(f"timestamp of metric {key!r}", metric.timestamp))
-            step = cast(int, t.check_int(f"step of metric {key!r}", metric.step))
-            rank = _metric_rank(step, ts, value, is_nan)
-            if (key, *rank) in seen:
-                continue
-            seen.add((key, *rank))
-            batch.metric_rows.append(
-                {"run_uuid": run_id, "key": key, "value": value, "timestamp": ts, "step": step, "is_nan": is_nan}
-            )
-            if key not in batch.latest or rank > batch.latest[key]:
-                batch.latest[key] = rank
-        batch.metric_rows.sort(key=lambda r: (r["key"], r["timestamp"], r["step"], r["value"], r["is_nan"]))
-        for param in param_list:
-            key = t.check_key("param", param.key)
-            value = t.check_value("param", key, param.value, PARAM_VALUE_MAX)
-            if key in batch.params and batch.params[key] != value:
-                t.invalid(f"param {key!r} appears twice in the batch with different values {batch.params[key]!r} and {value!r}")
-            batch.params[key] = value
-        for tag in tag_list:
-            key = t.check_key("tag", tag.key)
-            value = t.check_value("tag", key, tag.value, TAG_VALUE_MAX)
-            if key == RUN_NAME_TAG:
-                t.check_string("run name", value, RUN_NAME_MAX)
-            batch.tags[key] = value
-        return batch
 
 
 __all__ = ["RunRepository", "generate_run_name"]
