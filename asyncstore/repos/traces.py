@@ -1,12 +1,514 @@
-"""The traces repository (to be built)."""
+"""The traces repository: trace info, tags, request metadata, metrics, delete, search.
+
+Spans are written by :mod:`asyncstore.repos.spans`; a trace row may be created by
+span ingestion before (or without) :meth:`TraceRepository.start`, which then
+completes it. Search lives in :mod:`asyncstore.repos.trace_search`.
+"""
 
 from __future__ import annotations
 
+import math
+import uuid
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+from sqlalchemy import case, delete, func, select, tuple_, update
+from sqlalchemy.dialects import mysql as mysql_dialect
+from sqlalchemy.dialects import postgresql as pg_dialect
+from sqlalchemy.dialects import sqlite as sqlite_dialect
+from sqlalchemy.ext.asyncio import AsyncConnection
+
+from asyncstore.config import Backend
+from asyncstore.entities import Page, Trace, TraceInfo, TraceState
+from asyncstore.errors import AlreadyExists, ErrorCode, InvalidParameter, NotFound
+from asyncstore.repos._tracking import now_ms, upsert
+from asyncstore.repos.span_rows import check_trace_id, parse_experiment_id
+from asyncstore.repos.spans import load_spans
+from asyncstore.repos.trace_search import search_traces
+from asyncstore.schema import (
+    KEY_MAX,
+    TAG_VALUE_MAX,
+    TRACE_PREVIEW_MAX,
+    spans,
+    trace_info,
+    trace_metrics,
+    trace_request_metadata,
+    trace_tags,
+)
 from asyncstore.uow import UnitOfWork
+
+CLIENT_REQUEST_ID_MAX = 50
+DELETE_TRACE_CHUNK = 500
+"""Traces chosen per delete round (their tags, metadata and metrics go with them)."""
+DELETE_SPAN_CHUNK = 10_000
+"""Spans deleted per transaction: a delete never holds locks on more rows than this."""
+_STATES = {s.value: s for s in TraceState}
+
+
+def _state(value: TraceState | str, label: str = "state") -> TraceState:
+    if isinstance(value, str) and value in _STATES:
+        return _STATES[value]
+    raise InvalidParameter(f"{label} {value!r} is not valid: use one of {', '.join(_STATES)}")
+
+
+def _whole(value: Any, label: str, *, optional: bool = True) -> int | None:
+    if value is None and optional:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+        raise InvalidParameter(f"{label} {value!r} is not valid: expected a whole number >= 0")
+    return int(value)
+
+
+def _preview(value: Any, label: str) -> str | None:
+    if value is None:
+        return None
+    if not isinstance(value, str):
+        raise InvalidParameter(f"{label} must be a string or None, got {type(value).__name__}")
+    return value[:TRACE_PREVIEW_MAX]
+
+
+def _pairs(values: Mapping[str, Any] | None, label: str) -> dict[str, str]:
+    """Validate a tag/metadata map: string keys up to 250, string values up to 8000."""
+    if values is None:
+        return {}
+    if not isinstance(values, Mapping):
+        raise InvalidParameter(f"{label} must be a mapping of strings to strings")
+    for key, value in values.items():
+        if not isinstance(key, str) or not key or len(key) > KEY_MAX:
+            raise InvalidParameter(f"{label} key {key!r} is not valid: expected 1 to {KEY_MAX} characters")
+        if not isinstance(value, str) or len(value) > TAG_VALUE_MAX:
+            raise InvalidParameter(
+                f"{label} value of {key!r} is not valid: expected a string of at most {TAG_VALUE_MAX} characters"
+            )
+    return dict(values)
+
+
+def _info_from_row(row: Any, tags: dict[str, str], metadata: dict[str, str], metrics: dict[str, float]) -> TraceInfo:
+    return TraceInfo(
+        trace_id=row.request_id,
+        experiment_id=str(row.experiment_id),
+        timestamp_ms=row.timestamp_ms,
+        execution_time_ms=row.execution_time_ms,
+        state=_STATES.get(row.status, TraceState.IN_PROGRESS),
+        client_request_id=row.client_request_id,
+        request_preview=row.request_preview,
+        response_preview=row.response_preview,
+        tags=tags,
+        metadata=metadata,
+        metrics=metrics,
+    )
+
+
+async def load_infos(conn: AsyncConnection, trace_ids: Sequence[str]) -> dict[str, TraceInfo]:
+    """TraceInfo (with tags, metadata and metrics) of the given traces: four queries."""
+    if not trace_ids:
+        return {}
+    ids = list(trace_ids)
+    rows = (await conn.execute(select(trace_info).where(trace_info.c.request_id.in_(ids)))).all()
+    children: dict[str, dict[str, dict[str, Any]]] = {tid: {"t": {}, "m": {}, "x": {}} for tid in ids}
+    for tag, table in (("t", trace_tags), ("m", trace_request_metadata), ("x", trace_metrics)):
+        query = select(table.c.request_id, table.c.key, table.c.value).where(table.c.request_id.in_(ids))
+        for request_id, key, value in (await conn.execute(query)).all():
+            children[request_id][tag][key] = value
+    return {
+        r.request_id: _info_from_row(r, children[r.request_id]["t"], children[r.request_id]["m"], children[r.request_id]["x"])
+        for r in rows
+    }
 
 
 class TraceRepository:
-    """Async repository for traces."""
+    """Async repository for traces: ``store.traces``.
+
+    Example::
+
+        info = await store.traces.start(exp_id, request_preview="hi")
+        await store.traces.end(info.trace_id, state="OK", execution_time_ms=12)
+        trace = await store.traces.get(info.trace_id)
+    """
 
     def __init__(self, uow: UnitOfWork) -> None:
         self._uow = uow
+
+    @property
+    def _backend(self) -> Backend:
+        return self._uow.backend
+
+    async def start(
+        self,
+        experiment_id: int | str,
+        *,
+        trace_id: str | None = None,
+        timestamp_ms: int | None = None,
+        execution_time_ms: int | None = None,
+        state: TraceState | str = TraceState.IN_PROGRESS,
+        client_request_id: str | None = None,
+        request_preview: str | None = None,
+        response_preview: str | None = None,
+        tags: Mapping[str, str] | None = None,
+        metadata: Mapping[str, str] | None = None,
+    ) -> TraceInfo:
+        """Start (create) a trace, or complete the row span ingestion already created.
+
+        Args:
+            experiment_id: the experiment.
+            trace_id: ``tr-`` + 32 hex characters; generated when None.
+            timestamp_ms: start, epoch ms (default: now). On an existing row the earlier
+                of the two is kept.
+            execution_time_ms, state, client_request_id: top-level fields.
+            request_preview, response_preview: cut to 1000 characters.
+            tags, metadata: merged into any existing ones.
+
+        Raises:
+            InvalidParameter: a bad argument; AlreadyExists: the trace id belongs to
+            another experiment; NotFound: no such experiment.
+        """
+        exp = parse_experiment_id(experiment_id)
+        tid = "tr-" + uuid.uuid4().hex if trace_id is None else check_trace_id(trace_id)
+        ts = now_ms() if timestamp_ms is None else _whole(timestamp_ms, "timestamp_ms", optional=False)
+        values = {
+            "request_id": tid,
+            "experiment_id": exp,
+            "timestamp_ms": ts,
+            "execution_time_ms": _whole(execution_time_ms, "execution_time_ms"),
+            "status": _state(state).value,
+            "client_request_id": client_request_id,
+            "request_preview": _preview(request_preview, "request_preview"),
+            "response_preview": _preview(response_preview, "response_preview"),
+        }
+        if client_request_id is not None and (
+            not isinstance(client_request_id, str) or len(client_request_id) > CLIENT_REQUEST_ID_MAX
+        ):
+            raise InvalidParameter(f"client_request_id must be a string of at most {CLIENT_REQUEST_ID_MAX} characters")
+        tag_map, meta_map = _pairs(tags, "tag"), _pairs(metadata, "metadata")
+        backend = self._backend
+
+        async def work(conn: AsyncConnection) -> TraceInfo:
+            await conn.execute(_start_upsert(backend), [values])
+            owner = (
+                await conn.execute(select(trace_info.c.experiment_id).where(trace_info.c.request_id == tid))
+            ).scalar_one()
+            if owner != exp:
+                raise AlreadyExists(f"trace {tid} exists already in experiment {owner}")
+            await _put_pairs(conn, backend, trace_tags, tid, tag_map)
+            await _put_pairs(conn, backend, trace_request_metadata, tid, meta_map)
+            return (await load_infos(conn, [tid]))[tid]
+
+        return await self._uow.run(
+            work, idempotent=True, messages={ErrorCode.NOT_FOUND: f"experiment {exp} does not exist"}
+        )
+
+    async def update(
+        self,
+        trace_id: str,
+        *,
+        state: TraceState | str | None = None,
+        execution_time_ms: int | None = None,
+        request_preview: str | None = None,
+        response_preview: str | None = None,
+    ) -> TraceInfo:
+        """Change the given top-level fields of a trace (None leaves a field as it is).
+
+        Raises:
+            NotFound: no such trace; InvalidParameter: a bad value.
+        """
+        check_trace_id(trace_id)
+        changes: dict[str, Any] = {}
+        if state is not None:
+            changes["status"] = _state(state).value
+        if execution_time_ms is not None:
+            changes["execution_time_ms"] = _whole(execution_time_ms, "execution_time_ms")
+        if request_preview is not None:
+            changes["request_preview"] = _preview(request_preview, "request_preview")
+        if response_preview is not None:
+            changes["response_preview"] = _preview(response_preview, "response_preview")
+
+        async def work(conn: AsyncConnection) -> TraceInfo:
+            if changes:
+                result = await conn.execute(
+                    update(trace_info).where(trace_info.c.request_id == trace_id).values(**changes)
+                )
+                found = result.rowcount > 0
+            else:
+                found = True
+            infos = await load_infos(conn, [trace_id])
+            if not found or trace_id not in infos:
+                raise NotFound(f"trace {trace_id} does not exist")
+            return infos[trace_id]
+
+        return await self._uow.run(work, idempotent=True)
+
+    async def end(
+        self,
+        trace_id: str,
+        *,
+        state: TraceState | str = TraceState.OK,
+        execution_time_ms: int | None = None,
+        request_preview: str | None = None,
+        response_preview: str | None = None,
+    ) -> TraceInfo:
+        """Finish a trace: state OK or ERROR, plus any of the other fields.
+
+        Raises:
+            InvalidParameter: ``state`` is IN_PROGRESS; NotFound: no such trace.
+        """
+        if _state(state) is TraceState.IN_PROGRESS:
+            raise InvalidParameter("end() needs a final state, OK or ERROR; use update() to change other fields")
+        return await self.update(
+            trace_id, state=state, execution_time_ms=execution_time_ms,
+            request_preview=request_preview, response_preview=response_preview,
+        )
+
+    async def get_info(self, trace_id: str) -> TraceInfo:
+        """The trace's info, tags, metadata and metrics.
+
+        Raises:
+            NotFound: no such trace.
+        """
+        check_trace_id(trace_id)
+
+        async def work(conn: AsyncConnection) -> TraceInfo:
+            infos = await load_infos(conn, [trace_id])
+            if trace_id not in infos:
+                raise NotFound(f"trace {trace_id} does not exist")
+            return infos[trace_id]
+
+        return await self._uow.run(work, write=False)
+
+    async def get(self, trace_id: str) -> Trace:
+        """The trace's info and all its spans, each parent before its children.
+
+        Raises:
+            NotFound: no such trace.
+        """
+        check_trace_id(trace_id)
+
+        async def work(conn: AsyncConnection) -> Trace:
+            infos = await load_infos(conn, [trace_id])
+            if trace_id not in infos:
+                raise NotFound(f"trace {trace_id} does not exist")
+            return Trace(infos[trace_id], tuple(await load_spans(conn, trace_id, must_exist=False)))
+
+        return await self._uow.run(work, write=False)
+
+    async def set_tag(self, trace_id: str, key: str, value: str) -> None:
+        """Set (or overwrite) one tag; values up to 8000 characters.
+
+        Raises:
+            NotFound: no such trace; InvalidParameter: a bad key or value.
+        """
+        await self._set_pairs(trace_tags, trace_id, _pairs({key: value}, "tag"))
+
+    async def set_tags(self, trace_id: str, tags: Mapping[str, str]) -> None:
+        """Set several tags in one statement."""
+        await self._set_pairs(trace_tags, trace_id, _pairs(tags, "tag"))
+
+    async def delete_tag(self, trace_id: str, key: str) -> None:
+        """Delete one tag.
+
+        Raises:
+            NotFound: no such trace or no such tag on it.
+        """
+        check_trace_id(trace_id)
+
+        async def work(conn: AsyncConnection) -> None:
+            result = await conn.execute(
+                delete(trace_tags).where(trace_tags.c.request_id == trace_id, trace_tags.c.key == key)
+            )
+            if result.rowcount == 0:
+                raise NotFound(f"trace {trace_id} has no tag {key!r} (or the trace does not exist)")
+
+        await self._uow.run(work)
+
+    async def set_metadata(self, trace_id: str, metadata: Mapping[str, str]) -> None:
+        """Set (merge) request metadata entries; values up to 8000 characters."""
+        await self._set_pairs(trace_request_metadata, trace_id, _pairs(metadata, "metadata"))
+
+    async def set_metrics(self, trace_id: str, metrics: Mapping[str, float]) -> None:
+        """Upsert numeric metrics of a trace (read back in ``TraceInfo.metrics``).
+
+        Raises:
+            NotFound: no such trace; InvalidParameter: a key or a non-finite value.
+        """
+        check_trace_id(trace_id)
+        if not isinstance(metrics, Mapping):
+            raise InvalidParameter("metrics must be a mapping of keys to numbers")
+        rows = []
+        for key, value in metrics.items():
+            if not isinstance(key, str) or not key or len(key) > KEY_MAX:
+                raise InvalidParameter(f"metric key {key!r} is not valid: expected 1 to {KEY_MAX} characters")
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+                raise InvalidParameter(f"metric {key!r} value {value!r} is not valid: expected a finite number")
+            rows.append({"request_id": trace_id, "key": key, "value": float(value)})
+        await self._write_children(trace_metrics, trace_id, rows)
+
+    async def _set_pairs(self, table: Any, trace_id: str, pairs: dict[str, str]) -> None:
+        check_trace_id(trace_id)
+        await self._write_children(table, trace_id, [{"request_id": trace_id, "key": k, "value": v} for k, v in pairs.items()])
+
+    async def _write_children(self, table: Any, trace_id: str, rows: list[dict[str, Any]]) -> None:
+        backend = self._backend
+
+        async def work(conn: AsyncConnection) -> None:
+            if rows:
+                await conn.execute(upsert(backend, table, ["request_id", "key"], ["value"]), rows)
+            else:
+                found = (await conn.execute(select(trace_info.c.request_id).where(trace_info.c.request_id == trace_id))).first()
+                if found is None:
+                    raise NotFound(f"trace {trace_id} does not exist")
+
+        await self._uow.run(
+            work, idempotent=True, messages={ErrorCode.NOT_FOUND: f"trace {trace_id} does not exist"}
+        )
+
+    async def delete(
+        self,
+        experiment_id: int | str,
+        *,
+        max_timestamp_ms: int | None = None,
+        max_traces: int | None = None,
+        trace_ids: Sequence[str] | None = None,
+    ) -> int:
+        """Delete traces of an experiment with their spans, tags, metadata and metrics.
+
+        Exactly one of ``max_timestamp_ms`` (traces that started at or before it,
+        oldest first, at most ``max_traces`` of them) or ``trace_ids``. Spans are
+        deleted in transactions of at most 10,000 rows, so deleting millions of spans
+        never holds one giant lock; a failure part-way leaves whole traces deleted.
+
+        Returns:
+            The number of traces deleted.
+
+        Raises:
+            InvalidParameter: a bad combination of arguments.
+        """
+        exp = parse_experiment_id(experiment_id)
+        if (max_timestamp_ms is None) == (trace_ids is None):
+            raise InvalidParameter("give exactly one of max_timestamp_ms or trace_ids")
+        if max_traces is not None:
+            if max_timestamp_ms is None:
+                raise InvalidParameter("max_traces can only be used with max_timestamp_ms")
+            if isinstance(max_traces, bool) or not isinstance(max_traces, int) or max_traces <= 0:
+                raise InvalidParameter(f"max_traces {max_traces!r} is not valid: expected a whole number > 0")
+        if trace_ids is not None:
+            if isinstance(trace_ids, str):
+                raise InvalidParameter("trace_ids must be a list of trace ids, not one string")
+            ids = sorted({check_trace_id(t) for t in trace_ids})
+            return await self._delete_ids(exp, ids)
+        cutoff = _whole(max_timestamp_ms, "max_timestamp_ms", optional=False)
+        deleted = 0
+        while max_traces is None or deleted < max_traces:
+            limit = DELETE_TRACE_CHUNK if max_traces is None else min(DELETE_TRACE_CHUNK, max_traces - deleted)
+
+            async def pick(conn: AsyncConnection, limit: int = limit) -> list[str]:
+                query = (
+                    select(trace_info.c.request_id)
+                    .where(trace_info.c.experiment_id == exp, trace_info.c.timestamp_ms <= cutoff)
+                    .order_by(trace_info.c.timestamp_ms, trace_info.c.request_id)
+                    .limit(limit)
+                )
+                return list((await conn.execute(query)).scalars().all())
+
+            chosen = await self._uow.run(pick, write=False)
+            if not chosen:
+                break
+            deleted += await self._delete_ids(exp, chosen)
+        return deleted
+
+    async def _delete_ids(self, exp: int, ids: list[str]) -> int:
+        """Delete the given traces of ``exp``: spans in bounded chunks, then the rows."""
+        deleted = 0
+        backend = self._backend
+        for start in range(0, len(ids), DELETE_TRACE_CHUNK):
+            chunk = ids[start : start + DELETE_TRACE_CHUNK]
+
+            async def drop_spans(conn: AsyncConnection) -> int:
+                if backend is Backend.MYSQL:
+                    # MySQL refuses LIMIT in an IN subquery but has DELETE ... LIMIT.
+                    stmt: Any = (
+                        delete(spans)
+                        .where(spans.c.trace_id.in_(chunk), spans.c.experiment_id == exp)
+                        .with_dialect_options(mysql_limit=DELETE_SPAN_CHUNK)
+                    )
+                else:
+                    inner = (
+                        select(spans.c.trace_id, spans.c.span_id)
+                        .where(spans.c.trace_id.in_(chunk), spans.c.experiment_id == exp)
+                        .limit(DELETE_SPAN_CHUNK)
+                    )
+                    stmt = delete(spans).where(tuple_(spans.c.trace_id, spans.c.span_id).in_(inner))
+                return int((await conn.execute(stmt)).rowcount)
+
+            while await self._uow.run(drop_spans, idempotent=True) >= DELETE_SPAN_CHUNK:
+                pass
+
+            async def drop_traces(conn: AsyncConnection) -> int:
+                result = await conn.execute(
+                    delete(trace_info).where(trace_info.c.request_id.in_(chunk), trace_info.c.experiment_id == exp)
+                )
+                return int(result.rowcount)
+
+            deleted += await self._uow.run(drop_traces, idempotent=True)
+        return deleted
+
+    async def search(
+        self,
+        experiment_ids: Sequence[int | str],
+        filter_string: str = "",
+        order_by: Sequence[str] = ("timestamp_ms DESC",),
+        max_results: int = 100,
+        page_token: str | None = None,
+    ) -> Page[TraceInfo]:
+        """Search traces of some experiments, a page at a time.
+
+        Filters: ``timestamp_ms``, ``execution_time_ms``, ``state`` (or ``status``),
+        ``client_request_id``, ``tags.<key>``, ``metadata.<key>`` (= != LIKE ILIKE),
+        and ``span.name``, ``span.type``, ``span.status`` (a trace matches when one of
+        its spans does). Order by ``timestamp_ms`` or ``execution_time_ms``, ASC or
+        DESC; ties broken by trace id; paging by keyset, stable under inserts.
+
+        Raises:
+            InvalidParameter: a malformed filter, order or token.
+        """
+        return await search_traces(
+            self._uow, experiment_ids, filter_string, order_by, max_results, page_token, load_infos
+        )
+
+
+def _start_upsert(backend: Backend) -> Any:
+    """INSERT a trace row, or complete the one span ingestion created.
+
+    On an existing row the given fields win, fields given as None keep their
+    stored value, and the earlier timestamp is kept.
+    """
+    if backend is Backend.MYSQL:
+        my = mysql_dialect.insert(trace_info)
+        return my.on_duplicate_key_update(_merge_fields(trace_info.c, my.inserted))
+    if backend is Backend.POSTGRESQL:
+        pg = pg_dialect.insert(trace_info)
+        return pg.on_conflict_do_update(index_elements=["request_id"], set_=_merge_fields(trace_info.c, pg.excluded))
+    if backend is Backend.SQLITE:
+        sq = sqlite_dialect.insert(trace_info)
+        return sq.on_conflict_do_update(index_elements=["request_id"], set_=_merge_fields(trace_info.c, sq.excluded))
+    raise AssertionError(backend)  # pragma: no cover - Backend is exhaustive
+
+
+def _merge_fields(current: Any, new: Any) -> dict[str, Any]:
+    """SET clause that completes an existing trace row with the fields start() was given."""
+    return {
+        "timestamp_ms": _least(current.timestamp_ms, new.timestamp_ms),
+        "execution_time_ms": func.coalesce(new.execution_time_ms, current.execution_time_ms),
+        "status": new.status,
+        "client_request_id": func.coalesce(new.client_request_id, current.client_request_id),
+        "request_preview": func.coalesce(new.request_preview, current.request_preview),
+        "response_preview": func.coalesce(new.response_preview, current.response_preview),
+    }
+
+
+def _least(a: Any, b: Any) -> Any:
+    return case((a <= b, a), else_=b)
+
+
+async def _put_pairs(conn: AsyncConnection, backend: Backend, table: Any, trace_id: str, pairs: dict[str, str]) -> None:
+    if pairs:
+        rows = [{"request_id": trace_id, "key": k, "value": v} for k, v in pairs.items()]
+        await conn.execute(upsert(backend, table, ["request_id", "key"], ["value"]), rows)
