@@ -423,12 +423,11 @@ class JobRepository:
         async def fn(conn: AsyncConnection) -> Job:
             if backend is Backend.MYSQL:  # MariaDB has no UPDATE ... RETURNING
                 if (await conn.execute(stmt)).rowcount == 1:
-                    row = (await conn.execute(select(jobs).where(jobs.c.id == job_id))).one()
-                    return job_sql.to_job(row)
+                    return job_sql.to_job((await conn.execute(select(jobs).where(jobs.c.id == job_id))).one())
             else:
-                row = (await conn.execute(stmt.returning(*jobs.c))).first()
-                if row is not None:
-                    return job_sql.to_job(row)
+                returned = (await conn.execute(stmt.returning(*jobs.c))).first()
+                if returned is not None:
+                    return job_sql.to_job(returned)
             await _refuse(conn, op, job_id)
 
         return await self._uow.run(fn)
