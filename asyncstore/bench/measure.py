@@ -61,6 +61,7 @@ class Figures:
         p50_ms, p99_ms: median over repetitions of each repetition's latency
             percentiles, in milliseconds (latency workloads only).
         extra: per-counter sums over the recorded repetitions.
+        setup_seconds: how long the untimed setup took (filling the database).
     """
 
     throughput: float
@@ -70,6 +71,7 @@ class Figures:
     p50_ms: float | None = None
     p99_ms: float | None = None
     extra: dict[str, float] = dataclasses.field(default_factory=dict)
+    setup_seconds: float | None = None
 
     def to_json(self) -> dict[str, Any]:
         """A JSON-ready dict (no None values)."""
@@ -112,7 +114,9 @@ async def measure(
     """
     if repetitions < 1:
         raise ValueError("repetitions must be at least 1")
+    setup_started = time.perf_counter()
     await workload.setup()
+    setup_seconds = time.perf_counter() - setup_started
     try:
         throughputs: list[float] = []
         seconds: list[float] = []
@@ -150,6 +154,7 @@ async def measure(
         p50_ms=statistics.median(p50s) if p50s else None,
         p99_ms=statistics.median(p99s) if p99s else None,
         extra=extra,
+        setup_seconds=round(setup_seconds, 3),
     )
 
 

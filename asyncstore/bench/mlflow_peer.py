@@ -25,6 +25,7 @@ import json
 import logging
 import os
 import random
+import time
 import warnings
 from collections.abc import Callable
 from typing import Any
@@ -54,6 +55,11 @@ from asyncstore.bench.workloads import (
 
 INSTALL_HINT = "pip install 'asyncstore[bench]'  (or: pip install mlflow)"
 _CLAIM_CANDIDATES = 16  # PENDING jobs a worker reads before trying to claim one
+
+
+def _now_ms() -> int:
+    # MLflow's store needs a start time; its client passes the current time like this.
+    return int(time.time() * 1000)
 
 
 def mlflow_available() -> bool:
@@ -182,7 +188,7 @@ class CreateRuns(_MlflowWorkload):
         experiment_id = await self.call(self.store.create_experiment, unique(f"create-{rep}"))
 
         async def create(i: int) -> None:
-            await self.call(self.store.create_run, experiment_id, "bench", None, [], f"run-{i}")
+            await self.call(self.store.create_run, experiment_id, "bench", _now_ms(), [], f"run-{i}")
 
         await fan_out(self.scale.runs_created, WRITE_CONCURRENCY, create)
         return Outcome(self.scale.runs_created)
@@ -195,7 +201,7 @@ class LogBatch(_MlflowWorkload):
         """A fresh run and this repetition's metrics."""
         from mlflow.entities import Metric
 
-        run = await self.call(self.store.create_run, self.experiment_id, "bench", None, [], f"log-batch-{rep}")
+        run = await self.call(self.store.create_run, self.experiment_id, "bench", _now_ms(), [], f"log-batch-{rep}")
         self.run_id = run.info.run_id
         n = self.scale.metric_batches
         self.batches = [[Metric(m.key, m.value, m.timestamp, m.step) for m in metric_batch(rep, b, n)] for b in range(n)]

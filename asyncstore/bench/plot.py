@@ -75,7 +75,9 @@ def write_png(result: Mapping[str, Any], path: Path) -> Path:
     ax.set_ylabel("throughput per second (log scale, higher is better)")
     server = result["versions"]["database_server"]
     ax.set_title(f"asyncstore bench on {server}: scale {result['scale']}, {result['date'][:10]}")
-    ax.legend(fontsize=8)
+    top = max((v for values in data.values() for v in values if v is not None), default=1.0)
+    ax.set_ylim(top=top * 4)  # room for the value labels above the tallest bar
+    ax.legend(fontsize=8, loc="upper center", bbox_to_anchor=(0.5, -0.14), ncol=len(data), frameon=False)
     ax.grid(axis="y", which="major", alpha=0.3)
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)

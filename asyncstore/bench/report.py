@@ -128,6 +128,8 @@ def _rate(value: float) -> str:
 def _cell(figures: Any) -> str:
     rate = _throughput(figures)
     if rate is None:
+        if isinstance(figures, Mapping) and "error" in figures:
+            return "FAILED (see JSON)"
         return str(figures.get("unsupported", "n/a")) if isinstance(figures, Mapping) else "-"
     text = _rate(rate)
     if isinstance(figures, Mapping) and "p50_ms" in figures:

@@ -87,6 +87,13 @@ def add_bench_command(subparsers: Subparsers) -> None:
     parser.set_defaults(handler=run_bench)
 
 
+def build_parser() -> argparse.ArgumentParser:
+    """The parser of ``asyncstore bench`` on its own (``python -m asyncstore.bench.runner``)."""
+    parser = argparse.ArgumentParser(prog="asyncstore bench", description=DESCRIPTION)
+    add_arguments(parser)
+    return parser
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Run ``asyncstore bench`` with ``argv`` (without the program name); return the exit code.
 
@@ -95,9 +102,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         from asyncstore.bench.runner import main
         main(["--scale", "small", "--out", "/tmp/bench"])
     """
-    parser = argparse.ArgumentParser(prog="asyncstore bench", description=DESCRIPTION)
-    add_arguments(parser)
-    args = parser.parse_args(argv)
+    args = build_parser().parse_args(argv)
     try:
         return asyncio.run(run_bench(args))
     except StoreError as exc:

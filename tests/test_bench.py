@@ -1,0 +1,351 @@
+"""`asyncstore bench`: the small run CI does, scratch-database hygiene, and the parts.
+
+The end-to-end test runs ``asyncstore bench --scale small`` on SQLite through the
+command line's ``main(argv)`` and checks its JSON for every workload and figure
+(presence, types, positive numbers: never timing thresholds). The hygiene tests
+run one workload on each backend and check that no scratch database is left
+behind, also when a workload fails or the run is interrupted.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import io
+import json
+import math
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+from sqlalchemy import MetaData
+from sqlalchemy.engine import make_url
+
+from asyncstore import cli
+from asyncstore.bench import database, plot, report, runner
+from asyncstore.bench.measure import Figures, Outcome, fan_out, measure, percentile
+from asyncstore.bench.progress import Progress
+from asyncstore.bench.raw import RAW_METRICS, RAW_SPANS, clone_table
+from asyncstore.bench.scale import SCALES
+from asyncstore.bench.workloads import SPECS, STORE_WORKLOADS
+from asyncstore.schema import metrics, spans
+from tests import dbadmin
+
+SMALL = SCALES["small"]
+
+
+def _only_json(out: Path) -> dict[str, Any]:
+    files = list(out.glob("bench-*.json"))
+    assert len(files) == 1, files
+    return json.loads(files[0].read_text(encoding="utf-8"))
+
+
+def _positive(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value) and value > 0
+
+
+def _check_figures(figures: dict[str, Any], *, latency: bool) -> None:
+    assert _positive(figures["throughput"]), figures
+    assert len(figures["throughputs"]) == SMALL.repetitions
+    assert all(_positive(v) for v in figures["throughputs"])
+    assert len(figures["seconds"]) == SMALL.repetitions
+    assert all(_positive(v) for v in figures["seconds"])
+    assert isinstance(figures["items"], int) and figures["items"] > 0
+    assert min(figures["throughputs"]) <= figures["throughput"] <= max(figures["throughputs"])
+    if latency:
+        assert _positive(figures["p50_ms"]) and _positive(figures["p99_ms"])
+        assert figures["p50_ms"] <= figures["p99_ms"]
+    else:
+        assert "p50_ms" not in figures and "p99_ms" not in figures
+
+
+def test_small_bench_on_sqlite_reports_every_workload_and_figure(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    out = tmp_path / "results"
+    code = cli.main(["bench", "--scale", "small", "--out", str(out)])
+    printed = capsys.readouterr().out
+    assert code == 0, printed
+    result = _only_json(out)
+
+    assert result["failed"] == []
+    assert result["backend"] == "sqlite" and result["scale"] == "small"
+    assert result["command"] == "asyncstore bench --scale small"
+    assert (result["warmup"], result["repetitions"]) == (SMALL.warmup, SMALL.repetitions)
+    versions = result["versions"]
+    for key in ("python", "sqlalchemy", "asyncstore", "alembic"):
+        assert isinstance(versions[key], str) and versions[key], key
+    assert versions["database_server"].startswith("SQLite 3.")
+    assert versions["drivers"]["aiosqlite"]
+    assert "mlflow" not in versions
+    machine = result["machine"]
+    assert _positive(machine["cpu_count"]) and _positive(machine["memory_bytes"])
+    assert isinstance(machine["cpu_model"], str) and isinstance(machine["platform"], str)
+
+    assert list(result["workloads"]) == [spec.name for spec in SPECS]
+    for spec in SPECS:
+        entry = result["workloads"][spec.name]
+        assert entry["unit"] == spec.unit and entry["description"] == spec.description
+        assert entry["concurrency"] == spec.concurrency
+        assert entry["items_per_repetition"] == spec.size(SMALL) > 0
+        _check_figures(entry["asyncstore"], latency=spec.name == "get_run")
+        assert entry["asyncstore"]["items"] == entry["items_per_repetition"]
+        assert "mlflow" not in entry and "ratio_mlflow" not in entry
+        if spec.raw:
+            _check_figures(entry["raw"], latency=False)
+            assert entry["raw"]["items"] == entry["items_per_repetition"]
+            assert entry["ratio_raw"] == round(entry["asyncstore"]["throughput"] / entry["raw"]["throughput"], 2)
+        else:
+            assert "raw" not in entry and "ratio_raw" not in entry
+        assert spec.name in printed
+    assert "of raw" in printed and "figures:" in printed
+    # The scratch SQLite file and its temporary directory are gone.
+    scratch_file = Path(make_url(result["database"]).database or "")
+    assert scratch_file.name == "store.db" and not scratch_file.parent.exists()
+
+
+def _leftovers(backend: str, uri: str) -> set[str]:
+    if backend == "sqlite":
+        return {p.name for p in Path(make_url(uri).database or "").parent.glob(f"{database.NAME_PREFIX}*")}
+    if backend == "postgresql":
+        rows = asyncio.run(dbadmin._pg("SELECT datname FROM pg_database"))
+        return {r["datname"] for r in rows if r["datname"].startswith(database.NAME_PREFIX)}
+    rows = asyncio.run(dbadmin._my(["SHOW DATABASES"]))[0]
+    return {r[0] for r in rows if r[0].startswith(database.NAME_PREFIX)}
+
+
+def _server_uri(backend: str, tmp_path: Path) -> str:
+    if backend == "sqlite":
+        return f"sqlite:///{tmp_path / 'mine.db'}"
+    return dbadmin.server_url(backend).render_as_string(hide_password=False)
+
+
+def test_run_on_a_server_uri_leaves_no_database_behind(backend: str, tmp_path: Path) -> None:
+    uri = _server_uri(backend, tmp_path)
+    before = _leftovers(backend, uri)
+    stream = io.StringIO()
+    args = runner.build_parser().parse_args(["--uri", uri, "--workload", "claim_jobs", "--out", str(tmp_path)])
+    assert asyncio.run(runner.run_bench(args, stream)) == 0, stream.getvalue()
+    result = _only_json(tmp_path)
+    name = make_url(result["database"]).database or ""
+    assert database.NAME_PREFIX in name  # it ran in a scratch database, not in the one named
+    assert result["backend"] == backend and _positive(result["workloads"]["claim_jobs"]["asyncstore"]["throughput"])
+    assert _leftovers(backend, uri) == before
+
+
+class _Boom(Exception):
+    pass
+
+
+@pytest.mark.parametrize("failure", [_Boom, KeyboardInterrupt])
+def test_failure_or_interrupt_still_drops_the_scratch_database(
+    backend: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, failure: type[BaseException]
+) -> None:
+    uri = _server_uri(backend, tmp_path)
+    before = _leftovers(backend, uri)
+    seen: list[str] = []
+    workload = STORE_WORKLOADS["log_batch"]
+
+    async def broken(self: Any, rep: int) -> Outcome:
+        now = await asyncio.to_thread(_leftovers, backend, uri)
+        seen.append(now.difference(before).pop())  # the scratch database exists while running
+        raise failure("stop here")
+
+    monkeypatch.setattr(workload, "run", broken)
+    stream = io.StringIO()
+    args = runner.build_parser().parse_args(["--uri", uri, "--workload", "log_batch", "--out", str(tmp_path)])
+    if failure is KeyboardInterrupt:
+        with pytest.raises(KeyboardInterrupt):
+            asyncio.run(runner.run_bench(args, stream))
+    else:
+        assert asyncio.run(runner.run_bench(args, stream)) == runner.EXIT_WORKLOAD_FAILED
+        result = _only_json(tmp_path)
+        assert result["failed"] == ["log_batch / asyncstore"]
+        assert "_Boom: stop here" in result["workloads"]["log_batch"]["asyncstore"]["error"]
+        assert _positive(result["workloads"]["log_batch"]["raw"]["throughput"])  # the others still ran
+        assert "FAILED" in stream.getvalue()
+    assert seen and seen[0].startswith(database.NAME_PREFIX)
+    assert _leftovers(backend, uri) == before
+
+
+def test_compare_mlflow_without_mlflow_says_how_to_install(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.setitem(sys.modules, "mlflow", None)  # makes `import mlflow` fail
+    code = cli.main(["bench", "--compare", "mlflow", "--out", str(tmp_path)])
+    assert code == 2
+    assert "pip install 'asyncstore[bench]'" in capsys.readouterr().err
+    assert not list(tmp_path.iterdir())  # nothing ran
+
+
+def test_plot_without_matplotlib_says_how_to_install(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.setitem(sys.modules, "matplotlib", None)
+    code = runner.main(["--plot", "--out", str(tmp_path)])
+    assert code == 2
+    assert "pip install 'asyncstore[bench]'" in capsys.readouterr().err
+    assert not list(tmp_path.iterdir())
+
+
+def test_unknown_workload_is_a_usage_error(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as info:
+        cli.main(["bench", "--workload", "nope"])
+    assert info.value.code == 2
+    assert "create_runs" in capsys.readouterr().err  # the choices are listed
+
+
+def test_in_memory_sqlite_is_refused_with_advice(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert runner.main(["--uri", "sqlite://", "--out", str(tmp_path)]) == 2
+    assert "omit --uri" in capsys.readouterr().err
+
+
+# --- the parts -----------------------------------------------------------------------
+
+
+def test_percentile_nearest_rank() -> None:
+    values = [float(v) for v in range(1, 101)]
+    assert percentile(values, 50) == 50.0
+    assert percentile(values, 99) == 99.0
+    assert percentile(values, 100) == 100.0
+    assert percentile([3.0], 99) == 3.0
+    with pytest.raises(ValueError):
+        percentile([], 50)
+    with pytest.raises(ValueError):
+        percentile([1.0], 101)
+
+
+class _Counting:
+    def __init__(self) -> None:
+        self.calls: list[str] = []
+
+    async def setup(self) -> None:
+        self.calls.append("setup")
+
+    async def prepare(self, rep: int) -> None:
+        self.calls.append(f"prepare {rep}")
+
+    async def run(self, rep: int) -> Outcome:
+        self.calls.append(f"run {rep}")
+        await asyncio.sleep(0.001 * (rep + 1))
+        return Outcome(10, latencies=[0.001 * (rep + 1)] * 3, extra={"lost": 1})
+
+    async def teardown(self) -> None:
+        self.calls.append("teardown")
+
+
+async def test_measure_discards_warmup_and_reports_the_median() -> None:
+    workload = _Counting()
+    seen: list[tuple[int, float | None]] = []
+    figures = await measure(workload, warmup=1, repetitions=3, on_repetition=lambda r, v: seen.append((r, v)))
+    assert workload.calls == [
+        "setup", "prepare 0", "run 0", "prepare 1", "run 1", "prepare 2", "run 2", "prepare 3", "run 3", "teardown"
+    ]
+    assert [r for r, _ in seen] == [0, 1, 2, 3] and seen[0][1] is None and all(v for _, v in seen[1:])
+    assert len(figures.throughputs) == 3 and figures.throughput == sorted(figures.throughputs)[1]
+    assert figures.items == 10 and figures.extra == {"lost": 3}
+    assert figures.p50_ms == pytest.approx(3.0)  # the median repetition (rep 2) had 3 ms calls
+    assert set(figures.to_json()) >= {"throughput", "throughputs", "seconds", "items", "p50_ms", "p99_ms", "extra"}
+    assert figures.setup_seconds is not None and figures.setup_seconds >= 0
+
+
+async def test_fan_out_makes_every_call_once_and_cancels_on_failure() -> None:
+    seen: list[int] = []
+    running = 0
+    peak = 0
+
+    async def call(i: int) -> None:
+        nonlocal running, peak
+        running += 1
+        peak = max(peak, running)
+        await asyncio.sleep(0)
+        seen.append(i)
+        running -= 1
+
+    await fan_out(50, 4, call)
+    assert sorted(seen) == list(range(50)) and peak == 4
+
+    async def failing(i: int) -> None:
+        if i == 3:
+            raise _Boom("call 3")
+        await asyncio.sleep(0.01)
+
+    with pytest.raises(_Boom):
+        await fan_out(100, 4, failing)
+
+
+def test_progress_plain_lines_when_not_a_terminal() -> None:
+    stream = io.StringIO()
+    progress = Progress(total=2, stream=stream)
+    assert progress.tty is False  # StringIO is not a TTY
+    progress.status("working")  # not shown in plain mode
+    progress.step("first done")
+    progress.step("second done")
+    progress.close()
+    lines = stream.getvalue().splitlines()
+    assert len(lines) == 2 and lines[0].startswith("[  1/2]") and lines[1].endswith("second done")
+    assert "\r" not in stream.getvalue()
+
+
+def test_progress_bar_on_a_terminal() -> None:
+    stream = io.StringIO()
+    progress = Progress(total=4, stream=stream, tty=True)
+    progress.step("one")
+    progress.step("two")
+    progress.note("a note")
+    progress.close()
+    text = stream.getvalue()
+    assert "\r[############............] 2/4" in text
+    assert "a note\n" in text and text.count("\n") == 1
+
+
+def _result(**workloads: dict[str, Any]) -> dict[str, Any]:
+    return {
+        "backend": "sqlite", "scale": "small", "repetitions": 3, "warmup": 1, "date": "2026-01-01T00:00:00+00:00",
+        "versions": {"database_server": "SQLite 3.45.0"}, "workloads": workloads,
+    }
+
+
+def test_ratios_table_and_plot_series() -> None:
+    result = _result(
+        log_spans={"unit": "spans/s", "description": "d1", "asyncstore": {"throughput": 900.0},
+                   "mlflow": {"throughput": 100.0}, "raw": {"throughput": 1000.0}},
+        get_run={"unit": "calls/s", "description": "d2", "asyncstore": {"throughput": 50.0, "p50_ms": 1.5, "p99_ms": 9.0},
+                 "mlflow": {"error": "MlflowException: x"}},
+    )
+    report.add_ratios(result["workloads"])
+    assert result["workloads"]["log_spans"]["ratio_mlflow"] == 9.0
+    assert result["workloads"]["log_spans"]["ratio_raw"] == 0.9
+    assert "ratio_mlflow" not in result["workloads"]["get_run"]
+    text = report.table(result)
+    assert "9.00x" in text and "90%" in text and "p50 1.5 / p99 9.0 ms" in text and "FAILED" in text
+    assert plot.series(result) == {
+        "asyncstore": [900.0, 50.0], "mlflow": [100.0, None], "raw": [1000.0, None]
+    }
+
+
+def test_json_file_name_and_content(tmp_path: Path) -> None:
+    result = _result(x={"unit": "u", "description": "d", "asyncstore": {"throughput": 1.0}})
+    path = report.write_json(result, tmp_path / "new")
+    assert path.name == "bench-sqlite-20260101T000000Z.json"
+    assert json.loads(path.read_text()) == result
+
+
+def test_raw_tables_match_the_store_tables_without_foreign_keys() -> None:
+    for raw, source in ((RAW_METRICS, metrics), (RAW_SPANS, spans)):
+        assert [(c.name, repr(c.type), c.nullable) for c in raw.columns] == [
+            (c.name, repr(c.type), c.nullable) for c in source.columns
+        ]
+        assert raw.primary_key.columns.keys() == source.primary_key.columns.keys()
+        assert sorted(tuple(c.name for c in i.columns) for i in raw.indexes) == sorted(
+            tuple(c.name for c in i.columns) for i in source.indexes
+        )
+        assert not raw.foreign_keys and source.foreign_keys
+    assert RAW_SPANS.c.duration_ns.computed is not None
+    copy = clone_table(metrics, "other", MetaData())
+    assert {i.name for i in copy.indexes}.isdisjoint({i.name for i in RAW_METRICS.indexes})
+
+
+def test_figures_json_drops_missing_values() -> None:
+    figures = Figures(throughput=2.0, throughputs=[2.0], seconds=[1.0], items=2)
+    assert figures.to_json() == {"throughput": 2.0, "throughputs": [2.0], "seconds": [1.0], "items": 2}
