@@ -280,3 +280,32 @@ async def test_search_spans_filters_and_pages(store: AsyncStore) -> None:
     for bad in ({"order_by": "name"}, {"max_results": 0}, {"status": "MAYBE"}, {"min_duration_ns": -1}):
         with pytest.raises(InvalidParameter):
             await store.spans.search_spans(exp, **bad)  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("force_json", [False, True], ids=["default-encoder", "json-module"])
+async def test_content_encoding_same_with_or_without_orjson(
+    store: AsyncStore, monkeypatch: pytest.MonkeyPatch, force_json: bool
+) -> None:
+    """orjson is optional (used when installed): what is accepted and read back must not depend on it."""
+    from asyncstore.repos import span_rows
+
+    if force_json:
+        monkeypatch.setattr(span_rows, "_orjson", None)
+    exp = await make_experiment(store)
+    tid = new_trace_id()
+    odd = {
+        "nan": float("nan"), "inf": float("-inf"), "big": 2**70, "uuid": uuid.UUID(int=1),
+        "status": SpanStatus.ERROR, 3: "int key", "nested": {"t": (1, 2)}, "emoji": "😀", "nul": "a\x00b",
+    }
+    span = make_span(tid, attributes=odd)
+    await store.spans.log_spans(exp, [span])
+    (got,) = await store.spans.get_spans(tid)
+    assert got.attributes == {
+        "nan": None, "inf": None, "big": 2**70, "uuid": str(uuid.UUID(int=1)), "status": "ERROR",
+        "3": "int key", "nested": {"t": [1, 2]}, "emoji": "😀", "nul": "a\x00b",
+    }
+    cyclic: dict[str, object] = {}
+    cyclic["self"] = cyclic
+    for bad in ({"obj": object()}, {"when": __import__("datetime").datetime(2024, 1, 1)}, cyclic):
+        with pytest.raises(InvalidParameter, match="JSON"):
+            await store.spans.log_spans(exp, [make_span(tid, attributes=bad)])

@@ -108,10 +108,10 @@ async def test_get_returns_spans_parent_first(store: AsyncStore) -> None:
 
 
 async def test_delete_by_ids_and_by_age_in_bounded_chunks(store: AsyncStore, monkeypatch: pytest.MonkeyPatch) -> None:
-    from asyncstore.repos import traces as traces_module
+    from asyncstore.repos import trace_delete
 
-    monkeypatch.setattr(traces_module, "DELETE_SPAN_CHUNK", 7)  # force several span transactions
-    monkeypatch.setattr(traces_module, "DELETE_TRACE_CHUNK", 2)
+    monkeypatch.setattr(trace_delete, "DELETE_SPAN_CHUNK", 7)  # force several span transactions
+    monkeypatch.setattr(trace_delete, "DELETE_TRACE_CHUNK", 2)
     exp = await make_experiment(store)
     other = await make_experiment(store)
     tids = [new_trace_id() for _ in range(6)]

@@ -12,7 +12,7 @@ import uuid
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from sqlalchemy import case, delete, func, select, tuple_, update
+from sqlalchemy import case, delete, func, select, update
 from sqlalchemy.dialects import mysql as mysql_dialect
 from sqlalchemy.dialects import postgresql as pg_dialect
 from sqlalchemy.dialects import sqlite as sqlite_dialect
@@ -24,12 +24,12 @@ from asyncstore.errors import AlreadyExists, ErrorCode, InvalidParameter, NotFou
 from asyncstore.repos._tracking import now_ms, upsert
 from asyncstore.repos.span_rows import check_trace_id, parse_experiment_id
 from asyncstore.repos.spans import load_spans
+from asyncstore.repos.trace_delete import delete_traces
 from asyncstore.repos.trace_search import search_traces
 from asyncstore.schema import (
     KEY_MAX,
     TAG_VALUE_MAX,
     TRACE_PREVIEW_MAX,
-    spans,
     trace_info,
     trace_metrics,
     trace_request_metadata,
@@ -38,10 +38,6 @@ from asyncstore.schema import (
 from asyncstore.uow import UnitOfWork
 
 CLIENT_REQUEST_ID_MAX = 50
-DELETE_TRACE_CHUNK = 500
-"""Traces chosen per delete round (their tags, metadata and metrics go with them)."""
-DELETE_SPAN_CHUNK = 10_000
-"""Spans deleted per transaction: a delete never holds locks on more rows than this."""
 _STATES = {s.value: s for s in TraceState}
 
 
@@ -51,7 +47,7 @@ def _state(value: TraceState | str, label: str = "state") -> TraceState:
     raise InvalidParameter(f"{label} {value!r} is not valid: use one of {', '.join(_STATES)}")
 
 
-def _whole(value: Any, label: str, *, optional: bool = True) -> int | None:
+def whole(value: Any, label: str, *, optional: bool = True) -> int | None:
     if value is None and optional:
         return None
     if isinstance(value, bool) or not isinstance(value, int) or value < 0:
@@ -164,12 +160,12 @@ class TraceRepository:
         """
         exp = parse_experiment_id(experiment_id)
         tid = "tr-" + uuid.uuid4().hex if trace_id is None else check_trace_id(trace_id)
-        ts = now_ms() if timestamp_ms is None else _whole(timestamp_ms, "timestamp_ms", optional=False)
+        ts = now_ms() if timestamp_ms is None else whole(timestamp_ms, "timestamp_ms", optional=False)
         values = {
             "request_id": tid,
             "experiment_id": exp,
             "timestamp_ms": ts,
-            "execution_time_ms": _whole(execution_time_ms, "execution_time_ms"),
+            "execution_time_ms": whole(execution_time_ms, "execution_time_ms"),
             "status": _state(state).value,
             "client_request_id": client_request_id,
             "request_preview": _preview(request_preview, "request_preview"),
@@ -216,7 +212,7 @@ class TraceRepository:
         if state is not None:
             changes["status"] = _state(state).value
         if execution_time_ms is not None:
-            changes["execution_time_ms"] = _whole(execution_time_ms, "execution_time_ms")
+            changes["execution_time_ms"] = whole(execution_time_ms, "execution_time_ms")
         if request_preview is not None:
             changes["request_preview"] = _preview(request_preview, "request_preview")
         if response_preview is not None:
@@ -381,74 +377,9 @@ class TraceRepository:
         Raises:
             InvalidParameter: a bad combination of arguments.
         """
-        exp = parse_experiment_id(experiment_id)
-        if (max_timestamp_ms is None) == (trace_ids is None):
-            raise InvalidParameter("give exactly one of max_timestamp_ms or trace_ids")
-        if max_traces is not None:
-            if max_timestamp_ms is None:
-                raise InvalidParameter("max_traces can only be used with max_timestamp_ms")
-            if isinstance(max_traces, bool) or not isinstance(max_traces, int) or max_traces <= 0:
-                raise InvalidParameter(f"max_traces {max_traces!r} is not valid: expected a whole number > 0")
-        if trace_ids is not None:
-            if isinstance(trace_ids, str):
-                raise InvalidParameter("trace_ids must be a list of trace ids, not one string")
-            ids = sorted({check_trace_id(t) for t in trace_ids})
-            return await self._delete_ids(exp, ids)
-        cutoff = _whole(max_timestamp_ms, "max_timestamp_ms", optional=False)
-        deleted = 0
-        while max_traces is None or deleted < max_traces:
-            limit = DELETE_TRACE_CHUNK if max_traces is None else min(DELETE_TRACE_CHUNK, max_traces - deleted)
-
-            async def pick(conn: AsyncConnection, limit: int = limit) -> list[str]:
-                query = (
-                    select(trace_info.c.request_id)
-                    .where(trace_info.c.experiment_id == exp, trace_info.c.timestamp_ms <= cutoff)
-                    .order_by(trace_info.c.timestamp_ms, trace_info.c.request_id)
-                    .limit(limit)
-                )
-                return list((await conn.execute(query)).scalars().all())
-
-            chosen = await self._uow.run(pick, write=False)
-            if not chosen:
-                break
-            deleted += await self._delete_ids(exp, chosen)
-        return deleted
-
-    async def _delete_ids(self, exp: int, ids: list[str]) -> int:
-        """Delete the given traces of ``exp``: spans in bounded chunks, then the rows."""
-        deleted = 0
-        backend = self._backend
-        for start in range(0, len(ids), DELETE_TRACE_CHUNK):
-            chunk = ids[start : start + DELETE_TRACE_CHUNK]
-
-            async def drop_spans(conn: AsyncConnection) -> int:
-                if backend is Backend.MYSQL:
-                    # MySQL refuses LIMIT in an IN subquery but has DELETE ... LIMIT.
-                    stmt: Any = (
-                        delete(spans)
-                        .where(spans.c.trace_id.in_(chunk), spans.c.experiment_id == exp)
-                        .with_dialect_options(mysql_limit=DELETE_SPAN_CHUNK)
-                    )
-                else:
-                    inner = (
-                        select(spans.c.trace_id, spans.c.span_id)
-                        .where(spans.c.trace_id.in_(chunk), spans.c.experiment_id == exp)
-                        .limit(DELETE_SPAN_CHUNK)
-                    )
-                    stmt = delete(spans).where(tuple_(spans.c.trace_id, spans.c.span_id).in_(inner))
-                return int((await conn.execute(stmt)).rowcount)
-
-            while await self._uow.run(drop_spans, idempotent=True) >= DELETE_SPAN_CHUNK:
-                pass
-
-            async def drop_traces(conn: AsyncConnection) -> int:
-                result = await conn.execute(
-                    delete(trace_info).where(trace_info.c.request_id.in_(chunk), trace_info.c.experiment_id == exp)
-                )
-                return int(result.rowcount)
-
-            deleted += await self._uow.run(drop_traces, idempotent=True)
-        return deleted
+        return await delete_traces(
+            self._uow, experiment_id, max_timestamp_ms=max_timestamp_ms, max_traces=max_traces, trace_ids=trace_ids
+        )
 
     async def search(
         self,
