@@ -31,7 +31,9 @@ from asyncstore.translate import translate
 
 # pg_advisory_lock key: the bytes of "asyncsto" as a signed 64-bit integer.
 _PG_LOCK_KEY = int.from_bytes(b"asyncsto", "big", signed=True)
-_MYSQL_LOCK_NAME = "asyncstore_migrate"
+# GET_LOCK names are server-wide: scope the lock to the current database (names are
+# limited to 64 characters, hence the hash).
+_MYSQL_LOCK_NAME = "CONCAT('asyncstore_migrate:', LEFT(SHA1(DATABASE()), 32))"
 _MYSQL_LOCK_TIMEOUT = 300  # seconds; a first migration of a big database can take a while
 
 
@@ -154,8 +156,7 @@ async def _lock(conn: AsyncConnection, backend: Backend) -> None:
         await conn.commit()
     elif backend is Backend.MYSQL:
         got = await conn.scalar(
-            text("SELECT GET_LOCK(:name, :timeout)"),
-            {"name": _MYSQL_LOCK_NAME, "timeout": _MYSQL_LOCK_TIMEOUT},
+            text(f"SELECT GET_LOCK({_MYSQL_LOCK_NAME}, :timeout)"), {"timeout": _MYSQL_LOCK_TIMEOUT}
         )
         await conn.commit()
         if got != 1:
@@ -184,7 +185,7 @@ async def _unlock(conn: AsyncConnection, backend: Backend) -> None:
         await conn.execute(text("SELECT pg_advisory_unlock(:key)"), {"key": _PG_LOCK_KEY})
         await conn.commit()
     elif backend is Backend.MYSQL:
-        await conn.execute(text("SELECT RELEASE_LOCK(:name)"), {"name": _MYSQL_LOCK_NAME})
+        await conn.execute(text(f"SELECT RELEASE_LOCK({_MYSQL_LOCK_NAME})"))
         await conn.commit()
     else:
         await conn.execution_options(asyncstore_sqlite_begin="DEFERRED")

@@ -220,6 +220,15 @@ def connect_failure_is_transient(exc: BaseException) -> bool:
     return found.kind is TemporarilyUnavailable
 
 
+def is_database_error(exc: BaseException) -> bool:
+    """Whether ``exc`` comes from the database layer (driver or SQLAlchemy) and so is translated.
+
+    Anything else raised inside a transaction (a ``KeyError`` in the caller's code, a
+    ``StoreError`` raised on purpose) rolls the transaction back and propagates unchanged.
+    """
+    return isinstance(exc, sa_exc.SQLAlchemyError) or classify(exc) is not None
+
+
 def translate(exc: BaseException, messages: Mapping[ErrorCode, str] | None = None) -> StoreError:
     """Turn a driver or SQLAlchemy exception into the matching :class:`StoreError`.
 

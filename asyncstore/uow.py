@@ -26,8 +26,8 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from asyncstore.config import Backend
 from asyncstore.engines import EngineState, engine_state
-from asyncstore.errors import ErrorCode, StoreError, TemporarilyUnavailable
-from asyncstore.translate import classify, translate
+from asyncstore.errors import ErrorCode, TemporarilyUnavailable
+from asyncstore.translate import classify, is_database_error, translate
 
 T = TypeVar("T")
 log = logging.getLogger(__name__)
@@ -64,9 +64,9 @@ class UnitOfWork:
         try:
             async with self._transaction(write) as conn:
                 yield conn
-        except StoreError:
-            raise
         except Exception as exc:
+            if not is_database_error(exc):
+                raise
             raise translate(exc, messages) from exc
 
     async def run(
@@ -86,6 +86,9 @@ class UnitOfWork:
         unknown; it is retried only when the caller says ``idempotent=True`` (running
         it twice has the same effect as once, e.g. upserts).
 
+        Only database errors (driver or SQLAlchemy) are translated; any other exception
+        ``fn`` raises (a ``StoreError`` on purpose, a bug) rolls back and propagates as is.
+
         Raises:
             StoreError: the translated error once retries are exhausted or not allowed.
         """
@@ -98,9 +101,9 @@ class UnitOfWork:
                     result = await fn(conn)
                     progress.committing = True  # leaving the block sends COMMIT
                 return result
-            except StoreError:
-                raise
             except Exception as exc:
+                if not is_database_error(exc):
+                    raise  # StoreError raised on purpose, or a bug in fn: not ours to translate
                 found = classify(exc)
                 retry = (
                     found is not None
