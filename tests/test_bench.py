@@ -23,7 +23,7 @@ from sqlalchemy.engine import make_url
 
 from asyncstore import cli
 from asyncstore.bench import database, plot, report, runner
-from asyncstore.bench.measure import Figures, Outcome, fan_out, measure, percentile
+from asyncstore.bench.measure import Figures, Outcome, fan_out, measure, measure_all, percentile
 from asyncstore.bench.progress import Progress
 from asyncstore.bench.raw import RAW_METRICS, RAW_SPANS, clone_table
 from asyncstore.bench.scale import SCALES
@@ -237,7 +237,11 @@ class _Counting:
 async def test_measure_discards_warmup_and_reports_the_median() -> None:
     workload = _Counting()
     seen: list[tuple[int, float | None]] = []
-    figures = await measure(workload, warmup=1, repetitions=3, on_repetition=lambda r, v: seen.append((r, v)))
+    results = await measure_all(
+        {"x": workload}, warmup=1, repetitions=3, on_repetition=lambda system, r, v: seen.append((r, v))
+    )
+    figures = results["x"]
+    assert isinstance(figures, Figures)
     assert workload.calls == [
         "setup", "prepare 0", "run 0", "prepare 1", "run 1", "prepare 2", "run 2", "prepare 3", "run 3", "teardown"
     ]
@@ -247,6 +251,31 @@ async def test_measure_discards_warmup_and_reports_the_median() -> None:
     assert figures.p50_ms == pytest.approx(3.0)  # the median repetition (rep 2) had 3 ms calls
     assert set(figures.to_json()) >= {"throughput", "throughputs", "seconds", "items", "p50_ms", "p99_ms", "extra"}
     assert figures.setup_seconds is not None and figures.setup_seconds >= 0
+
+
+class _Failing(_Counting):
+    async def run(self, rep: int) -> Outcome:
+        self.calls.append(f"run {rep}")
+        if rep == 1:
+            raise _Boom("rep 1")
+        return Outcome(1)
+
+
+async def test_measure_all_interleaves_systems_and_isolates_a_failure() -> None:
+    log: list[str] = []
+    good, bad = _Counting(), _Failing()
+    failures: list[str] = []
+    results = await measure_all(
+        {"good": good, "bad": bad}, warmup=0, repetitions=3,
+        on_repetition=lambda system, rep, rate: log.append(f"{system} {rep}"),
+        on_failure=lambda system, exc: failures.append(f"{system}: {exc}"),
+    )
+    assert log == ["good 0", "bad 0", "good 1", "good 2"]  # interleaved; bad stopped at rep 1
+    assert failures == ["bad: rep 1"]
+    assert isinstance(results["bad"], _Boom) and isinstance(results["good"], Figures)
+    assert bad.calls[-1] == "teardown" and good.calls[-1] == "teardown"
+    with pytest.raises(_Boom):
+        await measure(_Failing(), warmup=0, repetitions=2)
 
 
 async def test_fan_out_makes_every_call_once_and_cancels_on_failure() -> None:

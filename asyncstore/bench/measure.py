@@ -3,18 +3,20 @@
 A :class:`Workload` is one system (asyncstore, MLflow or a raw driver) doing one
 benchmark: an untimed ``setup``, then per repetition an untimed ``prepare`` and a
 timed ``run`` that returns how many items it did (and, for latency workloads,
-each call's latency). :func:`measure` runs the warm-up repetitions, then the
-recorded ones, and reports the median throughput.
+each call's latency). :func:`measure_all` runs the warm-up repetitions, then the
+recorded ones, of several systems interleaved, and reports each one's median
+throughput.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 import math
 import statistics
 import time
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from typing import Any, Protocol
 
 
@@ -93,69 +95,121 @@ def percentile(values: Sequence[float], q: float) -> float:
     return ordered[rank - 1]
 
 
-async def measure(
-    workload: Workload,
+@dataclasses.dataclass
+class _Tally:
+    """Figures of one system, collected repetition by repetition."""
+
+    setup_seconds: float = 0.0
+    throughputs: list[float] = dataclasses.field(default_factory=list)
+    seconds: list[float] = dataclasses.field(default_factory=list)
+    p50s: list[float] = dataclasses.field(default_factory=list)
+    p99s: list[float] = dataclasses.field(default_factory=list)
+    extra: dict[str, float] = dataclasses.field(default_factory=dict)
+    items: int = 0
+
+    def add(self, outcome: Outcome, elapsed: float) -> float:
+        rate = outcome.items / elapsed if elapsed > 0 else 0.0
+        self.throughputs.append(rate)
+        self.seconds.append(elapsed)
+        self.items = outcome.items
+        if outcome.latencies:
+            self.p50s.append(percentile(outcome.latencies, 50) * 1000)
+            self.p99s.append(percentile(outcome.latencies, 99) * 1000)
+        for key, value in outcome.extra.items():
+            self.extra[key] = self.extra.get(key, 0.0) + value
+        return rate
+
+    def figures(self) -> Figures:
+        return Figures(
+            throughput=statistics.median(self.throughputs),
+            throughputs=self.throughputs,
+            seconds=self.seconds,
+            items=self.items,
+            p50_ms=statistics.median(self.p50s) if self.p50s else None,
+            p99_ms=statistics.median(self.p99s) if self.p99s else None,
+            extra=self.extra,
+            setup_seconds=round(self.setup_seconds, 3),
+        )
+
+
+RepetitionHook = Callable[[str, int, "float | None"], None]
+"""Called after each repetition with the system, the index and the throughput (None in warm-up)."""
+FailureHook = Callable[[str, Exception], None]
+"""Called when a system's workload raises; the other systems go on."""
+
+
+async def measure_all(
+    workloads: Mapping[str, Workload],
     *,
     warmup: int,
     repetitions: int,
-    on_repetition: Callable[[int, float | None], Awaitable[None] | None] | None = None,
-) -> Figures:
-    """Run ``workload``: setup, ``warmup`` unrecorded repetitions, then ``repetitions``.
+    on_repetition: RepetitionHook | None = None,
+    on_failure: FailureHook | None = None,
+) -> dict[str, Figures | Exception]:
+    """Measure several systems on one benchmark, their repetitions interleaved.
 
-    Args:
-        workload: the system and benchmark to run.
-        warmup: repetitions run first and discarded.
-        repetitions: recorded repetitions (at least 1).
-        on_repetition: called after each repetition with its index and its
-            throughput (None for a warm-up one); used for progress display.
+    Every system is set up first; then repetition 0 of each system, repetition 1 of
+    each, and so on, so that a change of machine load during the run (another
+    process, the disk cache, autovacuum) hits every system alike instead of
+    favouring the one measured last. The first ``warmup`` repetitions are not
+    recorded. A system whose workload raises is torn down and reported as its
+    exception; the others go on.
 
     Returns:
-        The median throughput and the per-repetition figures.
+        Per system, its :class:`Figures` (median throughput and per-repetition
+        figures) or the exception that stopped it.
     """
     if repetitions < 1:
         raise ValueError("repetitions must be at least 1")
-    setup_started = time.perf_counter()
-    await workload.setup()
-    setup_seconds = time.perf_counter() - setup_started
+    results: dict[str, Figures | Exception] = {}
+    tallies = {name: _Tally() for name in workloads}
+    active: dict[str, Workload] = {}
+
+    async def fail(name: str, workload: Workload, exc: Exception) -> None:
+        results[name] = exc
+        active.pop(name, None)
+        with contextlib.suppress(Exception):
+            await workload.teardown()
+        if on_failure is not None:
+            on_failure(name, exc)
+
     try:
-        throughputs: list[float] = []
-        seconds: list[float] = []
-        p50s: list[float] = []
-        p99s: list[float] = []
-        extra: dict[str, float] = {}
-        items = 0
-        for rep in range(warmup + repetitions):
-            await workload.prepare(rep)
+        for name, workload in workloads.items():
             started = time.perf_counter()
-            outcome = await workload.run(rep)
-            elapsed = time.perf_counter() - started
-            recorded = rep >= warmup
-            rate = outcome.items / elapsed if elapsed > 0 else 0.0
-            if recorded:
-                throughputs.append(rate)
-                seconds.append(elapsed)
-                items = outcome.items
-                if outcome.latencies:
-                    p50s.append(percentile(outcome.latencies, 50) * 1000)
-                    p99s.append(percentile(outcome.latencies, 99) * 1000)
-                for key, value in outcome.extra.items():
-                    extra[key] = extra.get(key, 0.0) + value
-            if on_repetition is not None:
-                result = on_repetition(rep, rate if recorded else None)
-                if result is not None:
-                    await result
+            try:
+                await workload.setup()
+            except Exception as exc:
+                await fail(name, workload, exc)
+                continue
+            tallies[name].setup_seconds = time.perf_counter() - started
+            active[name] = workload
+        for rep in range(warmup + repetitions):
+            for name, workload in list(active.items()):
+                try:
+                    await workload.prepare(rep)
+                    started = time.perf_counter()
+                    outcome = await workload.run(rep)
+                    elapsed = time.perf_counter() - started
+                except Exception as exc:
+                    await fail(name, workload, exc)
+                    continue
+                rate = tallies[name].add(outcome, elapsed) if rep >= warmup else None
+                if on_repetition is not None:
+                    on_repetition(name, rep, rate)
     finally:
-        await workload.teardown()
-    return Figures(
-        throughput=statistics.median(throughputs),
-        throughputs=throughputs,
-        seconds=seconds,
-        items=items,
-        p50_ms=statistics.median(p50s) if p50s else None,
-        p99_ms=statistics.median(p99s) if p99s else None,
-        extra=extra,
-        setup_seconds=round(setup_seconds, 3),
-    )
+        for workload in active.values():
+            await workload.teardown()
+    for name in active:
+        results[name] = tallies[name].figures()
+    return {name: results[name] for name in workloads}
+
+
+async def measure(workload: Workload, *, warmup: int, repetitions: int) -> Figures:
+    """Measure one system (see :func:`measure_all`); its exception, if any, is raised."""
+    result = (await measure_all({"system": workload}, warmup=warmup, repetitions=repetitions))["system"]
+    if isinstance(result, Exception):
+        raise result
+    return result
 
 
 async def timed(call: Callable[[], Awaitable[Any]], latencies: list[float]) -> None:

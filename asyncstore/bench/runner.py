@@ -27,7 +27,7 @@ from typing import TYPE_CHECKING, Any, TextIO
 
 from asyncstore.bench import report
 from asyncstore.bench.database import ScratchDatabase, create_scratch
-from asyncstore.bench.measure import Workload, measure
+from asyncstore.bench.measure import Workload, measure_all
 from asyncstore.bench.progress import Progress
 from asyncstore.bench.scale import SCALES, Scale
 from asyncstore.bench.workloads import SPECS, STORE_WORKLOADS, Spec
@@ -234,41 +234,41 @@ class _Bench:
             "concurrency": spec.concurrency,
             "items_per_repetition": spec.size(self.scale),
         }
-        entry["asyncstore"] = await self._system(spec, "asyncstore", STORE_WORKLOADS[spec.name](store, self.scale))
+        systems: dict[str, Workload] = {"asyncstore": STORE_WORKLOADS[spec.name](store, self.scale)}
         if spec.raw:
             from asyncstore.bench.raw import RAW_WORKLOADS
 
-            entry["raw"] = await self._system(spec, "raw", RAW_WORKLOADS[spec.name](scratch, self.scale))
+            systems["raw"] = RAW_WORKLOADS[spec.name](scratch, self.scale)
         if peer is not None:
             from asyncstore.bench.mlflow_peer import MLFLOW_WORKLOADS
 
-            entry["mlflow"] = await self._system(spec, "mlflow", MLFLOW_WORKLOADS[spec.name](peer, self.scale))
+            systems["mlflow"] = MLFLOW_WORKLOADS[spec.name](peer, self.scale)
+        reps = self.scale.warmup + self.scale.repetitions
+        finished = dict.fromkeys(systems, 0)
+        self.progress.status(f"{spec.name}: setting up {', '.join(systems)}")
+
+        def done(system: str, rep: int, rate: float | None) -> None:
+            finished[system] += 1
+            kind = "warm-up" if rate is None else f"{rate:,.0f} {spec.unit}"
+            self.progress.step(f"{spec.name} / {system} {rep + 1}/{reps}: {kind}")
+
+        def failed(system: str, exc: Exception) -> None:
+            self.failed.append(f"{spec.name} / {system}")
+            self.progress.note(f"FAILED {spec.name} / {system}: {_describe(exc)}")
+            self.progress.done = min(self.progress.total, self.progress.done + reps - finished[system])
+
+        results = await measure_all(
+            systems, warmup=self.scale.warmup, repetitions=self.scale.repetitions,
+            on_repetition=done, on_failure=failed,
+        )
+        for system, figures in results.items():
+            entry[system] = {"error": _describe(figures)} if isinstance(figures, Exception) else figures.to_json()
         return entry
 
-    async def _system(self, spec: Spec, system: str, workload: Workload) -> dict[str, Any]:
-        label = f"{spec.name} / {system}"
-        self.progress.status(f"{label}: setting up")
-        reps = self.scale.warmup + self.scale.repetitions
 
-        finished = 0
-
-        def done(rep: int, rate: float | None) -> None:
-            nonlocal finished
-            finished += 1
-            kind = "warm-up" if rate is None else f"{rate:,.0f} {spec.unit}"
-            self.progress.step(f"{label} {rep + 1}/{reps}: {kind}")
-
-        try:
-            figures = await measure(
-                workload, warmup=self.scale.warmup, repetitions=self.scale.repetitions, on_repetition=done
-            )
-        except Exception as exc:  # report and go on with the other workloads
-            message = getattr(exc, "message", None) or str(exc) or type(exc).__name__
-            self.failed.append(label)
-            self.progress.note(f"FAILED {label}: {type(exc).__name__}: {message}")
-            self.progress.done = min(self.progress.total, self.progress.done + reps - finished)
-            return {"error": f"{type(exc).__name__}: {message}"}
-        return figures.to_json()
+def _describe(exc: Exception) -> str:
+    message = getattr(exc, "message", None) or str(exc) or ""
+    return f"{type(exc).__name__}: {message}".rstrip(": ")
 
 
 if __name__ == "__main__":  # python -m asyncstore.bench.runner
