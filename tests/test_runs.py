@@ -337,3 +337,36 @@ async def test_metric_history_bulk(store: AsyncStore) -> None:
         await store.runs.get_metric_history_bulk(["a" * 32] * 101, "loss")
     with pytest.raises(InvalidParameter, match="non-empty list"):
         await store.runs.get_metric_history_bulk([], "loss")
+
+
+async def test_latest_metrics_equal_brute_force_over_many_batches(store: AsyncStore) -> None:
+    """Batches arriving in any order (older ones after newer ones, NaN and ±inf among the
+    values, ties on step and timestamp) leave the greatest (step, timestamp, value) per key."""
+    import random
+
+    _, run_id = await new_run(store)
+    rng = random.Random(7)
+    specials = [math.nan, math.inf, -math.inf, 0.0, -1.5, 2.5]
+    logged: list[Metric] = []
+    for _ in range(12):
+        batch = [
+            Metric(f"k{rng.randrange(6)}", rng.choice(specials + [rng.uniform(-5, 5)]), rng.randrange(4), rng.randrange(3))
+            for _ in range(rng.randrange(1, 40))
+        ]
+        await store.runs.log_batch(run_id, metrics=batch)
+        logged += batch
+
+    def rank(m: Metric) -> tuple[int, int, float, bool]:
+        nan = math.isnan(m.value)  # stored as 0.0 with is_nan set, as MLflow does
+        return (m.step, m.timestamp, 0.0 if nan else m.value, nan)
+
+    expected = {}
+    for m in logged:
+        if m.key not in expected or rank(m) > rank(expected[m.key]):
+            expected[m.key] = m
+    got = (await store.runs.get(run_id)).data.latest_metrics
+    assert sorted(got) == sorted(expected)
+    for key, m in expected.items():
+        g = got[key]
+        assert (g.step, g.timestamp) == (m.step, m.timestamp), key
+        assert (math.isnan(g.value) and math.isnan(m.value)) or g.value == m.value, key

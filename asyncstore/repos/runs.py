@@ -35,7 +35,8 @@ from asyncstore.errors import InvalidState, NotFound
 from asyncstore.paging import Page, decode_token, encode_token, fingerprint
 from asyncstore.repos import _tracking as t
 from asyncstore.repos.experiments import check_view
-from asyncstore.repos.runs_batch import RUN_NAME_TAG, Batch, write_batch
+from asyncstore.repos.runs_batch import RUN_NAME_TAG, Batch
+from asyncstore.repos.runs_ingest import write_batch
 from asyncstore.repos.runs_search import load_run_data, run_info, search_query
 from asyncstore.schema import (
     ARTIFACT_URI_MAX,

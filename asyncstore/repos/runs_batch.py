@@ -1,25 +1,22 @@
-"""log_batch: validation of a batch and the bounded set of statements that write it.
+"""log_batch: validation of a batch, before any transaction starts.
 
-Everything is validated before the transaction starts; inside it, a batch costs the
-same handful of statements whatever its size (executemany of multi-row INSERTs and
-upserts, one read of the stored params, one of the stored latest metrics).
+:meth:`Batch.validate` checks every metric, param and tag against MLflow's rules
+and limits and turns them into rows ready for the statements of
+:mod:`asyncstore.repos.runs_ingest`: metric rows deduplicated and sorted in
+primary-key order, and the batch's own latest candidate per metric key. It is on
+the hot path of log_batch (1000 metrics a call), so each distinct key is checked
+once per batch and plain finite floats skip the NaN/inf encoding.
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping, Sequence
-from typing import Any, cast
+from typing import Any
 
-from sqlalchemy import insert, select, update
-from sqlalchemy.ext.asyncio import AsyncConnection
-
-from asyncstore.config import Backend
 from asyncstore.entities import Metric, Param, RunTag
 from asyncstore.repos import _tracking as t
-from asyncstore.schema import PARAM_VALUE_MAX, RUN_NAME_MAX, TAG_VALUE_MAX, latest_metrics, runs
-from asyncstore.schema import metrics as metric_table
-from asyncstore.schema import params as param_table
-from asyncstore.schema import tags as run_tags
+from asyncstore.schema import PARAM_VALUE_MAX, RUN_NAME_MAX, TAG_VALUE_MAX
 
 MAX_METRICS_PER_BATCH = 1000
 MAX_PARAMS_PER_BATCH = 100
@@ -30,82 +27,43 @@ MAX_ENTRIES_PER_BATCH = 1000
 RUN_NAME_TAG = "mlflow.runName"
 """MLflow keeps the run name in this tag too; setting the tag renames the run."""
 
-_METRIC_PK = ("key", "timestamp", "step", "run_uuid", "value", "is_nan")
+_INT64_MIN, _INT64_MAX = -(2**63), 2**63 - 1
+MetricRow = tuple[str, int, int, float, bool]
+"""A metric row as written: (key, timestamp, step, stored value, is_nan), the
+primary-key order of ``metrics`` (run_uuid aside)."""
+Rank = tuple[int, int, float, bool]
 
 
-def metric_rank(step: int, timestamp: int, value: float, is_nan: bool) -> tuple[int, int, float, bool]:
+def metric_rank(step: int, timestamp: int, value: float, is_nan: bool) -> Rank:
     """MLflow's order for the latest value: (step, timestamp, value); is_nan breaks the last tie."""
     return (step, timestamp, value, is_nan)
-
-
-async def write_batch(conn: AsyncConnection, backend: Backend, run_id: str, batch: Batch) -> None:
-    """Write a validated batch to a run whose row the caller has locked.
-
-    Order: params (checked against the stored ones first, so a conflict writes
-    nothing), metrics, latest metrics, tags; rows in sorted key order. At most seven
-    statements, whatever the batch size.
-    """
-    if batch.params:
-        found = await conn.execute(
-            select(param_table.c.key, param_table.c.value).where(
-                param_table.c.run_uuid == run_id, param_table.c.key.in_(sorted(batch.params))
-            )
-        )
-        existing = {k: v for k, v in found}
-        for key, old in sorted(existing.items()):
-            if old != batch.params[key]:
-                t.invalid(
-                    f"param {key!r} of run {run_id} was logged with value {old!r}; params are immutable, "
-                    f"so the new value {batch.params[key]!r} is refused"
-                )
-        new = [{"run_uuid": run_id, "key": k, "value": v} for k, v in sorted(batch.params.items()) if k not in existing]
-        if new:
-            await conn.execute(insert(param_table), new)
-    if batch.metric_rows:
-        await conn.execute(t.upsert(backend, metric_table, _METRIC_PK, ()), batch.metric_rows)
-        lm = latest_metrics.c
-        found = await conn.execute(
-            select(lm.key, lm.step, lm.timestamp, lm.value, lm.is_nan).where(
-                lm.run_uuid == run_id, lm.key.in_(sorted(batch.latest))
-            )
-        )
-        current = {r.key: metric_rank(r.step, r.timestamp or 0, r.value, bool(r.is_nan)) for r in found}
-        winners = [
-            {"run_uuid": run_id, "key": key, "step": rank[0], "timestamp": rank[1], "value": rank[2], "is_nan": rank[3]}
-            for key, rank in sorted(batch.latest.items())
-            if key not in current or rank > current[key]
-        ]
-        if winners:
-            await conn.execute(
-                t.upsert(backend, latest_metrics, ("key", "run_uuid"), ("value", "timestamp", "step", "is_nan")),
-                winners,
-            )
-    if batch.tags:
-        await conn.execute(
-            t.upsert(backend, run_tags, ("key", "run_uuid"), ("value",)),
-            [{"run_uuid": run_id, "key": k, "value": v} for k, v in sorted(batch.tags.items())],
-        )
-        if RUN_NAME_TAG in batch.tags:
-            await conn.execute(update(runs).where(runs.c.run_uuid == run_id).values(name=batch.tags[RUN_NAME_TAG]))
 
 
 class Batch:
     """A validated log_batch: rows ready to write and the latest candidate per key."""
 
     def __init__(self) -> None:
-        self.metric_rows: list[dict[str, Any]] = []
-        self.latest: dict[str, tuple[int, int, float, bool]] = {}
+        self.metric_rows: list[MetricRow] = []
+        """Distinct metric rows, sorted (key, timestamp, step, value, is_nan)."""
+        self.latest: dict[str, Rank] = {}
+        """Per metric key, the batch's greatest (step, timestamp, value, is_nan)."""
         self.params: dict[str, str] = {}
         self.tags: dict[str, str] = {}
 
     @property
     def empty(self) -> bool:
+        """True when the batch holds nothing to write."""
         return not (self.metric_rows or self.params or self.tags)
 
     @classmethod
     def validate(
         cls, run_id: str, metric_list: Sequence[Metric], param_list: Sequence[Param], tag_list: Sequence[RunTag]
     ) -> Batch:
+        """Check a batch against MLflow's rules and limits and prepare its rows.
+
+        Raises:
+            InvalidParameter: the first problem found (nothing has been written).
+        """
         for name, items, kind in (("metrics", metric_list, Metric), ("params", param_list, Param), ("tags", tag_list, RunTag)):
             if isinstance(items, (str, bytes, Mapping)) or not isinstance(items, Sequence):
                 t.invalid(f"{name} must be a list of {kind.__name__} objects")
@@ -120,22 +78,7 @@ class Batch:
         if sum(counts) > MAX_ENTRIES_PER_BATCH:
             t.invalid(f"a batch may hold at most {MAX_ENTRIES_PER_BATCH} metrics, params and tags in all; {sum(counts)} were given")
         batch = cls()
-        seen: set[tuple[Any, ...]] = set()
-        for metric in metric_list:
-            key = t.check_key("metric", metric.key)
-            value, is_nan = t.encode_metric(metric.value, key)
-            ts = cast(int, t.check_int(f"timestamp of metric {key!r}", metric.timestamp))
-            step = cast(int, t.check_int(f"step of metric {key!r}", metric.step))
-            rank = metric_rank(step, ts, value, is_nan)
-            if (key, *rank) in seen:
-                continue
-            seen.add((key, *rank))
-            batch.metric_rows.append(
-                {"run_uuid": run_id, "key": key, "value": value, "timestamp": ts, "step": step, "is_nan": is_nan}
-            )
-            if key not in batch.latest or rank > batch.latest[key]:
-                batch.latest[key] = rank
-        batch.metric_rows.sort(key=lambda r: (r["key"], r["timestamp"], r["step"], r["value"], r["is_nan"]))
+        batch._add_metrics(metric_list)
         for param in param_list:
             key = t.check_key("param", param.key)
             value = t.check_value("param", key, param.value, PARAM_VALUE_MAX)
@@ -150,5 +93,33 @@ class Batch:
             batch.tags[key] = value
         return batch
 
+    def _add_metrics(self, metric_list: Sequence[Metric]) -> None:
+        """Validate the metrics; keep distinct rows in key order and the latest per key."""
+        checked: set[str] = set()
+        rows: set[MetricRow] = set()
+        latest = self.latest
+        for metric in metric_list:
+            key: Any = metric.key
+            if type(key) is not str or key not in checked:
+                key = t.check_key("metric", key)
+                checked.add(key)
+            value: Any = metric.value
+            if type(value) is float and math.isfinite(value):
+                is_nan = False
+            else:
+                value, is_nan = t.encode_metric(value, key)
+            ts: Any = metric.timestamp
+            if type(ts) is not int or not _INT64_MIN <= ts <= _INT64_MAX:
+                t.check_int(f"timestamp of metric {key!r}", ts)
+            step: Any = metric.step
+            if type(step) is not int or not _INT64_MIN <= step <= _INT64_MAX:
+                t.check_int(f"step of metric {key!r}", step)
+            rows.add((key, ts, step, value, is_nan))
+            rank = (step, ts, value, is_nan)
+            best = latest.get(key)
+            if best is None or rank > best:
+                latest[key] = rank
+        self.metric_rows = sorted(rows)
 
-__all__ = ["Batch", "MAX_METRICS_PER_BATCH", "RUN_NAME_TAG", "metric_rank", "write_batch"]
+
+__all__ = ["Batch", "MAX_METRICS_PER_BATCH", "MetricRow", "RUN_NAME_TAG", "Rank", "metric_rank"]
