@@ -132,7 +132,7 @@ def _configure_logging(verbose: bool) -> None:
     root = logging.getLogger()
     if verbose:
         logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s", stream=sys.stderr)
-    else:
+    elif not root.handlers:
         # Keep stderr to the one error line: no connect-retry warnings, no lastResort output.
         root.addHandler(logging.NullHandler())
 
