@@ -46,6 +46,8 @@ def versions(backend: Backend, server_version: str, *, mlflow: bool) -> dict[str
         "alembic": package_version("alembic"),
         "drivers": drivers,
         "database_server": server_version,
+        # Optional speed-ups asyncstore uses when installed (span content JSON).
+        "optional": {name: package_version(name) for name in ("orjson",) if package_version(name)},
     }
     if mlflow:
         found["mlflow"] = package_version("mlflow")
