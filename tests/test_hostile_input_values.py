@@ -200,12 +200,17 @@ async def test_wrong_types_and_empty_keys_are_refused(store: AsyncStore, kwargs:
 
 async def test_nan_and_infinities(store: AsyncStore) -> None:
     """Promise: NaN, +inf and -inf metrics are stored and read back as such (latest value,
-    history), extreme finite doubles (the largest, the smallest subnormal, 2**53 + 1)
-    are read back as the same numbers (not as infinities), and non-finite trace
-    metrics are refused with INVALID_PARAMETER before anything is written."""
+    history), extreme finite doubles (the next-to-largest, the smallest subnormal,
+    2**53 + 1) are read back as the same numbers (not as infinities), the largest
+    double itself (MLflow's stored form of ±inf) is refused with INVALID_PARAMETER
+    before anything is written, and non-finite trace metrics are refused likewise."""
     exp = await store.experiments.create("nan")
     run_id = (await store.runs.create(exp)).info.run_id
-    values = [float("nan"), float("inf"), float("-inf"), 1.7976931348623157e308, -1.7976931348623157e308,
+    for largest in (1.7976931348623157e308, -1.7976931348623157e308):
+        await _refused(store, store.runs.log_batch(run_id, metrics=[Metric("ok", 1.0, 1, 0), Metric("max", largest, 1, 0)]))
+    assert (await store.runs.get(run_id)).data.metrics == {}
+    below_max = math.nextafter(1.7976931348623157e308, 0.0)
+    values = [float("nan"), float("inf"), float("-inf"), below_max, -below_max,
               5e-324, -0.0, 2.0**53 + 1]
     await store.runs.log_batch(run_id, metrics=[Metric(f"m{i}", v, 1, 0) for i, v in enumerate(values)] +
                                [Metric("hist", v, 1, i) for i, v in enumerate(values)])

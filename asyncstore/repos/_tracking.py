@@ -157,6 +157,12 @@ def encode_metric(value: object, key: str) -> tuple[float, bool]:
         return 0.0, True
     if math.isinf(number):
         return (FLOAT_MAX if number > 0 else -FLOAT_MAX), False
+    if abs(number) == FLOAT_MAX:
+        # ±FLOAT_MAX is how ±inf is stored: accepting it would read back as ±inf.
+        invalid(
+            f"metric {key!r} has value {value!r}, the largest double, which this store "
+            "reserves for ±inf; log float('inf') / float('-inf') or a smaller number"
+        )
     return number, False
 
 

@@ -10,7 +10,6 @@ once per batch and plain finite floats skip the NaN/inf encoding.
 
 from __future__ import annotations
 
-import math
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -104,7 +103,7 @@ class Batch:
                 key = t.check_key("metric", key)
                 checked.add(key)
             value: Any = metric.value
-            if type(value) is float and math.isfinite(value):
+            if type(value) is float and abs(value) < t.FLOAT_MAX:  # finite, not the inf marker
                 is_nan = False
             else:
                 value, is_nan = t.encode_metric(value, key)
