@@ -8,6 +8,7 @@ import socket
 import sqlite3
 import ssl
 import subprocess
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -210,9 +211,14 @@ async def test_wrong_credentials_or_unknown_database_fail_at_once(
 ) -> None:
     for uri in _refused_uris(backend, tmp_path):
         engine = get_engine(uri, connect_retries=5, connect_backoff=5.0)
+        threads_before = set(threading.enumerate())
         with caplog.at_level(logging.DEBUG, logger="asyncstore"):
             with pytest.raises(DatabaseConnectError) as info:
                 await _select_one(engine)
+        # aiosqlite stops the worker thread of a failed connect without waiting for it;
+        # let it finish while this loop can still take its answer.
+        for thread in set(threading.enumerate()) - threads_before:
+            await asyncio.to_thread(thread.join, 10)
         assert not [r for r in caplog.records if "attempt" in r.getMessage()], "a permanent failure was retried"
         assert "refused" in str(info.value) or "open" in str(info.value)
         assert PASSWORD not in str(info.value)
