@@ -11,9 +11,9 @@ Differences from MLflow, each on purpose:
 * ``jobs.job_name`` is MLflow's ``function_fullname``; ``lease_expires_at`` and
   ``next_attempt_at`` (epoch ms) make the table a real queue.
 * ``trace_metrics`` holds numeric metrics per trace.
-* On MySQL/MariaDB every table uses ``utf8mb4`` with the binary collation, so keys
-  that differ only by case are different keys (as on PostgreSQL and SQLite) and
-  4-byte UTF-8 is stored as it is.
+* On MySQL/MariaDB every table uses ``utf8mb4`` with a binary NO PAD collation, so
+  keys that differ only by case or by trailing spaces are different keys (as on
+  PostgreSQL and SQLite) and 4-byte UTF-8 is stored as it is.
 """
 
 from __future__ import annotations
@@ -38,6 +38,7 @@ from sqlalchemy import (
     text,
 )
 from sqlalchemy.dialects import mysql
+from sqlalchemy.engine import Dialect
 
 NAMING_CONVENTION = {
     "ix": "ix_%(table_name)s_%(column_0_N_name)s",
@@ -49,12 +50,28 @@ NAMING_CONVENTION = {
 
 metadata = MetaData(naming_convention=NAMING_CONVENTION)
 
-# MySQL/MariaDB table options: see the module docstring.
+# MySQL/MariaDB table options: see the module docstring. The collation is binary
+# and NO PAD: with a PAD SPACE collation (MariaDB's utf8mb4_bin) 'a' and 'a ' are the
+# same key. The migrations create the tables with mysql_collation(dialect) of the
+# server they run on; MariaDB's name is the one written here.
 MYSQL_TABLE_ARGS = {
     "mysql_engine": "InnoDB",
     "mysql_charset": "utf8mb4",
-    "mysql_collate": "utf8mb4_bin",
+    "mysql_collate": "utf8mb4_nopad_bin",
 }
+
+
+def mysql_collation(dialect: Dialect) -> str:
+    """The binary, NO PAD utf8mb4 collation of a MySQL or MariaDB server.
+
+    MariaDB (10.2+) calls it ``utf8mb4_nopad_bin``, MySQL 8 ``utf8mb4_0900_bin``.
+    MySQL 5.7 has none: there ``utf8mb4_bin`` is used and trailing spaces are
+    ignored in comparisons (a documented limit).
+    """
+    if getattr(dialect, "is_mariadb", False):
+        return "utf8mb4_nopad_bin"
+    version = getattr(dialect, "server_version_info", None) or (0,)
+    return "utf8mb4_0900_bin" if version >= (8, 0, 17) else "utf8mb4_bin"
 
 # Limits (MLflow's, where MLflow has one).
 EXPERIMENT_NAME_MAX = 500

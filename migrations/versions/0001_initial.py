@@ -11,6 +11,8 @@ import sqlalchemy as sa
 from alembic import op
 from sqlalchemy.dialects import mysql
 
+from asyncstore.schema import mysql_collation
+
 revision = "0001_initial"
 down_revision = None
 branch_labels = None
@@ -18,6 +20,8 @@ depends_on = None
 
 
 def upgrade() -> None:
+    # Binary, NO PAD: keys differing only by case or trailing spaces stay distinct.
+    collate = mysql_collation(op.get_bind().dialect)
     op.create_table('experiments',
     sa.Column('experiment_id', sa.Integer(), autoincrement=True, nullable=False),
     sa.Column('name', sa.String(length=500), nullable=False),
@@ -29,7 +33,7 @@ def upgrade() -> None:
     sa.PrimaryKeyConstraint('experiment_id', name='experiment_pk'),
     sa.UniqueConstraint('name', name=op.f('uq_experiments_name')),
     mysql_charset='utf8mb4',
-    mysql_collate='utf8mb4_bin',
+    mysql_collate=collate,
     mysql_engine='InnoDB'
     )
     op.create_table('jobs',
@@ -44,7 +48,7 @@ def upgrade() -> None:
     sa.Column('last_update_time', sa.BigInteger(), nullable=False),
     sa.PrimaryKeyConstraint('id', name='jobs_pk'),
     mysql_charset='utf8mb4',
-    mysql_collate='utf8mb4_bin',
+    mysql_collate=collate,
     mysql_engine='InnoDB'
     )
     op.create_index('index_jobs_creation_time_id', 'jobs', ['creation_time', 'id'], unique=False)
@@ -56,7 +60,7 @@ def upgrade() -> None:
     sa.ForeignKeyConstraint(['experiment_id'], ['experiments.experiment_id'], name=op.f('fk_experiment_tags_experiment_id_experiments'), ondelete='CASCADE'),
     sa.PrimaryKeyConstraint('key', 'experiment_id', name='experiment_tag_pk'),
     mysql_charset='utf8mb4',
-    mysql_collate='utf8mb4_bin',
+    mysql_collate=collate,
     mysql_engine='InnoDB'
     )
     op.create_index('index_experiment_tags_experiment_id', 'experiment_tags', ['experiment_id'], unique=False)
@@ -81,7 +85,7 @@ def upgrade() -> None:
     sa.ForeignKeyConstraint(['experiment_id'], ['experiments.experiment_id'], name=op.f('fk_runs_experiment_id_experiments'), ondelete='CASCADE'),
     sa.PrimaryKeyConstraint('run_uuid', name='run_pk'),
     mysql_charset='utf8mb4',
-    mysql_collate='utf8mb4_bin',
+    mysql_collate=collate,
     mysql_engine='InnoDB'
     )
     op.create_index('index_runs_experiment_id_lifecycle_stage_start_time', 'runs', ['experiment_id', 'lifecycle_stage', 'start_time'], unique=False)
@@ -97,7 +101,7 @@ def upgrade() -> None:
     sa.ForeignKeyConstraint(['experiment_id'], ['experiments.experiment_id'], name=op.f('fk_trace_info_experiment_id_experiments'), ondelete='CASCADE'),
     sa.PrimaryKeyConstraint('request_id', name='trace_info_pk'),
     mysql_charset='utf8mb4',
-    mysql_collate='utf8mb4_bin',
+    mysql_collate=collate,
     mysql_engine='InnoDB'
     )
     op.create_index('index_trace_info_client_request_id', 'trace_info', ['client_request_id'], unique=False)
@@ -112,7 +116,7 @@ def upgrade() -> None:
     sa.ForeignKeyConstraint(['run_uuid'], ['runs.run_uuid'], name=op.f('fk_latest_metrics_run_uuid_runs'), ondelete='CASCADE'),
     sa.PrimaryKeyConstraint('key', 'run_uuid', name='latest_metric_pk'),
     mysql_charset='utf8mb4',
-    mysql_collate='utf8mb4_bin',
+    mysql_collate=collate,
     mysql_engine='InnoDB'
     )
     op.create_index('index_latest_metrics_key_value', 'latest_metrics', ['key', 'value'], unique=False)
@@ -127,7 +131,7 @@ def upgrade() -> None:
     sa.ForeignKeyConstraint(['run_uuid'], ['runs.run_uuid'], name=op.f('fk_metrics_run_uuid_runs'), ondelete='CASCADE'),
     sa.PrimaryKeyConstraint('key', 'timestamp', 'step', 'run_uuid', 'value', 'is_nan', name='metric_pk'),
     mysql_charset='utf8mb4',
-    mysql_collate='utf8mb4_bin',
+    mysql_collate=collate,
     mysql_engine='InnoDB'
     )
     op.create_index('index_metrics_run_uuid_key_step_timestamp', 'metrics', ['run_uuid', 'key', 'step', 'timestamp'], unique=False)
@@ -138,7 +142,7 @@ def upgrade() -> None:
     sa.ForeignKeyConstraint(['run_uuid'], ['runs.run_uuid'], name=op.f('fk_params_run_uuid_runs'), ondelete='CASCADE'),
     sa.PrimaryKeyConstraint('key', 'run_uuid', name='param_pk'),
     mysql_charset='utf8mb4',
-    mysql_collate='utf8mb4_bin',
+    mysql_collate=collate,
     mysql_engine='InnoDB'
     )
     op.create_index('index_params_run_uuid', 'params', ['run_uuid'], unique=False)
@@ -158,7 +162,7 @@ def upgrade() -> None:
     sa.ForeignKeyConstraint(['trace_id'], ['trace_info.request_id'], name=op.f('fk_spans_trace_id_trace_info'), ondelete='CASCADE'),
     sa.PrimaryKeyConstraint('trace_id', 'span_id', name='spans_pk'),
     mysql_charset='utf8mb4',
-    mysql_collate='utf8mb4_bin',
+    mysql_collate=collate,
     mysql_engine='InnoDB'
     )
     op.create_index('index_spans_experiment_id', 'spans', ['experiment_id'], unique=False)
@@ -173,7 +177,7 @@ def upgrade() -> None:
     sa.ForeignKeyConstraint(['run_uuid'], ['runs.run_uuid'], name=op.f('fk_tags_run_uuid_runs'), ondelete='CASCADE'),
     sa.PrimaryKeyConstraint('key', 'run_uuid', name='tag_pk'),
     mysql_charset='utf8mb4',
-    mysql_collate='utf8mb4_bin',
+    mysql_collate=collate,
     mysql_engine='InnoDB'
     )
     op.create_index('index_tags_run_uuid', 'tags', ['run_uuid'], unique=False)
@@ -184,7 +188,7 @@ def upgrade() -> None:
     sa.ForeignKeyConstraint(['request_id'], ['trace_info.request_id'], name=op.f('fk_trace_metrics_request_id_trace_info'), ondelete='CASCADE'),
     sa.PrimaryKeyConstraint('request_id', 'key', name='trace_metrics_pk'),
     mysql_charset='utf8mb4',
-    mysql_collate='utf8mb4_bin',
+    mysql_collate=collate,
     mysql_engine='InnoDB'
     )
     op.create_index('index_trace_metrics_request_id', 'trace_metrics', ['request_id'], unique=False)
@@ -195,7 +199,7 @@ def upgrade() -> None:
     sa.ForeignKeyConstraint(['request_id'], ['trace_info.request_id'], name=op.f('fk_trace_request_metadata_request_id_trace_info'), ondelete='CASCADE'),
     sa.PrimaryKeyConstraint('key', 'request_id', name='trace_request_metadata_pk'),
     mysql_charset='utf8mb4',
-    mysql_collate='utf8mb4_bin',
+    mysql_collate=collate,
     mysql_engine='InnoDB'
     )
     op.create_index('index_trace_request_metadata_request_id', 'trace_request_metadata', ['request_id'], unique=False)
@@ -206,7 +210,7 @@ def upgrade() -> None:
     sa.ForeignKeyConstraint(['request_id'], ['trace_info.request_id'], name=op.f('fk_trace_tags_request_id_trace_info'), ondelete='CASCADE'),
     sa.PrimaryKeyConstraint('key', 'request_id', name='trace_tag_pk'),
     mysql_charset='utf8mb4',
-    mysql_collate='utf8mb4_bin',
+    mysql_collate=collate,
     mysql_engine='InnoDB'
     )
     op.create_index('index_trace_tags_request_id', 'trace_tags', ['request_id'], unique=False)

@@ -12,7 +12,7 @@ CREATE TABLE `experiment_tags` (
   PRIMARY KEY (`key`,`experiment_id`),
   KEY `index_experiment_tags_experiment_id` (`experiment_id`),
   CONSTRAINT `fk_experiment_tags_experiment_id_experiments` FOREIGN KEY (`experiment_id`) REFERENCES `experiments` (`experiment_id`) ON DELETE CASCADE
-) ENGINE=InnoDB DEFAULT CHARSET=utf8mb4 COLLATE=utf8mb4_bin;
+) ENGINE=InnoDB DEFAULT CHARSET=utf8mb4 COLLATE=utf8mb4_nopad_bin;
 
 CREATE TABLE `experiments` (
   `experiment_id` int(11) NOT NULL AUTO_INCREMENT,
@@ -24,7 +24,7 @@ CREATE TABLE `experiments` (
   PRIMARY KEY (`experiment_id`),
   UNIQUE KEY `uq_experiments_name` (`name`),
   CONSTRAINT `ck_experiments_lifecycle_stage` CHECK (`lifecycle_stage` in ('active','deleted'))
-) ENGINE=InnoDB DEFAULT CHARSET=utf8mb4 COLLATE=utf8mb4_bin;
+) ENGINE=InnoDB DEFAULT CHARSET=utf8mb4 COLLATE=utf8mb4_nopad_bin;
 
 CREATE TABLE `jobs` (
   `id` varchar(36) NOT NULL,
@@ -43,7 +43,7 @@ CREATE TABLE `jobs` (
   KEY `index_jobs_name_status_creation_time` (`job_name`,`status`,`creation_time`),
   KEY `index_jobs_status_next_attempt_at` (`status`,`next_attempt_at`,`creation_time`),
   KEY `index_jobs_status_lease_expires_at` (`status`,`lease_expires_at`)
-) ENGINE=InnoDB DEFAULT CHARSET=utf8mb4 COLLATE=utf8mb4_bin;
+) ENGINE=InnoDB DEFAULT CHARSET=utf8mb4 COLLATE=utf8mb4_nopad_bin;
 
 CREATE TABLE `latest_metrics` (
   `key` varchar(250) NOT NULL,
@@ -56,7 +56,7 @@ CREATE TABLE `latest_metrics` (
   KEY `index_latest_metrics_key_value` (`key`,`value`),
   KEY `index_latest_metrics_run_uuid` (`run_uuid`),
   CONSTRAINT `fk_latest_metrics_run_uuid_runs` FOREIGN KEY (`run_uuid`) REFERENCES `runs` (`run_uuid`) ON DELETE CASCADE
-) ENGINE=InnoDB DEFAULT CHARSET=utf8mb4 COLLATE=utf8mb4_bin;
+) ENGINE=InnoDB DEFAULT CHARSET=utf8mb4 COLLATE=utf8mb4_nopad_bin;
 
 CREATE TABLE `metrics` (
   `key` varchar(250) NOT NULL,
@@ -68,7 +68,7 @@ CREATE TABLE `metrics` (
   PRIMARY KEY (`key`,`timestamp`,`step`,`run_uuid`,`value`,`is_nan`),
   KEY `index_metrics_run_uuid_key_step_timestamp` (`run_uuid`,`key`,`step`,`timestamp`),
   CONSTRAINT `fk_metrics_run_uuid_runs` FOREIGN KEY (`run_uuid`) REFERENCES `runs` (`run_uuid`) ON DELETE CASCADE
-) ENGINE=InnoDB DEFAULT CHARSET=utf8mb4 COLLATE=utf8mb4_bin;
+) ENGINE=InnoDB DEFAULT CHARSET=utf8mb4 COLLATE=utf8mb4_nopad_bin;
 
 CREATE TABLE `params` (
   `key` varchar(250) NOT NULL,
@@ -77,7 +77,7 @@ CREATE TABLE `params` (
   PRIMARY KEY (`key`,`run_uuid`),
   KEY `index_params_run_uuid` (`run_uuid`),
   CONSTRAINT `fk_params_run_uuid_runs` FOREIGN KEY (`run_uuid`) REFERENCES `runs` (`run_uuid`) ON DELETE CASCADE
-) ENGINE=InnoDB DEFAULT CHARSET=utf8mb4 COLLATE=utf8mb4_bin;
+) ENGINE=InnoDB DEFAULT CHARSET=utf8mb4 COLLATE=utf8mb4_nopad_bin;
 
 CREATE TABLE `runs` (
   `run_uuid` varchar(32) NOT NULL,
@@ -100,7 +100,7 @@ CREATE TABLE `runs` (
   CONSTRAINT `ck_runs_lifecycle_stage` CHECK (`lifecycle_stage` in ('active','deleted')),
   CONSTRAINT `ck_runs_source_type` CHECK (`source_type` in ('NOTEBOOK','JOB','LOCAL','UNKNOWN','PROJECT')),
   CONSTRAINT `ck_runs_status` CHECK (`status` in ('SCHEDULED','FAILED','FINISHED','RUNNING','KILLED'))
-) ENGINE=InnoDB DEFAULT CHARSET=utf8mb4 COLLATE=utf8mb4_bin;
+) ENGINE=InnoDB DEFAULT CHARSET=utf8mb4 COLLATE=utf8mb4_nopad_bin;
 
 CREATE TABLE `spans` (
   `trace_id` varchar(50) NOT NULL,
@@ -122,7 +122,7 @@ CREATE TABLE `spans` (
   KEY `index_spans_experiment_id_type_status` (`experiment_id`,`type`,`status`),
   CONSTRAINT `fk_spans_experiment_id_experiments` FOREIGN KEY (`experiment_id`) REFERENCES `experiments` (`experiment_id`) ON DELETE CASCADE,
   CONSTRAINT `fk_spans_trace_id_trace_info` FOREIGN KEY (`trace_id`) REFERENCES `trace_info` (`request_id`) ON DELETE CASCADE
-) ENGINE=InnoDB DEFAULT CHARSET=utf8mb4 COLLATE=utf8mb4_bin;
+) ENGINE=InnoDB DEFAULT CHARSET=utf8mb4 COLLATE=utf8mb4_nopad_bin;
 
 CREATE TABLE `tags` (
   `key` varchar(250) NOT NULL,
@@ -131,7 +131,7 @@ CREATE TABLE `tags` (
   PRIMARY KEY (`key`,`run_uuid`),
   KEY `index_tags_run_uuid` (`run_uuid`),
   CONSTRAINT `fk_tags_run_uuid_runs` FOREIGN KEY (`run_uuid`) REFERENCES `runs` (`run_uuid`) ON DELETE CASCADE
-) ENGINE=InnoDB DEFAULT CHARSET=utf8mb4 COLLATE=utf8mb4_bin;
+) ENGINE=InnoDB DEFAULT CHARSET=utf8mb4 COLLATE=utf8mb4_nopad_bin;
 
 CREATE TABLE `trace_info` (
   `request_id` varchar(50) NOT NULL,
@@ -146,7 +146,7 @@ CREATE TABLE `trace_info` (
   KEY `index_trace_info_client_request_id` (`client_request_id`),
   KEY `index_trace_info_experiment_id_timestamp_ms` (`experiment_id`,`timestamp_ms`),
   CONSTRAINT `fk_trace_info_experiment_id_experiments` FOREIGN KEY (`experiment_id`) REFERENCES `experiments` (`experiment_id`) ON DELETE CASCADE
-) ENGINE=InnoDB DEFAULT CHARSET=utf8mb4 COLLATE=utf8mb4_bin;
+) ENGINE=InnoDB DEFAULT CHARSET=utf8mb4 COLLATE=utf8mb4_nopad_bin;
 
 CREATE TABLE `trace_metrics` (
   `key` varchar(250) NOT NULL,
@@ -155,7 +155,7 @@ CREATE TABLE `trace_metrics` (
   PRIMARY KEY (`request_id`,`key`),
   KEY `index_trace_metrics_request_id` (`request_id`),
   CONSTRAINT `fk_trace_metrics_request_id_trace_info` FOREIGN KEY (`request_id`) REFERENCES `trace_info` (`request_id`) ON DELETE CASCADE
-) ENGINE=InnoDB DEFAULT CHARSET=utf8mb4 COLLATE=utf8mb4_bin;
+) ENGINE=InnoDB DEFAULT CHARSET=utf8mb4 COLLATE=utf8mb4_nopad_bin;
 
 CREATE TABLE `trace_request_metadata` (
   `key` varchar(250) NOT NULL,
@@ -164,7 +164,7 @@ CREATE TABLE `trace_request_metadata` (
   PRIMARY KEY (`key`,`request_id`),
   KEY `index_trace_request_metadata_request_id` (`request_id`),
   CONSTRAINT `fk_trace_request_metadata_request_id_trace_info` FOREIGN KEY (`request_id`) REFERENCES `trace_info` (`request_id`) ON DELETE CASCADE
-) ENGINE=InnoDB DEFAULT CHARSET=utf8mb4 COLLATE=utf8mb4_bin;
+) ENGINE=InnoDB DEFAULT CHARSET=utf8mb4 COLLATE=utf8mb4_nopad_bin;
 
 CREATE TABLE `trace_tags` (
   `key` varchar(250) NOT NULL,
@@ -173,4 +173,4 @@ CREATE TABLE `trace_tags` (
   PRIMARY KEY (`key`,`request_id`),
   KEY `index_trace_tags_request_id` (`request_id`),
   CONSTRAINT `fk_trace_tags_request_id_trace_info` FOREIGN KEY (`request_id`) REFERENCES `trace_info` (`request_id`) ON DELETE CASCADE
-) ENGINE=InnoDB DEFAULT CHARSET=utf8mb4 COLLATE=utf8mb4_bin;
+) ENGINE=InnoDB DEFAULT CHARSET=utf8mb4 COLLATE=utf8mb4_nopad_bin;
