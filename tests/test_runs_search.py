@@ -361,3 +361,26 @@ async def test_every_single_clause_equals_brute_force(store: AsyncStore) -> None
         assert [r.run_id for r in page] == expected, text
         checked += bool(expected)
     assert checked > 100  # most clauses select something: the comparison is not vacuous
+
+
+async def test_search_loads_each_runs_data_across_id_chunks(store: AsyncStore, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A page larger than one IN list (chunks of 2 here) still gets every run's own data."""
+    from asyncstore.repos import runs_search
+
+    monkeypatch.setattr(runs_search, "_IN_CHUNK", dict.fromkeys(runs_search._IN_CHUNK, 2))
+    exp_id = await store.experiments.create("chunks")
+    expected = {}
+    for i in range(5):
+        run = await store.runs.create(exp_id, start_time=i)
+        await store.runs.log_batch(
+            run.run_id, metrics=[Metric("m", float(i), 1, 0), Metric(f"only{i}", -float(i), 2, 3)],
+            params=[Param("p", str(i))], tags=[RunTag("t", f"x{i}")],
+        )
+        expected[run.run_id] = i
+    page = await store.runs.search([exp_id], max_results=5)
+    assert [expected[r.run_id] for r in page] == [4, 3, 2, 1, 0]
+    for run in page:
+        i = expected[run.run_id]
+        assert run.data.metrics == {"m": float(i), f"only{i}": -float(i)}
+        assert run.data.latest_metrics[f"only{i}"] == Metric(f"only{i}", -float(i), 2, 3)
+        assert run.data.params == {"p": str(i)} and run.data.tags["t"] == f"x{i}"

@@ -151,7 +151,7 @@ class RunRepository:
         return await self._uow.run(fn)
 
     async def get(self, run_id: str) -> Run:
-        """Return a run with its latest metrics, params and tags (four queries).
+        """Return a run with its latest metrics, params and tags (two queries).
 
         Raises:
             NotFound: no such run.
@@ -162,7 +162,7 @@ class RunRepository:
             row = (await conn.execute(select(runs).where(runs.c.run_uuid == run_id))).first()
             if row is None:
                 raise NotFound(f"no run with id {run_id!r}")
-            data = await load_run_data(conn, [run_id])
+            data = await load_run_data(conn, self._uow.backend, [run_id])
             return Run(run_info(row), data[run_id])
 
         return await self._uow.run(fn, write=False)
@@ -449,10 +449,10 @@ class RunRepository:
         query = search_query(self._uow.backend, exp_ids, view, clauses, orders).limit(max_results + 1).offset(offset)
 
         async def fn(conn: AsyncConnection) -> Page[Run]:
-            rows = list(await conn.execute(query)) if exp_ids else []
+            rows = (await conn.execute(query)).all() if exp_ids else []
             more = len(rows) > max_results
             rows = rows[:max_results]
-            data = await load_run_data(conn, [r.run_uuid for r in rows])
+            data = await load_run_data(conn, self._uow.backend, [r.run_uuid for r in rows])
             token = encode_token({"o": offset + len(rows)}, query_id) if more else None
             return Page([Run(run_info(r), data[r.run_uuid]) for r in rows], token)
 

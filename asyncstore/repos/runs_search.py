@@ -12,7 +12,27 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from sqlalchemy import Row, Select, and_, case, exists, or_, select
+from sqlalchemy import (
+    BigInteger,
+    Boolean,
+    CompoundSelect,
+    Row,
+    Select,
+    String,
+    and_,
+    any_,
+    bindparam,
+    case,
+    exists,
+    Integer,
+    literal_column,
+    null,
+    or_,
+    select,
+    type_coerce,
+    union_all,
+)
+from sqlalchemy.dialects.postgresql import ARRAY
 from sqlalchemy.ext.asyncio import AsyncConnection
 from sqlalchemy.sql import ColumnElement, FromClause
 
@@ -21,7 +41,7 @@ from asyncstore.config import Backend
 from asyncstore.entities import LifecycleStage, Metric, RunData, RunInfo, RunStatus, ViewType
 from asyncstore.repos import _tracking as t
 from asyncstore.repos.experiments import NUMERIC_OPS, string_comparison
-from asyncstore.schema import latest_metrics, params, runs, tags
+from asyncstore.schema import Double, latest_metrics, params, runs, tags
 
 # Filter/order-by attribute key -> runs column name.
 ATTRIBUTE_COLUMNS: Mapping[str, str] = {
@@ -52,31 +72,78 @@ def run_info(row: Row[Any]) -> RunInfo:
     )
 
 
-async def load_run_data(conn: AsyncConnection, run_ids: Sequence[str]) -> dict[str, RunData]:
-    """Latest metrics, params and tags of many runs: three queries per 1000 runs."""
-    metrics: dict[str, dict[str, Metric]] = {r: {} for r in run_ids}
+_KIND_METRIC, _KIND_PARAM, _KIND_TAG = 0, 1, 2
+_RUN_IDS = bindparam("run_ids", expanding=True)
+_PG_RUN_IDS = bindparam("run_ids", type_=ARRAY(String))
+
+
+def _data_query(backend: Backend) -> CompoundSelect[Any]:
+    """Latest metrics, params and tags of some runs as one ``UNION ALL`` (one round trip).
+
+    Columns: kind (0 metric, 1 param, 2 tag), run_uuid, key, num (metric value),
+    timestamp, step, is_nan, text (param or tag value). On PostgreSQL the run ids are
+    one array parameter (``= ANY``), so the statement is prepared once whatever the
+    page size; elsewhere an expanding ``IN`` list of a bounded number of ids.
+    """
+    ids: Any = _PG_RUN_IDS if backend is Backend.POSTGRESQL else _RUN_IDS
+
+    def of(column: ColumnElement[Any]) -> ColumnElement[bool]:
+        return column == any_(ids) if backend is Backend.POSTGRESQL else column.in_(ids)
+
+    lm = latest_metrics.c
+    no_text = type_coerce(null(), String)
+    return union_all(
+        select(
+            literal_column(str(_KIND_METRIC), Integer).label("kind"), lm.run_uuid, lm.key, lm.value.label("num"),
+            lm.timestamp, lm.step, lm.is_nan, no_text.label("text"),
+        ).where(of(lm.run_uuid)),
+        *(
+            select(literal_column(str(kind), Integer), table.c.run_uuid, table.c.key, type_coerce(null(), Double),
+                   type_coerce(null(), BigInteger), type_coerce(null(), BigInteger), type_coerce(null(), Boolean),
+                   table.c.value).where(of(table.c.run_uuid))
+            for kind, table in ((_KIND_PARAM, params), (_KIND_TAG, tags))
+        ),
+    )
+
+
+_DATA_QUERIES = {backend: _data_query(backend) for backend in Backend}
+_IN_CHUNK = {
+    Backend.SQLITE: t.IN_CHUNK,
+    # MariaDB turns an IN list of in_predicate_conversion_threshold (1000) values or
+    # more into a join with a derived table, which it then answers with a full scan.
+    Backend.MYSQL: 500,
+    Backend.POSTGRESQL: t.IN_CHUNK,  # unused: one array parameter
+}
+
+
+async def load_run_data(conn: AsyncConnection, backend: Backend, run_ids: Sequence[str]) -> dict[str, RunData]:
+    """Latest metrics, params and tags of many runs: one query (per 500-1000 runs off PostgreSQL).
+
+    Args:
+        conn: a connection in a transaction.
+        backend: its backend (PostgreSQL takes the ids as one array).
+        run_ids: the runs; every one of them gets an entry, empty when it has no data.
+    """
+    latest: dict[str, dict[str, Metric]] = {r: {} for r in run_ids}
+    values: dict[str, dict[str, float]] = {r: {} for r in run_ids}
     param_map: dict[str, dict[str, str]] = {r: {} for r in run_ids}
     tag_map: dict[str, dict[str, str]] = {r: {} for r in run_ids}
-    for chunk in t.chunks(list(run_ids)):
-        lm = latest_metrics.c
-        for row in await conn.execute(
-            select(lm.run_uuid, lm.key, lm.value, lm.timestamp, lm.step, lm.is_nan).where(lm.run_uuid.in_(chunk))
-        ):
-            metrics[row.run_uuid][row.key] = Metric(
-                row.key, t.decode_metric(row.value, bool(row.is_nan)), row.timestamp or 0, row.step
-            )
-        for row in await conn.execute(select(params.c.run_uuid, params.c.key, params.c.value).where(params.c.run_uuid.in_(chunk))):
-            param_map[row.run_uuid][row.key] = row.value
-        for row in await conn.execute(select(tags.c.run_uuid, tags.c.key, tags.c.value).where(tags.c.run_uuid.in_(chunk))):
-            tag_map[row.run_uuid][row.key] = row.value
+    query = _DATA_QUERIES[backend]
+    size = len(run_ids) if backend is Backend.POSTGRESQL else _IN_CHUNK[backend]
+    decode = t.decode_metric
+    for chunk in t.chunks(list(run_ids), max(size, 1)):
+        rows = (await conn.execute(query, {"run_ids": list(chunk)})).all()
+        for kind, run_id, key, num, timestamp, step, is_nan, text in rows:
+            if kind == _KIND_METRIC:
+                value = decode(num, bool(is_nan))
+                latest[run_id][key] = Metric(key, value, timestamp or 0, step)
+                values[run_id][key] = value
+            elif kind == _KIND_PARAM:
+                param_map[run_id][key] = text
+            else:
+                tag_map[run_id][key] = text
     return {
-        r: RunData(
-            metrics={k: m.value for k, m in metrics[r].items()},
-            params=param_map[r],
-            tags=tag_map[r],
-            latest_metrics=metrics[r],
-        )
-        for r in run_ids
+        r: RunData(metrics=values[r], params=param_map[r], tags=tag_map[r], latest_metrics=latest[r]) for r in run_ids
     }
 
 
