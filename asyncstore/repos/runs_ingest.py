@@ -6,7 +6,7 @@ costs a fixed number of statements, whatever its size:
 
 1. params: one read of the stored values of the batch's keys (a different value is
    refused before anything is written), one multi-row insert of the new ones;
-2. metrics: one insert of every row, duplicates ignored;
+2. metrics: one insert of every row, duplicates ignored (PostgreSQL: together with 3);
 3. latest metrics: one upsert of the batch's greatest (step, timestamp, value) per
    key that replaces a stored row only when the new one ranks higher;
 4. tags: one multi-row upsert (and one UPDATE of the run when ``mlflow.runName`` is set).
@@ -15,10 +15,14 @@ The metric statements are the hot path (1000 rows a call) and are hand-written
 per backend, with constant SQL text and bound parameters only, sent through
 ``exec_driver_sql`` so no per-row parameter processing happens in SQLAlchemy:
 
-* PostgreSQL: ``INSERT ... SELECT FROM unnest($arrays)``: one statement with a fixed
-  number of array parameters (asyncpg encodes them in binary), so one round trip and
-  one executor run instead of one Bind/Execute per row; the latest-metrics upsert is
-  guarded by ``ON CONFLICT ... DO UPDATE ... WHERE (new rank) > (stored rank)``.
+* PostgreSQL: ``INSERT ... SELECT FROM unnest($arrays)``: a fixed number of array
+  parameters (asyncpg encodes them in binary), one executor run instead of one
+  Bind/Execute per row. The history insert and the latest-metrics upsert, guarded by
+  ``ON CONFLICT ... DO UPDATE ... WHERE (new rank) > (stored rank)``, are one
+  statement (a data-modifying CTE): one round trip for all the metrics of a batch.
+  Measured (benchmarks/bench_runs.py): within ~15% of asyncpg COPY into the same
+  ``metrics`` table; the rest of the gap to COPY into a bare table is the table's
+  own cost (the per-row foreign-key check on ``run_uuid`` and the history index).
 * SQLite: ``executemany`` of a one-row statement (sqlite3 loops in C); the
   latest-metrics upsert has the same guard, with SQLite's row values.
 * MySQL/MariaDB: ``executemany`` of a one-row ``INSERT ... ON DUPLICATE KEY UPDATE``,
@@ -55,17 +59,19 @@ _SET_LATEST = "value = excluded.value, timestamp = excluded.timestamp, step = ex
 
 # --- PostgreSQL ---------------------------------------------------------------------
 # $1 is the run id; the arrays are the columns of the rows, in row order.
-_PG_UNNEST = "unnest($2::varchar[], $3::bigint[], $4::bigint[], $5::float8[], $6::boolean[]) AS u(key, ts, step, value, is_nan)"
 
-PG_METRICS = f"""
-INSERT INTO metrics ({_COLUMNS})
-SELECT u.key, u.ts, u.step, u.value, u.is_nan, $1 FROM {_PG_UNNEST}
-ON CONFLICT (key, timestamp, step, run_uuid, value, is_nan) DO NOTHING
-"""
-
-PG_LATEST = f"""
+# One statement, one round trip: the metric rows ($2-$6) and the latest candidates
+# ($7-$11) are both written by it (a data-modifying CTE always runs to completion).
+PG_METRICS_AND_LATEST = f"""
+WITH history AS (
+    INSERT INTO metrics ({_COLUMNS})
+    SELECT u.key, u.ts, u.step, u.value, u.is_nan, $1
+    FROM unnest($2::varchar[], $3::bigint[], $4::bigint[], $5::float8[], $6::boolean[]) AS u(key, ts, step, value, is_nan)
+    ON CONFLICT (key, timestamp, step, run_uuid, value, is_nan) DO NOTHING
+)
 INSERT INTO latest_metrics AS lm ({_COLUMNS})
-SELECT u.key, u.ts, u.step, u.value, u.is_nan, $1 FROM {_PG_UNNEST}
+SELECT u.key, u.ts, u.step, u.value, u.is_nan, $1
+FROM unnest($7::varchar[], $8::bigint[], $9::bigint[], $10::float8[], $11::boolean[]) AS u(key, ts, step, value, is_nan)
 ON CONFLICT (key, run_uuid) DO UPDATE SET {_SET_LATEST}
 WHERE {_NEWER}
 """
@@ -143,13 +149,10 @@ async def _write_params(conn: AsyncConnection, run_id: str, batch_params: dict[s
 async def _write_metrics(conn: AsyncConnection, backend: Backend, run_id: str, batch: Batch) -> None:
     latest = sorted(batch.latest.items())
     if backend is Backend.POSTGRESQL:
-        keys, stamps, steps, values, nans = (list(c) for c in zip(*batch.metric_rows))
-        await conn.exec_driver_sql(PG_METRICS, (run_id, keys, stamps, steps, values, nans))
-        await conn.exec_driver_sql(
-            PG_LATEST,
-            (run_id, [k for k, _ in latest], [r[1] for _, r in latest], [r[0] for _, r in latest],
-             [r[2] for _, r in latest], [r[3] for _, r in latest]),
-        )
+        history = [list(c) for c in zip(*batch.metric_rows)]
+        winners = [[k for k, _ in latest], [r[1] for _, r in latest], [r[0] for _, r in latest],
+                   [r[2] for _, r in latest], [r[3] for _, r in latest]]
+        await conn.exec_driver_sql(PG_METRICS_AND_LATEST, (run_id, *history, *winners))
     elif backend is Backend.SQLITE:
         await conn.exec_driver_sql(SQLITE_METRICS, [(*row, run_id) for row in batch.metric_rows])
         await conn.exec_driver_sql(SQLITE_LATEST, [(k, r[1], r[0], r[2], r[3], run_id) for k, r in latest])
