@@ -141,8 +141,12 @@ class StoreConfig:
     """Seconds after which a connection is replaced; -1 never. MySQL defaults to 3600,
     below the server's 8-hour wait_timeout, so the server never drops one under us."""
     pool_pre_ping: bool = True
-    """Test a connection on checkout so one dropped by the server is replaced, not used.
-    Off for SQLite, which has no server to drop anything."""
+    """Test a connection on checkout (one round trip) so one the server dropped is
+    replaced, not used. On by default for MySQL, whose servers drop idle connections
+    after wait_timeout. Off for PostgreSQL: a transaction that meets a dead pooled
+    connection fails before COMMIT, and the unit of work runs it again on a fresh one
+    (SQLAlchemy then recycles the whole stale pool), so the extra round trip on every
+    transaction buys nothing. Off for SQLite, which has no server."""
     echo: bool = False
     """Log every SQL statement (SQLAlchemy's echo)."""
     poolclass: str | None = None
@@ -222,7 +226,6 @@ class StoreConfig:
             return default
 
         memory = is_sqlite_memory(url)
-        server = backend is not Backend.SQLITE
         poolclass = pick("poolclass", _pool_class, None)
         if memory and poolclass not in (None, "StaticPool"):
             raise ConfigurationError(
@@ -235,7 +238,7 @@ class StoreConfig:
             max_overflow=pick("max_overflow", _int(minimum=-1), 10),
             pool_timeout=pick("pool_timeout", _float(minimum=0.0), 30.0),
             pool_recycle=pick("pool_recycle", _int(minimum=-1), 3600 if backend is Backend.MYSQL else -1),
-            pool_pre_ping=pick("pool_pre_ping", _bool, server),
+            pool_pre_ping=pick("pool_pre_ping", _bool, backend is Backend.MYSQL),
             echo=pick("echo", _bool, False),
             poolclass="StaticPool" if memory else poolclass,
             connect_retries=pick("connect_retries", _int(minimum=0), 5),
