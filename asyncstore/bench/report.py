@@ -119,7 +119,8 @@ def _throughput(figures: Any) -> float | None:
     return None
 
 
-def _rate(value: float) -> str:
+def format_rate(value: float) -> str:
+    """A throughput for people: ``1,234``, ``56.7``, ``123k``."""
     if value >= 100_000:
         return f"{value / 1000:,.0f}k"
     if value >= 100:
@@ -133,7 +134,7 @@ def _cell(figures: Any) -> str:
         if isinstance(figures, Mapping) and "error" in figures:
             return "FAILED (see JSON)"
         return str(figures.get("unsupported", "n/a")) if isinstance(figures, Mapping) else "-"
-    text = _rate(rate)
+    text = format_rate(rate)
     if isinstance(figures, Mapping) and "p50_ms" in figures:
         text += f" (p50 {figures['p50_ms']:.1f} / p99 {figures['p99_ms']:.1f} ms)"
     return text

@@ -249,7 +249,7 @@ class _Bench:
 
         def done(system: str, rep: int, rate: float | None) -> None:
             finished[system] += 1
-            kind = "warm-up" if rate is None else f"{rate:,.0f} {spec.unit}"
+            kind = "warm-up" if rate is None else f"{report.format_rate(rate)} {spec.unit}"
             self.progress.step(f"{spec.name} / {system} {rep + 1}/{reps}: {kind}")
 
         def failed(system: str, exc: Exception) -> None:
