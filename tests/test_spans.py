@@ -144,6 +144,25 @@ async def test_resent_spans_overwrite_without_duplicates(store: AsyncStore) -> N
         assert {s.name for s in await store.spans.get_spans(tid)} == {"renamed"}
 
 
+async def test_large_resent_batch_overwrites_and_new_spans_join(store: AsyncStore) -> None:
+    """A batch big enough for PostgreSQL's COPY path that re-sends stored spans falls
+    back to the upsert in the same transaction: stored spans are overwritten, new
+    ones added, nothing duplicated (the same promise on every backend)."""
+    exp = await make_experiment(store)
+    tids = [new_trace_id() for _ in range(10)]
+    first = [make_span(tids[i % 10], attributes={"i": i}) for i in range(300)]
+    assert await store.spans.log_spans(exp, first) == 300
+    resent = [make_span(s.trace_id, s.span_id, name="again") for s in first[:150]]
+    fresh = [make_span(tids[i % 10], name="new") for i in range(150)]
+    assert await store.spans.log_spans(exp, resent + fresh) == 300
+    assert await count(store, spans) == 450
+    names: dict[str, int] = {}
+    for tid in tids:
+        for span in await store.spans.get_spans(tid):
+            names[span.name] = names.get(span.name, 0) + 1
+    assert names == {"again": 150, "step": 150, "new": 150}
+
+
 async def test_large_batch_spans_many_statements_chunks(store: AsyncStore) -> None:
     exp = await make_experiment(store)
     tids = [new_trace_id() for _ in range(200)]

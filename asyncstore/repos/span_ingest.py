@@ -13,10 +13,13 @@ A batch is written with a bounded number of statements, whatever its size:
 
 Per backend, the fastest path measured by ``benchmarks/bench_spans.py``:
 
-* PostgreSQL: ``INSERT ... SELECT FROM unnest($arrays) ON CONFLICT DO UPDATE``: one
-  prepared statement with a fixed number (10) of array parameters, so the 32767
-  bind-parameter limit never applies and asyncpg's binary array encoding does the
-  work that COPY would, without a temporary table.
+* PostgreSQL: batches of ``PG_COPY_MIN`` spans or more are first tried with
+  ``COPY`` straight into ``spans`` under a savepoint (about a fifth faster than the
+  upsert for 1,000-span batches); if a span is already stored, the unique
+  violation rolls back to the savepoint and the batch takes the upsert path:
+  ``INSERT ... SELECT FROM unnest($arrays) ON CONFLICT DO UPDATE``, one prepared
+  statement with a fixed number (10) of array parameters, so the 32767
+  bind-parameter limit never applies.
 * SQLite: ``executemany`` of a one-row upsert (sqlite3 loops in C, one call into
   the aiosqlite thread per batch).
 * MySQL/MariaDB: ``executemany`` of a one-row ``INSERT ... ON DUPLICATE KEY
@@ -31,6 +34,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
+from asyncpg.exceptions import UniqueViolationError
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncConnection
 
@@ -48,6 +52,10 @@ _SPAN_COLUMNS = (
     "trace_id, experiment_id, span_id, parent_span_id, name, type, status, "
     "start_time_unix_nano, end_time_unix_nano, content"
 )
+_SPAN_COLUMN_LIST = [c.strip() for c in _SPAN_COLUMNS.split(",")]
+PG_COPY_MIN = 100
+"""Below this many spans the single upsert statement is as fast as COPY plus its
+savepoint round trips."""
 _SPAN_OVERWRITE = (
     "parent_span_id", "name", "type", "status", "start_time_unix_nano", "end_time_unix_nano", "content",
 )
@@ -150,9 +158,34 @@ async def _write_pg(conn: AsyncConnection, experiment_id: int, batch: PreparedBa
         (experiment_id, [r[0] for r in rows], [r[2] for r in rows], [r[3] for r in rows], [r[4] for r in rows]),
     )
     await _check_experiment(conn, experiment_id, batch.trace_ids)
+    if len(batch.span_rows) >= PG_COPY_MIN and await _copy_new_spans_pg(conn, experiment_id, batch):
+        return
     for chunk in _chunks(batch.span_rows, SPAN_CHUNK):
         columns = list(zip(*chunk))
         await conn.exec_driver_sql(PG_SPANS, (experiment_id, *(list(c) for c in columns)))
+
+
+async def _copy_new_spans_pg(conn: AsyncConnection, experiment_id: int, batch: PreparedBatch) -> bool:
+    """COPY the spans straight into ``spans`` when none of them is stored yet.
+
+    The common case (re-sent spans are rare) then costs what the driver's COPY
+    costs. The COPY runs under a savepoint: if a span of the batch is already
+    stored, the unique violation rolls back to it and the caller falls back to the
+    upsert, in the same transaction. Returns whether the COPY wrote the batch.
+    """
+    raw = await conn.get_raw_connection()
+    pg = raw.driver_connection  # asyncpg.Connection, inside SQLAlchemy's transaction
+    if pg is None:  # pragma: no cover - the unit of work always holds a live connection
+        raise InvalidState("log_spans must run inside a transaction")
+    records = [(r[0], experiment_id, *r[1:]) for r in batch.span_rows]
+    await pg.execute("SAVEPOINT asyncstore_span_copy")
+    try:
+        await pg.copy_records_to_table("spans", records=records, columns=_SPAN_COLUMN_LIST)
+    except UniqueViolationError:
+        await pg.execute("ROLLBACK TO SAVEPOINT asyncstore_span_copy")
+        return False
+    await pg.execute("RELEASE SAVEPOINT asyncstore_span_copy")
+    return True
 
 
 async def _write_sqlite(conn: AsyncConnection, experiment_id: int, batch: PreparedBatch) -> None:
