@@ -269,7 +269,9 @@ def _clause(draw: st.DrawFn) -> tuple[str, tuple[str, str, str, object]]:
         return f"metrics.`{key}` {op} {value}", (kind, key, op, value)
     op = draw(st.sampled_from(["=", "!=", "LIKE", "ILIKE"]))
     value = draw(_strings)
-    quoted = "'" + str(value).replace("'", "''") + "'"
+    # The grammar's escapes: a backslash escapes a quote or a backslash, a doubled
+    # quote is a quote. A value ending in a backslash must have it escaped too.
+    quoted = "'" + str(value).replace("\\", "\\\\").replace("'", "''") + "'"
     prefix = "params" if kind == "param" else "tags"
     return f"{prefix}.`{key}` {op.lower()} {quoted}", (kind, key, op, value)
 
@@ -279,3 +281,11 @@ def _clause(draw: st.DrawFn) -> tuple[str, tuple[str, str, str, object]]:
 def test_generated_filters_round_trip(parts: list[tuple[str, tuple[str, str, str, object]]]) -> None:
     text = " AND ".join(p[0] for p in parts)
     assert triples(text) == [p[1] for p in parts]
+
+
+def test_backslashes_in_values_are_escaped_by_a_backslash() -> None:
+    # Found by the generated round trip: a value ending in a backslash.
+    assert triples("params.p = '\\\\'") == [("param", "p", "=", "\\")]
+    assert triples("tags.t = 'a\\\\b\\'c''d'") == [("tag", "t", "=", "a\\b'c'd")]
+    with pytest.raises(InvalidParameter, match="unterminated string"):
+        parse("params.p = '\\'")
