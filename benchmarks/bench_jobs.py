@@ -27,19 +27,16 @@ import json
 import os
 import secrets
 import sys
-import tempfile
 import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
-import aiomysql
-import asyncpg
 from sqlalchemy import select, update
-from sqlalchemy.engine import make_url
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from asyncstore import AsyncStore
+from asyncstore.bench.database import create_scratch
 from asyncstore.config import Backend
 from asyncstore.entities import JobStatus, NewJob
 from asyncstore.schema import jobs
@@ -217,43 +214,6 @@ async def jobs_workload(store: AsyncStore, scale: int, workers: tuple[int, ...] 
 # --- the script -----------------------------------------------------------------------------
 
 
-async def _scratch(backend: str, tmp: Path) -> tuple[str, Callable[[], Awaitable[None]]]:
-    """Create an empty database for one run; return its URI and how to drop it."""
-    name = f"asyncstore_bench_jobs_{secrets.token_hex(4)}"
-    if backend == "sqlite":
-        return f"sqlite:///{tmp / (name + '.db')}", _nothing
-    url = make_url(SERVERS[backend])
-    if backend == "postgresql":
-        async def pg(sql: str) -> None:
-            conn = await asyncpg.connect(host=url.host, port=url.port or 5432, user=url.username,
-                                         password=url.password, database=url.database)
-            try:
-                await conn.execute(sql)
-            finally:
-                await conn.close()
-
-        await pg(f'CREATE DATABASE "{name}"')
-        return url.set(database=name).render_as_string(hide_password=False), lambda: pg(
-            f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'
-        )
-
-    async def my(sql: str) -> None:
-        conn = await aiomysql.connect(host=url.host or "127.0.0.1", port=url.port or 3306, user=url.username or "root",
-                                      password=url.password or "", db=url.database, autocommit=True)
-        try:
-            async with conn.cursor() as cur:
-                await cur.execute(sql)
-        finally:
-            conn.close()
-
-    await my(f"CREATE DATABASE `{name}` CHARACTER SET utf8mb4 COLLATE utf8mb4_bin")
-    return url.set(database=name).render_as_string(hide_password=False), lambda: my(f"DROP DATABASE IF EXISTS `{name}`")
-
-
-async def _nothing() -> None:
-    return None
-
-
 def _table(report: list[dict[str, Any]]) -> str:
     header = ("backend", "way", "workers", "jobs", "seconds", "jobs/s", "lost", "vs raw")
     lines = ["{:<11} {:<6} {:>7} {:>6} {:>8} {:>8} {:>5} {:>6}".format(*header)]
@@ -275,15 +235,14 @@ async def main(argv: list[str]) -> int:
     parser.add_argument("--json", type=Path, help="also write the figures to this file")
     args = parser.parse_args(argv)
     report = []
-    with tempfile.TemporaryDirectory() as tmp:
-        for backend in [b.strip() for b in args.backends.split(",") if b.strip()]:
-            uri, drop = await _scratch(backend, Path(tmp))
-            try:
-                async with AsyncStore.open(uri) as store:
-                    report.append(await jobs_workload(store, args.scale))
-            finally:
-                await drop()
-            print(_table(report[-1:]), flush=True)
+    for backend in [b.strip() for b in args.backends.split(",") if b.strip()]:
+        scratch = await create_scratch(SERVERS.get(backend), "jobs")
+        try:
+            async with AsyncStore.open(scratch.uri) as store:
+                report.append(await jobs_workload(store, args.scale))
+        finally:
+            await scratch.drop()
+        print(_table(report[-1:]), flush=True)
     print()
     print(_table(report))
     if args.json:

@@ -27,16 +27,12 @@ import os
 import resource
 import statistics
 import sys
-import tempfile
 import time
 import uuid
 from typing import Any
 
-import aiomysql
-import asyncpg
 import psutil
 from sqlalchemy import insert
-from sqlalchemy.engine import make_url
 
 try:
     from benchmarks import _raw
@@ -44,6 +40,7 @@ except ImportError:  # run as a script: benchmarks/ is on sys.path
     import _raw  # type: ignore[no-redef]
 
 from asyncstore import AsyncStore
+from asyncstore.bench.database import create_scratch
 from asyncstore.entities import Span, SpanEvent, SpanStatus
 from asyncstore.repos.span_rows import prepare
 from asyncstore.schema import experiments, trace_info
@@ -208,57 +205,16 @@ async def ingest_million(store: AsyncStore, scale: int = 1_000_000, *, batch_siz
 # --- databases ----------------------------------------------------------------------
 
 
-async def _create_db(backend: str) -> str:
-    name = f"asyncstore_bench_{uuid.uuid4().hex[:10]}"
-    if backend == "sqlite":
-        return f"sqlite:///{tempfile.mkdtemp(prefix='asyncstore-bench-')}/bench.db"
-    url = make_url(SERVERS[backend])
-    if backend == "postgresql":
-        conn = await asyncpg.connect(host=url.host, port=url.port or 5432, user=url.username, database=url.database)
-        try:
-            await conn.execute(f'CREATE DATABASE "{name}"')
-        finally:
-            await conn.close()
-    else:
-        my = await aiomysql.connect(host=url.host, port=url.port or 3306, user=url.username, password=url.password or "", autocommit=True)
-        try:
-            async with my.cursor() as cur:
-                await cur.execute(f"CREATE DATABASE `{name}` CHARACTER SET utf8mb4 COLLATE utf8mb4_bin")
-        finally:
-            my.close()
-    return url.set(database=name).render_as_string(hide_password=False)
-
-
-async def _drop_db(backend: str, uri: str) -> None:
-    name = make_url(uri).database
-    if backend == "sqlite":
-        return
-    url = make_url(SERVERS[backend])
-    if backend == "postgresql":
-        conn = await asyncpg.connect(host=url.host, port=url.port or 5432, user=url.username, database=url.database)
-        try:
-            await conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-        finally:
-            await conn.close()
-    else:
-        my = await aiomysql.connect(host=url.host, port=url.port or 3306, user=url.username, password=url.password or "", autocommit=True)
-        try:
-            async with my.cursor() as cur:
-                await cur.execute(f"DROP DATABASE IF EXISTS `{name}`")
-        finally:
-            my.close()
-
-
 def _batches_for(total: int, batch_size: int) -> int:
     return max(batch_size, total // batch_size * batch_size)
 
 
 async def bench_backend(backend: str, *, spans: int, batch_sizes: list[int], rounds: int, million: bool) -> list[dict[str, Any]]:
     """Run every batch size on one backend; return one result row per batch size."""
-    uri = await _create_db(backend)
+    scratch = await create_scratch(SERVERS.get(backend), "spans")
     results: list[dict[str, Any]] = []
     try:
-        async with AsyncStore.open(uri) as store:
+        async with AsyncStore.open(scratch.uri) as store:
             await _raw.create_raw_tables(store.engine)
             exp = await _experiment(store)
             writer = _raw.writer_for(backend, store.config.uri)
@@ -304,7 +260,7 @@ async def bench_backend(backend: str, *, spans: int, batch_sizes: list[int], rou
                 )
                 results.append({"million": fig})
     finally:
-        await _drop_db(backend, uri)
+        await scratch.drop()
     return results
 
 
