@@ -25,7 +25,7 @@ async def test_search_filters_and_default_order(store: AsyncStore) -> None:
     a = await store.runs.create(exp_id, run_name="a", start_time=100, user_id="ann")
     b = await store.runs.create(exp_id, run_name="b", start_time=300)
     c = await store.runs.create(exp_id, run_name="c", start_time=200)
-    d = await store.runs.create(other, run_name="d", start_time=400)
+    await store.runs.create(other, run_name="d", start_time=400)  # another experiment: never returned
     await store.runs.log_batch(a.run_id, metrics=[Metric("acc", 0.9, 1, 0)], params=[Param("model", "cnn")])
     await store.runs.log_batch(b.run_id, metrics=[Metric("acc", 0.5, 1, 0)], params=[Param("model", "RNN")],
                                tags=[RunTag("team", "x")])

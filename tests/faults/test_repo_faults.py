@@ -12,7 +12,7 @@ from __future__ import annotations
 import uuid
 from collections.abc import Awaitable, Callable
 
-from sqlalchemy import func, select
+from sqlalchemy import select
 
 from asyncstore import AsyncStore, TemporarilyUnavailable
 from asyncstore.entities import JobStatus, Metric, Param, RunTag, Span, SpanStatus
