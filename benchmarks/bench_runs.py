@@ -33,7 +33,6 @@ import asyncio
 import json
 import os
 import random
-import sqlite3
 import statistics
 import sys
 import tempfile
@@ -41,13 +40,12 @@ import time
 import uuid
 from typing import Any
 
-import aiomysql
-import asyncpg
 from sqlalchemy import Column, MetaData, PrimaryKeyConstraint, Table, func, insert, select
 from sqlalchemy.engine import make_url
 
 from asyncstore import AsyncStore
 from asyncstore import schema as s
+from asyncstore.bench.raw import METRIC_COLUMNS, RawDriver
 from asyncstore.config import Backend
 from asyncstore.entities import Metric, Param, RunTag
 from asyncstore.errors import NotFound
@@ -276,65 +274,28 @@ def _raw_table() -> Table:
 
 
 class RawWriter:
-    """The bare driver inserting one 1000-row batch per transaction into ``metrics_raw``.
-
-    asyncpg ``copy_records_to_table`` on PostgreSQL, ``sqlite3`` ``executemany`` on
-    SQLite, aiomysql ``executemany`` (multi-row INSERT) on MySQL/MariaDB.
-    """
-
-    _COLS = ("key", "value", "timestamp", "step", "is_nan", "run_uuid")
+    """The bare driver inserting one 1000-row batch per transaction (:class:`RawDriver`)
+    into ``metrics_raw``, created on entry and dropped on exit, or into ``metrics``."""
 
     def __init__(self, store: AsyncStore) -> None:
         self.store = store
-        self.method = ""
-        self._conn: Any = None
+        self.driver = RawDriver(store.config.uri)
+        self.method = self.driver.method
 
     async def __aenter__(self) -> RawWriter:
         table = _raw_table()
         async with self.store.engine.begin() as conn:
             await conn.run_sync(lambda sync: table.drop(sync, checkfirst=True))
             await conn.run_sync(lambda sync: table.create(sync))
-        url = self.store.config.url
-        backend = self.store.backend
-        if backend is Backend.POSTGRESQL:
-            self._conn = await asyncpg.connect(host=url.host, port=url.port or 5432, user=url.username,
-                                               password=url.password, database=url.database)
-            self.method = "asyncpg copy_records_to_table"
-        elif backend is Backend.SQLITE:
-            self._conn = sqlite3.connect(url.database or "")
-            self._conn.execute("PRAGMA synchronous=NORMAL")  # as the store's connections
-            self._conn.execute("PRAGMA foreign_keys=ON")  # the same-table ceiling checks run_uuid too
-            self.method = "sqlite3 executemany"
-        elif backend is Backend.MYSQL:
-            self._conn = await aiomysql.connect(host=url.host or "127.0.0.1", port=url.port or 3306,
-                                                user=url.username or "root", password=url.password or "",
-                                                db=url.database, charset="utf8mb4")
-            self.method = "aiomysql executemany (multi-row INSERT)"
-        else:  # pragma: no cover - exhaustive
-            raise AssertionError(backend)
+        await self.driver.open()
         return self
 
     async def write(self, rows: list[tuple[Any, ...]], table: str = RAW_TABLE) -> None:
         """Insert one batch in its own transaction (into ``metrics_raw``, or ``metrics``)."""
-        backend = self.store.backend
-        if backend is Backend.POSTGRESQL:
-            async with self._conn.transaction():
-                await self._conn.copy_records_to_table(table, records=rows, columns=list(self._COLS))
-        elif backend is Backend.SQLITE:
-            with self._conn:
-                self._conn.executemany(f"INSERT INTO {table} ({', '.join(self._COLS)}) VALUES (?, ?, ?, ?, ?, ?)", rows)
-        else:
-            async with self._conn.cursor() as cur:
-                await cur.executemany(
-                    f"INSERT INTO {table} (`key`, value, timestamp, step, is_nan, run_uuid) "
-                    "VALUES (%s, %s, %s, %s, %s, %s)", rows)
-            await self._conn.commit()
+        await self.driver.write(table, METRIC_COLUMNS, rows)
 
     async def __aexit__(self, *exc: object) -> None:
-        if self.store.backend is Backend.POSTGRESQL:
-            await self._conn.close()
-        else:
-            self._conn.close()
+        await self.driver.close()
         table = _raw_table()
         async with self.store.engine.begin() as conn:
             await conn.run_sync(lambda sync: table.drop(sync, checkfirst=True))

@@ -2,8 +2,8 @@
 
 For each backend, spans of about 1 KB of JSON content (``SPANS_PER_TRACE`` spans per
 trace) are ingested in batches of 100, 1,000 and 10,000 spans, and the same rows are
-written by the raw driver's fastest path (see ``_raw.py``) into an identical empty
-table, alternating store and raw rounds in the same run so both see the same machine
+written by the raw driver's fastest path (``asyncstore.bench.raw.RawDriver``) into
+an identical empty table (and a second one without foreign keys), alternating store and raw rounds in the same run so both see the same machine
 load. The median spans/second of each and their ratio are printed and written as JSON.
 ``--million`` also ingests 1,000,000 spans in 1,000-span batches and reports the
 process's resident memory along the way (it must stay flat).
@@ -32,18 +32,21 @@ import uuid
 from typing import Any
 
 import psutil
-from sqlalchemy import insert
-
-try:
-    from benchmarks import _raw
-except ImportError:  # run as a script: benchmarks/ is on sys.path
-    import _raw  # type: ignore[no-redef]
+from sqlalchemy import MetaData, Table, insert
 
 from asyncstore import AsyncStore
 from asyncstore.bench.database import create_scratch
+from asyncstore.bench.raw import SPAN_COLUMNS, RawDriver, clone_table
 from asyncstore.entities import Span, SpanEvent, SpanStatus
 from asyncstore.repos.span_rows import prepare
-from asyncstore.schema import experiments, trace_info
+from asyncstore.schema import experiments, spans, trace_info
+
+# The raw ceilings' tables: copies of ``spans`` (columns, generated duration,
+# primary key, indexes), one with its foreign keys to trace_info and experiments
+# (the trace rows are written before the clock starts), one without.
+_RAW_METADATA = MetaData()
+RAW_TABLE = clone_table(spans, "spans_raw", _RAW_METADATA, foreign_keys=True)
+RAW_TABLE_NOFK = clone_table(spans, "spans_raw_nofk", _RAW_METADATA)
 
 _TRACE_KEYS = ("request_id", "experiment_id", "timestamp_ms", "execution_time_ms", "status")
 
@@ -134,8 +137,8 @@ async def raw_ceiling(
     batch_size: int = 1000,
     spans_per_trace: int = SPANS_PER_TRACE,
     experiment_id: int = 0,
-    writer: _raw.RawWriter | None = None,
-    table: str = _raw.RAW_TABLE,
+    writer: RawDriver,
+    table: Table = RAW_TABLE,
 ) -> dict[str, float]:
     """Write the rows ``log_spans`` would write with the raw driver's fastest path.
 
@@ -143,26 +146,18 @@ async def raw_ceiling(
     the clock starts; only the span rows are timed, into ``table`` (``spans_raw``,
     with foreign keys, or ``spans_raw_nofk``).
     """
-    own = writer is None
-    if writer is None:
-        writer = _raw.writer_for(store.backend.value, store.config.uri)
-        await writer.open()
-    try:
-        batches = []
-        traces: list[dict[str, Any]] = []
-        for i in range(0, scale, batch_size):
-            prepared = prepare(make_batch(batch_size, spans_per_trace=spans_per_trace, seq=i), experiment_id)
-            batches.append([(r[0], experiment_id, *r[1:]) for r in prepared.span_rows])
-            traces += [dict(zip(_TRACE_KEYS, row)) for row in prepared.trace_rows]
-        async with store.uow.transaction() as conn:
-            await conn.execute(insert(trace_info), traces)
-        started = time.perf_counter()
-        for rows in batches:
-            await writer.write(rows, table)
-        seconds = time.perf_counter() - started
-    finally:
-        if own:
-            await writer.close()
+    batches = []
+    traces: list[dict[str, Any]] = []
+    for i in range(0, scale, batch_size):
+        prepared = prepare(make_batch(batch_size, spans_per_trace=spans_per_trace, seq=i), experiment_id)
+        batches.append([(r[0], experiment_id, *r[1:]) for r in prepared.span_rows])
+        traces += [dict(zip(_TRACE_KEYS, row)) for row in prepared.trace_rows]
+    async with store.uow.transaction() as conn:
+        await conn.execute(insert(trace_info), traces)
+    started = time.perf_counter()
+    for rows in batches:
+        await writer.write(table.name, SPAN_COLUMNS, rows)
+    seconds = time.perf_counter() - started
     total = sum(len(b) for b in batches)
     return {"spans": total, "seconds": seconds, "spans_per_s": total / seconds}
 
@@ -215,15 +210,17 @@ async def bench_backend(backend: str, *, spans: int, batch_sizes: list[int], rou
     results: list[dict[str, Any]] = []
     try:
         async with AsyncStore.open(scratch.uri) as store:
-            await _raw.create_raw_tables(store.engine)
+            async with store.engine.begin() as conn:
+                for table in (RAW_TABLE, RAW_TABLE_NOFK):
+                    await conn.run_sync(table.create, checkfirst=True)
             exp = await _experiment(store)
-            writer = _raw.writer_for(backend, store.config.uri)
+            writer = RawDriver(scratch.uri)
             await writer.open()
             try:
                 # Warm-up: pools, prepared statements, caches.
                 await ingest_spans(store, 2000, experiment_id=exp)
                 await raw_ceiling(store, 2000, experiment_id=exp, writer=writer)
-                await raw_ceiling(store, 2000, experiment_id=exp, writer=writer, table=_raw.RAW_TABLE_NOFK)
+                await raw_ceiling(store, 2000, experiment_id=exp, writer=writer, table=RAW_TABLE_NOFK)
                 for size in batch_sizes:
                     total = _batches_for(spans, size)
                     ours, raw, nofk = [], [], []
@@ -231,7 +228,7 @@ async def bench_backend(backend: str, *, spans: int, batch_sizes: list[int], rou
                         ours.append((await ingest_spans(store, total, batch_size=size, experiment_id=exp))["spans_per_s"])
                         raw.append((await raw_ceiling(store, total, batch_size=size, experiment_id=exp, writer=writer))["spans_per_s"])
                         fig = await raw_ceiling(
-                            store, total, batch_size=size, experiment_id=exp, writer=writer, table=_raw.RAW_TABLE_NOFK
+                            store, total, batch_size=size, experiment_id=exp, writer=writer, table=RAW_TABLE_NOFK
                         )
                         nofk.append(fig["spans_per_s"])
                     row = {

@@ -25,14 +25,15 @@ from typing import Any
 
 import aiomysql
 import asyncpg
-from sqlalchemy import Column, Computed, Index, MetaData, PrimaryKeyConstraint, Table
+from sqlalchemy import Column, Computed, ForeignKeyConstraint, Index, MetaData, PrimaryKeyConstraint, Table
+from sqlalchemy.engine import make_url
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from asyncstore.bench.data import metric_batch, span_batch
 from asyncstore.bench.database import ScratchDatabase
 from asyncstore.bench.measure import Outcome
 from asyncstore.bench.scale import SPAN_BATCH, Scale
-from asyncstore.config import Backend, StoreConfig
+from asyncstore.config import Backend, StoreConfig, backend_of
 from asyncstore.engines import create_engine
 from asyncstore.schema import metrics, spans
 
@@ -40,8 +41,13 @@ RAW_EXPERIMENT_ID = 1
 RAW_RUN_ID = "0" * 32
 
 
-def clone_table(source: Table, name: str, metadata: MetaData) -> Table:
-    """A table with ``source``'s columns, types, defaults, primary key and indexes, no foreign keys."""
+def clone_table(source: Table, name: str, metadata: MetaData, *, foreign_keys: bool = False) -> Table:
+    """A table with ``source``'s columns, types, defaults, primary key and indexes.
+
+    Without foreign keys by default (the raw path writes no parent rows); with
+    ``foreign_keys=True`` it references the same parent tables as ``source``, for a
+    ceiling that pays the same reference checks as the store.
+    """
     columns: list[Column[Any]] = []
     for column in source.columns:
         extra: list[Any] = []
@@ -56,21 +62,108 @@ def clone_table(source: Table, name: str, metadata: MetaData) -> Table:
         Index(f"ix_{name}_{i}", *[c.name for c in index.columns])
         for i, index in enumerate(sorted(source.indexes, key=lambda ix: str(ix.name)))
     ]
-    return Table(name, metadata, *columns, key, *indexes, **source.dialect_kwargs)
+    references = [
+        ForeignKeyConstraint(
+            [element.parent.name for element in fk.elements],
+            [element.column for element in fk.elements],
+            ondelete=fk.ondelete,
+        )
+        for fk in source.foreign_key_constraints
+    ] if foreign_keys else []
+    return Table(name, metadata, *columns, key, *indexes, *references, **source.dialect_kwargs)
 
 
 _raw_metadata = MetaData()
 RAW_METRICS = clone_table(metrics, "bench_raw_metrics", _raw_metadata)
 RAW_SPANS = clone_table(spans, "bench_raw_spans", _raw_metadata)
-_METRIC_COLUMNS = ("key", "value", "timestamp", "step", "is_nan", "run_uuid")
-_SPAN_COLUMNS = (
+METRIC_COLUMNS = ("key", "value", "timestamp", "step", "is_nan", "run_uuid")
+SPAN_COLUMNS = (
     "trace_id", "experiment_id", "span_id", "parent_span_id", "name", "type", "status",
     "start_time_unix_nano", "end_time_unix_nano", "content",
 )
 
 
+class RawDriver:
+    """A bare driver connection that writes batches of rows by its fastest path.
+
+    One transaction per batch: ``sqlite3`` ``executemany`` (with the store's pragmas:
+    WAL, ``synchronous = NORMAL``, foreign keys on), asyncpg ``copy_records_to_table``,
+    or aiomysql ``executemany`` (multi-row INSERT statements).
+
+    Args:
+        uri: the database (a plain or async URI; the driver is chosen by its backend).
+    """
+
+    def __init__(self, uri: str) -> None:
+        self.url = make_url(uri)
+        self.backend = backend_of(self.url)
+        self._sqlite: sqlite3.Connection | None = None
+        self._pg: asyncpg.Connection | None = None
+        self._my: aiomysql.Connection | None = None
+
+    @property
+    def method(self) -> str:
+        """How this driver writes, for reports."""
+        return {
+            Backend.SQLITE: "sqlite3 executemany",
+            Backend.POSTGRESQL: "asyncpg copy_records_to_table",
+            Backend.MYSQL: "aiomysql executemany (multi-row INSERT)",
+        }[self.backend]
+
+    async def open(self) -> None:
+        """Connect the driver."""
+        url = self.url
+        if self.backend is Backend.SQLITE:
+            self._sqlite = sqlite3.connect(url.database or "", isolation_level=None, check_same_thread=False)
+            self._sqlite.execute("PRAGMA journal_mode = WAL")
+            self._sqlite.execute("PRAGMA synchronous = NORMAL")
+            self._sqlite.execute("PRAGMA foreign_keys = ON")  # references are checked, as in the store
+        elif self.backend is Backend.POSTGRESQL:
+            self._pg = await asyncpg.connect(
+                host=url.host or "127.0.0.1", port=url.port or 5432, user=url.username,
+                password=url.password, database=url.database,
+            )
+        elif self.backend is Backend.MYSQL:
+            self._my = await aiomysql.connect(
+                host=url.host or "127.0.0.1", port=url.port or 3306, user=url.username or "root",
+                password=url.password or "", db=url.database, charset="utf8mb4", autocommit=False,
+            )
+        else:  # pragma: no cover - exhaustive
+            raise AssertionError(self.backend)
+
+    async def write(self, table: str, columns: Sequence[str], rows: Sequence[tuple[Any, ...]]) -> None:
+        """Write one batch into ``table`` in one transaction."""
+        if self._sqlite is not None:
+            marks = ", ".join("?" * len(columns))
+            cur = self._sqlite
+            cur.execute("BEGIN")
+            cur.executemany(f"INSERT INTO {table} ({', '.join(columns)}) VALUES ({marks})", rows)
+            cur.execute("COMMIT")
+        elif self._pg is not None:
+            async with self._pg.transaction():
+                await self._pg.copy_records_to_table(table, records=rows, columns=list(columns))
+        elif self._my is not None:
+            marks = ", ".join(["%s"] * len(columns))
+            quoted = ", ".join(f"`{c}`" for c in columns)
+            async with self._my.cursor() as cur:
+                await cur.executemany(f"INSERT INTO {table} ({quoted}) VALUES ({marks})", rows)
+            await self._my.commit()
+        else:
+            raise RuntimeError("RawDriver.write before open()")
+
+    async def close(self) -> None:
+        """Close the driver connection."""
+        if self._sqlite is not None:
+            self._sqlite.close()
+        if self._pg is not None:
+            await self._pg.close()
+        if self._my is not None:
+            self._my.close()
+        self._sqlite = self._pg = self._my = None
+
+
 class RawWriter:
-    """A bare driver connection that writes batches of rows into one table.
+    """A :class:`RawDriver` that writes batches of rows into one table it creates.
 
     Args:
         scratch: the database (the same one asyncstore writes into).
@@ -82,9 +175,7 @@ class RawWriter:
         self.scratch = scratch
         self.table = table
         self.columns = tuple(columns)
-        self._sqlite: sqlite3.Connection | None = None
-        self._pg: asyncpg.Connection | None = None
-        self._my: aiomysql.Connection | None = None
+        self.driver = RawDriver(scratch.uri)
 
     async def open(self) -> None:
         """Create the empty table (through SQLAlchemy, untimed) and connect the driver."""
@@ -94,55 +185,15 @@ class RawWriter:
                 await conn.run_sync(lambda sync: self.table.create(sync, checkfirst=True))
         finally:
             await engine.dispose()
-        url = self.scratch.url
-        backend = self.scratch.backend
-        if backend is Backend.SQLITE:
-            self._sqlite = sqlite3.connect(self.scratch.name, isolation_level=None, check_same_thread=False)
-            self._sqlite.execute("PRAGMA journal_mode = WAL")
-            self._sqlite.execute("PRAGMA synchronous = NORMAL")
-        elif backend is Backend.POSTGRESQL:
-            self._pg = await asyncpg.connect(
-                host=url.host or "127.0.0.1", port=url.port or 5432, user=url.username,
-                password=url.password, database=url.database,
-            )
-        elif backend is Backend.MYSQL:
-            self._my = await aiomysql.connect(
-                host=url.host or "127.0.0.1", port=url.port or 3306, user=url.username or "root",
-                password=url.password or "", db=url.database, charset="utf8mb4", autocommit=False,
-            )
-        else:  # pragma: no cover - exhaustive
-            raise AssertionError(backend)
+        await self.driver.open()
 
     async def write(self, rows: Sequence[tuple[Any, ...]]) -> None:
         """Write one batch in one transaction by the driver's fastest path."""
-        name = self.table.name
-        if self._sqlite is not None:
-            marks = ", ".join("?" * len(self.columns))
-            cur = self._sqlite
-            cur.execute("BEGIN")
-            cur.executemany(f"INSERT INTO {name} ({', '.join(self.columns)}) VALUES ({marks})", rows)
-            cur.execute("COMMIT")
-        elif self._pg is not None:
-            async with self._pg.transaction():
-                await self._pg.copy_records_to_table(name, records=rows, columns=list(self.columns))
-        elif self._my is not None:
-            marks = ", ".join(["%s"] * len(self.columns))
-            quoted = ", ".join(f"`{c}`" for c in self.columns)
-            async with self._my.cursor() as cur:
-                await cur.executemany(f"INSERT INTO {name} ({quoted}) VALUES ({marks})", rows)
-            await self._my.commit()
-        else:
-            raise RuntimeError("RawWriter.write before open()")
+        await self.driver.write(self.table.name, self.columns, rows)
 
     async def close(self) -> None:
         """Close the driver connection."""
-        if self._sqlite is not None:
-            self._sqlite.close()
-        if self._pg is not None:
-            await self._pg.close()
-        if self._my is not None:
-            self._my.close()
-        self._sqlite = self._pg = self._my = None
+        await self.driver.close()
 
 
 class _RawWorkload:
@@ -174,7 +225,7 @@ class RawMetrics(_RawWorkload):
 
     def target(self) -> tuple[Table, Sequence[str]]:
         """The raw metrics table and its columns."""
-        return RAW_METRICS, _METRIC_COLUMNS
+        return RAW_METRICS, METRIC_COLUMNS
 
     async def prepare(self, rep: int) -> None:
         """This repetition's rows (the ones asyncstore logs in the same repetition)."""
@@ -190,7 +241,7 @@ class RawSpans(_RawWorkload):
 
     def target(self) -> tuple[Table, Sequence[str]]:
         """The raw spans table and its columns."""
-        return RAW_SPANS, _SPAN_COLUMNS
+        return RAW_SPANS, SPAN_COLUMNS
 
     async def prepare(self, rep: int) -> None:
         """This repetition's rows, content JSON included."""
