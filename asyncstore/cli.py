@@ -189,22 +189,22 @@ async def _describe(engine: AsyncEngine, config: StoreConfig) -> tuple[str | Non
     return current, f"{config.safe_uri} is at revision {state}"
 
 
-async def _db_upgrade(args: argparse.Namespace) -> int:
+async def _migrate_to(args: argparse.Namespace, step: Callable[[AsyncEngine, str], Awaitable[None]]) -> int:
+    """Run ``migrate.upgrade`` or ``migrate.downgrade`` to ``args.revision``; print where it ends."""
     opened = _Engine(args.uri)
     async with opened as engine:
-        await migrate.upgrade(engine, args.revision)
+        await step(engine, args.revision)
         _, line = await _describe(engine, opened.config)
     print(line)
     return EXIT_OK
+
+
+async def _db_upgrade(args: argparse.Namespace) -> int:
+    return await _migrate_to(args, migrate.upgrade)
 
 
 async def _db_downgrade(args: argparse.Namespace) -> int:
-    opened = _Engine(args.uri)
-    async with opened as engine:
-        await migrate.downgrade(engine, args.revision)
-        _, line = await _describe(engine, opened.config)
-    print(line)
-    return EXIT_OK
+    return await _migrate_to(args, migrate.downgrade)
 
 
 async def _db_current(args: argparse.Namespace) -> int:
