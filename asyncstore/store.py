@@ -13,11 +13,9 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from asyncstore import migrate
 from asyncstore.config import Backend, StoreConfig
 from asyncstore.engines import create_engine
-from asyncstore.repos.experiments import ExperimentRepository
-from asyncstore.repos.jobs import JobRepository
-from asyncstore.repos.runs import RunRepository
-from asyncstore.repos.spans import SpanRepository
-from asyncstore.repos.traces import TraceRepository
+from asyncstore.jobs import JobRepository
+from asyncstore.tracing import SpanRepository, TraceRepository
+from asyncstore.tracking import ExperimentRepository, RunRepository
 from asyncstore.uow import UnitOfWork
 
 

@@ -38,7 +38,7 @@ from asyncstore import AsyncStore
 from asyncstore.bench.database import create_scratch
 from asyncstore.bench.raw import SPAN_COLUMNS, RawDriver, clone_table
 from asyncstore.entities import Span, SpanEvent, SpanStatus
-from asyncstore.repos.span_rows import prepare
+from asyncstore.tracing.rows import prepare
 from asyncstore.schema import experiments, spans, trace_info
 
 # The raw ceilings' tables: copies of ``spans`` (columns, generated duration,

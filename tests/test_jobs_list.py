@@ -6,7 +6,7 @@ import pytest
 
 from asyncstore import AsyncStore, InvalidParameter
 from asyncstore.entities import JobStatus, NewJob
-from asyncstore.repos.job_sql import json_equal, params_match
+from asyncstore.jobs.sql import json_equal, params_match
 
 
 async def _ids(store: AsyncStore, **filters: object) -> list[str]:

@@ -8,7 +8,7 @@ import pytest
 
 from asyncstore import AsyncStore, ConfigurationError, InvalidState, NotFound
 from asyncstore.entities import Job, JobStatus
-from asyncstore.repos.job_rules import RetryPolicy, retry_policy
+from asyncstore.jobs.rules import RetryPolicy, retry_policy
 
 
 async def _claimed(store: AsyncStore, job_id: str) -> Job:

@@ -365,7 +365,7 @@ async def test_every_single_clause_equals_brute_force(store: AsyncStore) -> None
 
 async def test_search_loads_each_runs_data_across_id_chunks(store: AsyncStore, monkeypatch: pytest.MonkeyPatch) -> None:
     """A page larger than one IN list (chunks of 2 here) still gets every run's own data."""
-    from asyncstore.repos import runs_search
+    from asyncstore.tracking import search as runs_search
 
     monkeypatch.setattr(runs_search, "_IN_CHUNK", dict.fromkeys(runs_search._IN_CHUNK, 2))
     exp_id = await store.experiments.create("chunks")

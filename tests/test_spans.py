@@ -306,7 +306,7 @@ async def test_content_encoding_same_with_or_without_orjson(
     store: AsyncStore, monkeypatch: pytest.MonkeyPatch, force_json: bool
 ) -> None:
     """orjson is optional (used when installed): what is accepted and read back must not depend on it."""
-    from asyncstore.repos import span_rows
+    from asyncstore.tracing import rows as span_rows
 
     if force_json:
         monkeypatch.setattr(span_rows, "_orjson", None)

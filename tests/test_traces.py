@@ -108,7 +108,7 @@ async def test_get_returns_spans_parent_first(store: AsyncStore) -> None:
 
 
 async def test_delete_by_ids_and_by_age_in_bounded_chunks(store: AsyncStore, monkeypatch: pytest.MonkeyPatch) -> None:
-    from asyncstore.repos import trace_delete
+    from asyncstore.tracing import delete as trace_delete
 
     monkeypatch.setattr(trace_delete, "DELETE_SPAN_CHUNK", 7)  # force several span transactions
     monkeypatch.setattr(trace_delete, "DELETE_TRACE_CHUNK", 2)

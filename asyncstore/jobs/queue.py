@@ -13,9 +13,9 @@ Each transition is one UPDATE guarded by ``status IN (<allowed>)``, so it applie
 only from the states it is allowed from and never overwrites a finished job; when
 it matches no row, the job is looked up to say NOT_FOUND or INVALID_STATE naming its
 state. Times are epoch milliseconds on the database clock
-(:func:`asyncstore.repos.job_sql.now_ms`), so workers on different hosts agree on
+(:func:`asyncstore.jobs.sql.now_ms`), so workers on different hosts agree on
 leases and backoff. The claim, the clock and params matching are the per-backend
-SQL, all in :mod:`asyncstore.repos.job_sql`.
+SQL, all in :mod:`asyncstore.jobs.sql`.
 """
 
 from __future__ import annotations
@@ -34,8 +34,9 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 from asyncstore.config import Backend
 from asyncstore.entities import Job, JobStatus, NewJob, RequeueResult
 from asyncstore.errors import InvalidParameter, InvalidState, NotFound
-from asyncstore.repos import job_listing, job_sql
-from asyncstore.repos import job_rules as rules
+from asyncstore.jobs import listing as job_listing
+from asyncstore.jobs import rules
+from asyncstore.jobs import sql as job_sql
 from asyncstore.schema import jobs
 from asyncstore.uow import UnitOfWork
 
@@ -197,7 +198,7 @@ class JobRepository:
         UPDATE SKIP LOCKED``) rather than wait, so an empty list means "nothing free
         right now", not necessarily "queue empty". The worker must :meth:`heartbeat`
         before ``lease_seconds`` run out, or :meth:`requeue_expired` returns the job to
-        PENDING. SQL: :func:`asyncstore.repos.job_sql.claim`.
+        PENDING. SQL: :func:`asyncstore.jobs.sql.claim`.
 
         Args:
             job_names: only jobs with one of these names; None for any.
@@ -459,7 +460,7 @@ class JobRepository:
                 value. Matched in SQL (PostgreSQL ``jsonb @>``, MySQL/MariaDB
                 ``JSON_CONTAINS``, SQLite ``json_type``/``json_extract`` per key), then
                 confirmed in Python for exact JSON equality on every backend; see
-                :func:`asyncstore.repos.job_sql.params_match_sql` for what each does.
+                :func:`asyncstore.jobs.sql.params_match_sql` for what each does.
             page_size: rows per database round trip (1 to 10,000).
 
         Example::

@@ -38,12 +38,13 @@ from sqlalchemy import insert, select, update
 from sqlalchemy.ext.asyncio import AsyncConnection
 from typing_extensions import assert_never
 
+from asyncstore import dialect as d
+from asyncstore import rules as t
 from asyncstore.config import Backend
-from asyncstore.repos import _tracking as t
-from asyncstore.repos.runs_batch import RUN_NAME_TAG, Batch, Rank
 from asyncstore.schema import latest_metrics, runs
 from asyncstore.schema import params as param_table
 from asyncstore.schema import tags as run_tags
+from asyncstore.tracking.batch import RUN_NAME_TAG, Batch, Rank
 
 _COLUMNS = "key, timestamp, step, value, is_nan, run_uuid"
 """Column order of every metric statement: a metric row, then the run id."""
@@ -121,7 +122,7 @@ async def write_batch(conn: AsyncConnection, backend: Backend, run_id: str, batc
         await _write_metrics(conn, backend, run_id, batch)
     if batch.tags:
         await conn.execute(
-            t.upsert(backend, run_tags, ("key", "run_uuid"), ("value",)),
+            d.upsert(backend, run_tags, ("key", "run_uuid"), ("value",)),
             [{"run_uuid": run_id, "key": k, "value": v} for k, v in sorted(batch.tags.items())],
         )
         if RUN_NAME_TAG in batch.tags:

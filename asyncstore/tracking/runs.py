@@ -18,7 +18,9 @@ from typing import Any
 from sqlalchemy import delete, insert, select, tuple_, update
 from sqlalchemy.ext.asyncio import AsyncConnection
 
+from asyncstore import dialect as d
 from asyncstore import filters as f
+from asyncstore import rules as t
 from asyncstore.entities import (
     LifecycleStage,
     Metric,
@@ -33,11 +35,6 @@ from asyncstore.entities import (
 )
 from asyncstore.errors import InvalidState, NotFound
 from asyncstore.paging import Page, decode_token, encode_token, fingerprint
-from asyncstore.repos import _tracking as t
-from asyncstore.repos.experiments import check_view
-from asyncstore.repos.runs_batch import RUN_NAME_TAG, Batch
-from asyncstore.repos.runs_ingest import write_batch
-from asyncstore.repos.runs_search import load_run_data, run_info, search_query
 from asyncstore.schema import (
     ARTIFACT_URI_MAX,
     RUN_NAME_MAX,
@@ -48,6 +45,10 @@ from asyncstore.schema import (
 )
 from asyncstore.schema import metrics as metric_table
 from asyncstore.schema import tags as run_tags
+from asyncstore.tracking.batch import RUN_NAME_TAG, Batch
+from asyncstore.tracking.experiments import check_view
+from asyncstore.tracking.ingest import write_batch
+from asyncstore.tracking.search import load_run_data, run_info, search_query
 from asyncstore.uow import UnitOfWork
 
 MAX_HISTORY_RESULTS = 50_000
@@ -196,7 +197,7 @@ class RunRepository:
                 await conn.execute(update(runs).where(runs.c.run_uuid == run_id).values(**values))
             if run_name is not None:
                 await conn.execute(
-                    t.upsert(backend, run_tags, ("key", "run_uuid"), ("value",)),
+                    d.upsert(backend, run_tags, ("key", "run_uuid"), ("value",)),
                     [{"run_uuid": run_id, "key": RUN_NAME_TAG, "value": run_name}],
                 )
             row = (await conn.execute(select(runs).where(runs.c.run_uuid == run_id))).one()
@@ -395,7 +396,7 @@ class RunRepository:
         query = (
             select(m.run_uuid, m.key, m.value, m.timestamp, m.step, m.is_nan)
             .where(m.run_uuid.in_(ids), m.key == key)
-            .order_by(t.sortable(self._uow.backend, m.run_uuid), m.step, m.timestamp, m.value, m.is_nan)
+            .order_by(d.sortable(self._uow.backend, m.run_uuid), m.step, m.timestamp, m.value, m.is_nan)
             .limit(limit)
         )
 

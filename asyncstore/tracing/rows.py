@@ -1,6 +1,6 @@
 """Spans to rows and back: validation, the ``content`` JSON, per-trace aggregates.
 
-Pure Python, no database: :mod:`asyncstore.repos.span_ingest` writes what this
+Pure Python, no database: :mod:`asyncstore.tracing.ingest` writes what this
 module prepares. Everything here runs once per span on the ingestion hot path, so
 it avoids per-span allocations beyond the row tuple and the JSON string.
 """

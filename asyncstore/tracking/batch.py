@@ -2,7 +2,7 @@
 
 :meth:`Batch.validate` checks every metric, param and tag against MLflow's rules
 and limits and turns them into rows ready for the statements of
-:mod:`asyncstore.repos.runs_ingest`: metric rows deduplicated and sorted in
+:mod:`asyncstore.tracking.ingest`: metric rows deduplicated and sorted in
 primary-key order, and the batch's own latest candidate per metric key. It is on
 the hot path of log_batch (1000 metrics a call), so each distinct key is checked
 once per batch and plain finite floats skip the NaN/inf encoding.
@@ -13,8 +13,8 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+from asyncstore import rules as t
 from asyncstore.entities import Metric, Param, RunTag
-from asyncstore.repos import _tracking as t
 from asyncstore.schema import PARAM_VALUE_MAX, RUN_NAME_MAX, TAG_VALUE_MAX
 
 MAX_METRICS_PER_BATCH = 1000

@@ -40,8 +40,8 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 
 from asyncstore.config import Backend
 from asyncstore.errors import InvalidParameter, InvalidState
-from asyncstore.repos.span_rows import PreparedBatch
 from asyncstore.schema import trace_info
+from asyncstore.tracing.rows import PreparedBatch
 
 SPAN_CHUNK = 5000
 """Spans per statement: bounds the size of one message (~5 MB of 1 KB spans)."""

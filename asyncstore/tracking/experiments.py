@@ -15,12 +15,13 @@ from sqlalchemy import Row, case, delete, exists, insert, select, update
 from sqlalchemy.ext.asyncio import AsyncConnection
 from sqlalchemy.sql import ColumnElement
 
+from asyncstore import dialect as d
 from asyncstore import filters as f
+from asyncstore import rules as t
 from asyncstore.config import Backend
 from asyncstore.entities import Experiment, ExperimentTag, LifecycleStage, ViewType
 from asyncstore.errors import ErrorCode, InvalidState, NotFound
 from asyncstore.paging import Page, decode_token, encode_token, fingerprint
-from asyncstore.repos import _tracking as t
 from asyncstore.schema import (
     ARTIFACT_LOCATION_MAX,
     EXPERIMENT_NAME_MAX,
@@ -142,7 +143,7 @@ class ExperimentRepository:
                 )
             if pairs:
                 await conn.execute(
-                    t.upsert(backend, experiment_tags, ("key", "experiment_id"), ("value",)),
+                    d.upsert(backend, experiment_tags, ("key", "experiment_id"), ("value",)),
                     [{"experiment_id": exp_id, "key": k, "value": v} for k, v in sorted(pairs.items())],
                 )
             return str(exp_id)
@@ -222,7 +223,7 @@ class ExperimentRepository:
         for item in orders or [f.OrderBy("attribute", "creation_time", False)]:
             column: Any = experiments.c[item.key]
             if item.key == "name":
-                column = t.sortable(backend, column)
+                column = d.sortable(backend, column)
             order_cols += [case((column.is_(None), 1), else_=0), column.asc() if item.ascending else column.desc()]
             seen.add(item.key)
         if "experiment_id" not in seen:
@@ -237,7 +238,7 @@ class ExperimentRepository:
             more = len(rows) > max_results
             rows = rows[:max_results]
             tags: dict[int, dict[str, str]] = {r.experiment_id: {} for r in rows}
-            for chunk in t.chunks([r.experiment_id for r in rows]):
+            for chunk in d.chunks([r.experiment_id for r in rows]):
                 result = await conn.execute(
                     select(experiment_tags).where(experiment_tags.c.experiment_id.in_(chunk))
                 )
@@ -345,7 +346,7 @@ class ExperimentRepository:
         async def fn(conn: AsyncConnection) -> None:
             await self._require_stage(conn, exp_id, LifecycleStage.ACTIVE, "tag")
             await conn.execute(
-                t.upsert(backend, experiment_tags, ("key", "experiment_id"), ("value",)),
+                d.upsert(backend, experiment_tags, ("key", "experiment_id"), ("value",)),
                 [{"experiment_id": exp_id, "key": k, "value": v} for k, v in pairs.items()],
             )
             await conn.execute(
@@ -384,7 +385,7 @@ def string_comparison(backend: Backend, column: ColumnElement[Any], clause: f.Cl
     if clause.comparator == f.NE:
         return column != value
     if clause.comparator in (f.LIKE, f.ILIKE):
-        return t.like(backend, column, str(value), insensitive=clause.comparator == f.ILIKE)
+        return d.like(backend, column, str(value), insensitive=clause.comparator == f.ILIKE)
     if clause.comparator == f.IN:
         return column.in_(list(value))  # type: ignore[arg-type]
     if clause.comparator == f.NOT_IN:

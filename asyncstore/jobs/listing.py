@@ -11,8 +11,8 @@ from sqlalchemy.sql.elements import ColumnElement
 
 from asyncstore.entities import Job, JobStatus
 from asyncstore.errors import InvalidParameter
-from asyncstore.repos import job_rules as rules
-from asyncstore.repos import job_sql
+from asyncstore.jobs import rules
+from asyncstore.jobs import sql as job_sql
 from asyncstore.schema import jobs
 from asyncstore.uow import UnitOfWork
 

@@ -1,8 +1,8 @@
 """The traces repository: trace info, tags, request metadata, metrics, delete, search.
 
-Spans are written by :mod:`asyncstore.repos.spans`; a trace row may be created by
+Spans are written by :mod:`asyncstore.tracing.spans`; a trace row may be created by
 span ingestion before (or without) :meth:`TraceRepository.start`, which then
-completes it. Search lives in :mod:`asyncstore.repos.trace_search`.
+completes it. Search lives in :mod:`asyncstore.tracing.search`.
 """
 
 from __future__ import annotations
@@ -19,13 +19,10 @@ from sqlalchemy.dialects import sqlite as sqlite_dialect
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from asyncstore.config import Backend
+from asyncstore.dialect import upsert
 from asyncstore.entities import Page, Trace, TraceInfo, TraceState
 from asyncstore.errors import AlreadyExists, ErrorCode, InvalidParameter, NotFound
-from asyncstore.repos._tracking import now_ms, upsert
-from asyncstore.repos.span_rows import check_trace_id, parse_experiment_id
-from asyncstore.repos.spans import load_spans
-from asyncstore.repos.trace_delete import delete_traces
-from asyncstore.repos.trace_search import search_traces
+from asyncstore.rules import now_ms
 from asyncstore.schema import (
     KEY_MAX,
     TAG_VALUE_MAX,
@@ -35,6 +32,10 @@ from asyncstore.schema import (
     trace_request_metadata,
     trace_tags,
 )
+from asyncstore.tracing.delete import delete_traces
+from asyncstore.tracing.rows import check_trace_id, parse_experiment_id
+from asyncstore.tracing.search import search_traces
+from asyncstore.tracing.spans import load_spans
 from asyncstore.uow import UnitOfWork
 
 CLIENT_REQUEST_ID_MAX = 50

@@ -16,8 +16,8 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 
 from asyncstore.config import Backend
 from asyncstore.errors import InvalidParameter
-from asyncstore.repos.span_rows import check_trace_id, parse_experiment_id
 from asyncstore.schema import spans, trace_info
+from asyncstore.tracing.rows import check_trace_id, parse_experiment_id
 from asyncstore.uow import UnitOfWork
 
 DELETE_TRACE_CHUNK = 500

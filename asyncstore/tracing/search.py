@@ -17,12 +17,12 @@ from sqlalchemy import ColumnElement, and_, exists, func, or_, select
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from asyncstore import filters as f
+from asyncstore.dialect import like
 from asyncstore.entities import Page, TraceInfo
 from asyncstore.errors import InvalidParameter
 from asyncstore.paging import decode_token, encode_token, fingerprint
-from asyncstore.repos._tracking import like
-from asyncstore.repos.span_rows import parse_experiment_id
 from asyncstore.schema import spans, trace_info, trace_request_metadata, trace_tags
+from asyncstore.tracing.rows import parse_experiment_id
 from asyncstore.uow import UnitOfWork
 
 MAX_RESULTS = 1000

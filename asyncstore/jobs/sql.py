@@ -1,6 +1,6 @@
 """The job queue's backend-specific SQL, in one place: the clock, the claim, params matching.
 
-Everything else in :mod:`asyncstore.repos.jobs` is plain SQLAlchemy Core that renders
+Everything else in :mod:`asyncstore.jobs.queue` is plain SQLAlchemy Core that renders
 the same on every backend. The three things below differ per backend, so each is
 written out here, dispatched exhaustively on :class:`~asyncstore.config.Backend`, with
 the SQL it renders shown next to it. No user input is ever part of the SQL text:
@@ -15,7 +15,17 @@ import sys
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from sqlalchemy import BigInteger, Text, and_, bindparam, cast, func, literal_column, select, update
+from sqlalchemy import (
+    BigInteger,
+    Text,
+    and_,
+    bindparam,
+    cast,
+    func,
+    literal_column,
+    select,
+    update,
+)
 from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.ext.asyncio import AsyncConnection
 from sqlalchemy.sql.elements import ColumnElement

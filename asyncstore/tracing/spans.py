@@ -1,6 +1,6 @@
 """The spans repository: bulk ingestion and span queries.
 
-``log_spans`` is the ingestion hot path (see :mod:`asyncstore.repos.span_ingest`
+``log_spans`` is the ingestion hot path (see :mod:`asyncstore.tracing.ingest`
 for the statements); ``get_spans`` and ``search_spans`` read spans back as
 :class:`~asyncstore.entities.Span` objects rebuilt from their ``content`` JSON.
 """
@@ -16,16 +16,16 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 from asyncstore.entities import Page, Span, SpanStatus
 from asyncstore.errors import ErrorCode, InvalidParameter, NotFound
 from asyncstore.paging import decode_token, encode_token, fingerprint
-from asyncstore.repos.span_ingest import write_batch
-from asyncstore.repos.span_rows import (
+from asyncstore.schema import spans as spans_table
+from asyncstore.schema import trace_info
+from asyncstore.tracing.ingest import write_batch
+from asyncstore.tracing.rows import (
     check_trace_id,
     parent_first,
     parse_experiment_id,
     prepare,
     span_from_content,
 )
-from asyncstore.schema import spans as spans_table
-from asyncstore.schema import trace_info
 from asyncstore.uow import UnitOfWork
 
 MAX_SEARCH_RESULTS = 1000

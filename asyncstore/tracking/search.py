@@ -16,6 +16,7 @@ from sqlalchemy import (
     BigInteger,
     Boolean,
     CompoundSelect,
+    Integer,
     Row,
     Select,
     String,
@@ -24,7 +25,6 @@ from sqlalchemy import (
     bindparam,
     case,
     exists,
-    Integer,
     literal_column,
     null,
     or_,
@@ -36,12 +36,20 @@ from sqlalchemy.dialects.postgresql import ARRAY
 from sqlalchemy.ext.asyncio import AsyncConnection
 from sqlalchemy.sql import ColumnElement, FromClause
 
+from asyncstore import dialect as d
 from asyncstore import filters as f
+from asyncstore import rules as t
 from asyncstore.config import Backend
-from asyncstore.entities import LifecycleStage, Metric, RunData, RunInfo, RunStatus, ViewType
-from asyncstore.repos import _tracking as t
-from asyncstore.repos.experiments import NUMERIC_OPS, string_comparison
+from asyncstore.entities import (
+    LifecycleStage,
+    Metric,
+    RunData,
+    RunInfo,
+    RunStatus,
+    ViewType,
+)
 from asyncstore.schema import Double, latest_metrics, params, runs, tags
+from asyncstore.tracking.experiments import NUMERIC_OPS, string_comparison
 
 # Filter/order-by attribute key -> runs column name.
 ATTRIBUTE_COLUMNS: Mapping[str, str] = {
@@ -108,11 +116,11 @@ def _data_query(backend: Backend) -> CompoundSelect[Any]:
 
 _DATA_QUERIES = {backend: _data_query(backend) for backend in Backend}
 _IN_CHUNK = {
-    Backend.SQLITE: t.IN_CHUNK,
+    Backend.SQLITE: d.IN_CHUNK,
     # MariaDB turns an IN list of in_predicate_conversion_threshold (1000) values or
     # more into a join with a derived table, which it then answers with a full scan.
     Backend.MYSQL: 500,
-    Backend.POSTGRESQL: t.IN_CHUNK,  # unused: one array parameter
+    Backend.POSTGRESQL: d.IN_CHUNK,  # unused: one array parameter
 }
 
 
@@ -131,7 +139,7 @@ async def load_run_data(conn: AsyncConnection, backend: Backend, run_ids: Sequen
     query = _DATA_QUERIES[backend]
     size = len(run_ids) if backend is Backend.POSTGRESQL else _IN_CHUNK[backend]
     decode = t.decode_metric
-    for chunk in t.chunks(list(run_ids), max(size, 1)):
+    for chunk in d.chunks(list(run_ids), max(size, 1)):
         rows = (await conn.execute(query, {"run_ids": list(chunk)})).all()
         for kind, run_id, key, num, timestamp, step, is_nan, text in rows:
             if kind == _KIND_METRIC:
@@ -223,17 +231,17 @@ def search_query(
         elif order.entity in ("param", "tag"):
             table = (params if order.entity == "param" else tags).alias(f"order_{order.entity}_{i}")
             source = source.outerjoin(table, and_(table.c.run_uuid == runs.c.run_uuid, table.c.key == order.key))
-            order_cols += [case((table.c.value.is_(None), 1), else_=0), direction(t.sortable(backend, table.c.value))]
+            order_cols += [case((table.c.value.is_(None), 1), else_=0), direction(d.sortable(backend, table.c.value))]
         else:
             column: Any = runs.c[ATTRIBUTE_COLUMNS[order.key]]
             if order.key in _STRING_ATTRIBUTES:
-                column = t.sortable(backend, column)
+                column = d.sortable(backend, column)
             order_cols += [case((runs.c[ATTRIBUTE_COLUMNS[order.key]].is_(None), 1), else_=0), direction(column)]
             seen.add(order.key)
     if "start_time" not in seen:
         order_cols.append(runs.c.start_time.desc())
     if "run_id" not in seen:
-        order_cols.append(t.sortable(backend, runs.c.run_uuid).asc())
+        order_cols.append(d.sortable(backend, runs.c.run_uuid).asc())
     return select(runs).select_from(source).where(*conditions).order_by(*order_cols)
 
 

@@ -1,0 +1,106 @@
+"""SQL that differs per dialect, in one place.
+
+The backend's INSERT with its upsert clause, a LIKE that is case-sensitive on every
+backend, code-point ordering of strings, and the chunking of long ``IN`` lists.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from typing import Any
+
+from sqlalchemy import ColumnElement, Table, func
+from sqlalchemy.dialects import mysql as mysql_dialect
+from sqlalchemy.dialects import postgresql as pg_dialect
+from sqlalchemy.dialects import sqlite as sqlite_dialect
+from sqlalchemy.sql.dml import Insert
+from typing_extensions import assert_never
+
+from asyncstore.config import Backend
+
+IN_CHUNK = 1000
+"""Run ids per ``IN (...)`` list when loading the data of a page of runs: far below
+SQLite's 32766 bound-parameter limit, and large enough to keep round trips few."""
+
+def dialect_insert(backend: Backend, table: Table) -> Insert:
+    """An INSERT of the backend's dialect (so it has upsert methods)."""
+    if backend is Backend.SQLITE:
+        return sqlite_dialect.insert(table)
+    if backend is Backend.POSTGRESQL:
+        return pg_dialect.insert(table)
+    if backend is Backend.MYSQL:
+        return mysql_dialect.insert(table)
+    assert_never(backend)
+
+
+def upsert(backend: Backend, table: Table, keys: Sequence[str], update: Sequence[str]) -> Insert:
+    """INSERT ... ON CONFLICT (keys) DO UPDATE / ON DUPLICATE KEY UPDATE ``update``.
+
+    With ``update`` empty, a conflicting row is left as it is (DO NOTHING).
+    Execute it with a list of parameter dicts (executemany: one statement per batch).
+    """
+    stmt: Any = dialect_insert(backend, table)
+    if backend is Backend.MYSQL:
+        # MySQL has no DO NOTHING: assigning a key column to itself is a no-op update.
+        cols = update or [keys[0]]
+        return stmt.on_duplicate_key_update({c: stmt.inserted[c] for c in cols})  # type: ignore[no-any-return]
+    if not update:
+        return stmt.on_conflict_do_nothing(index_elements=list(keys))  # type: ignore[no-any-return]
+    return stmt.on_conflict_do_update(  # type: ignore[no-any-return]
+        index_elements=list(keys), set_={c: stmt.excluded[c] for c in update}
+    )
+
+
+def _like_to_glob(pattern: str) -> str:
+    """Translate a LIKE pattern (% _ and backslash escapes) into an equivalent GLOB."""
+    out: list[str] = []
+    i = 0
+    while i < len(pattern):
+        ch = pattern[i]
+        if ch == "\\" and i + 1 < len(pattern):
+            i += 1
+            ch = pattern[i]
+            out.append(f"[{ch}]" if ch in "*?[" else ch)
+        elif ch == "%":
+            out.append("*")
+        elif ch == "_":
+            out.append("?")
+        elif ch in "*?[":
+            out.append(f"[{ch}]")
+        else:
+            out.append(ch)
+        i += 1
+    return "".join(out)
+
+
+def like(backend: Backend, column: ColumnElement[Any], pattern: str, *, insensitive: bool) -> ColumnElement[bool]:
+    """A LIKE (case-sensitive) or ILIKE comparison that behaves the same on every backend.
+
+    ``%`` and ``_`` are wildcards and a backslash escapes the next character. SQLite's
+    LIKE ignores case, so there it becomes the equivalent GLOB.
+    """
+    if backend is Backend.SQLITE:
+        if insensitive:
+            return func.lower(column).op("GLOB")(_like_to_glob(pattern.lower()))
+        return column.op("GLOB")(_like_to_glob(pattern))
+    if backend is Backend.POSTGRESQL:
+        return column.ilike(pattern) if insensitive else column.like(pattern)
+    if backend is Backend.MYSQL:
+        # utf8mb4_bin columns: LIKE is case-sensitive; ILIKE compares lower-cased.
+        return func.lower(column).like(func.lower(pattern)) if insensitive else column.like(pattern)
+    assert_never(backend)
+
+
+def sortable(backend: Backend, column: ColumnElement[Any]) -> ColumnElement[Any]:
+    """A string column ordered by code point on every backend (PostgreSQL: "C" collation)."""
+    if backend is Backend.POSTGRESQL:
+        return column.collate("C")
+    if backend in (Backend.SQLITE, Backend.MYSQL):
+        return column  # BINARY / utf8mb4_bin already compare code points
+    assert_never(backend)
+
+
+def chunks(items: Sequence[str], size: int = IN_CHUNK) -> Iterable[Sequence[str]]:
+    """Split ``items`` into slices of at most ``size``."""
+    for start in range(0, len(items), size):
+        yield items[start : start + size]

@@ -1,1 +1,0 @@
-"""Async repositories, one module per noun."""
