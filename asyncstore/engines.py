@@ -18,15 +18,17 @@ import ssl
 import weakref
 from collections.abc import AsyncGenerator
 from typing import Any
+from urllib.parse import quote
 
 import sqlalchemy.pool
 from sqlalchemy import event
 from sqlalchemy.engine import URL, Connection, Dialect, Engine
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 from sqlalchemy.pool import ConnectionPoolEntry
+from sqlalchemy.util import asbool
 
 from asyncstore.config import Backend, StoreConfig, is_sqlite_memory
-from asyncstore.errors import ConfigurationError, InternalError, InvalidState
+from asyncstore.errors import ConfigurationError, DatabaseConnectError, InternalError, InvalidState
 from asyncstore.translate import connect_failure_is_transient, translate
 
 try:  # SQLAlchemy 2.1 renamed await_only to await_
@@ -318,3 +320,47 @@ def _install_sqlite_setup(engine: AsyncEngine, *, wal: bool, busy_timeout_ms: in
         # upgrade to a write one, it fails at once with "database is locked".
         mode = conn.get_execution_options().get("asyncstore_sqlite_begin", "DEFERRED")
         conn.exec_driver_sql(f"BEGIN {mode}")
+
+
+def sqlite_file(url: URL) -> str | None:
+    """The absolute path of the SQLite file that ``url`` opens read-write, else None.
+
+    None for a server database, an in-memory database, and a SQLite ``uri=true`` URL
+    (such as the read-only URL of :func:`create_readonly_engine`).
+    """
+    if url.get_backend_name() != "sqlite" or is_sqlite_memory(url) or asbool(url.query.get("uri", False)):
+        return None
+    return os.path.abspath(url.database or "")
+
+
+def create_readonly_engine(config: StoreConfig) -> AsyncEngine:
+    """An engine for calls that only look: it creates no file, directory or database.
+
+    A SQLite file is opened read-only (``mode=ro``), without pooling, and its
+    connections skip the set-up that writes (``journal_mode = WAL``). Any other URL
+    gets the usual engine: connecting to a server creates nothing, and an unknown
+    database is refused. The caller disposes the engine.
+
+    Raises:
+        DatabaseConnectError: the SQLite file does not exist ("no database at PATH").
+    """
+    path = sqlite_file(config.url)
+    if path is None:
+        return _create_engine(config)
+    if not os.path.isfile(path):
+        raise DatabaseConnectError(
+            f"no database at {path}; check the path, or create the database with `asyncstore db upgrade`"
+        )
+    _check_sqlite_version()
+    url = config.url.set(database=f"file:{quote(path)}").update_query_dict({"mode": "ro", "uri": "true"})
+    engine = create_async_engine(
+        url,
+        echo=config.echo,
+        poolclass=sqlalchemy.pool.NullPool,
+        connect_args={"timeout": config.sqlite_busy_timeout_ms / 1000},
+    )
+    _states[engine.sync_engine] = EngineState(
+        config=config, backend=Backend.SQLITE, write_lock=asyncio.Lock(), serialize_all=False
+    )
+    _install_sqlite_setup(engine, wal=False, busy_timeout_ms=config.sqlite_busy_timeout_ms)
+    return engine
