@@ -8,8 +8,10 @@
     asyncstore db check [URI]                      exit 0 when at head, 1 when out of date
 
 URI defaults to ``ASYNCSTORE_DATABASE_URI``, else ``sqlite:///asyncstore.db``. Any
-failure (a bad URI, an unreachable server, an unknown revision) is one line on
-stderr and exit code 2, never a traceback, and never shows a password.
+failure (a bad URI, an unreachable server, no database at that path or by that
+name, an unknown revision) is one line on stderr and exit code 2, never a
+traceback, and never shows a password. ``current`` and ``check`` only read: they
+create no file, directory, database or table.
 
 Adding a command: write ``def add_x_command(subparsers) -> None`` that calls
 ``subparsers.add_parser(...)`` and sets ``handler=`` (an ``async def
@@ -29,7 +31,7 @@ from typing import TYPE_CHECKING, Any
 from asyncstore import migrate
 from asyncstore.bench.runner import add_bench_command
 from asyncstore.config import StoreConfig
-from asyncstore.engines import create_engine
+from asyncstore.engines import create_engine, create_readonly_engine
 from asyncstore.errors import StoreError
 
 if TYPE_CHECKING:
@@ -75,7 +77,10 @@ def add_db_command(subparsers: Subparsers) -> None:
     down.set_defaults(handler=_db_downgrade)
 
     current = actions.add_parser(
-        "current", help="print the revision the database is at", description="Print the revision the database is at."
+        "current",
+        help="print the revision the database is at",
+        description="Print the revision the database is at. It only reads: a database that does not "
+        "exist is an error (exit 2), never created.",
     )
     current.add_argument("uri", nargs="?", default=None, metavar="URI", help=_URI_HELP)
     current.set_defaults(handler=_db_current)
@@ -84,7 +89,8 @@ def add_db_command(subparsers: Subparsers) -> None:
         "check",
         help="exit 0 when the database is at the latest revision, 1 when it is not",
         description="Exit 0 when the database is at the latest revision, 1 when it is out of "
-        "date (or empty), 2 when it cannot be reached.",
+        "date (or empty), 2 when it cannot be reached or does not exist. It only reads: it creates "
+        "no file, directory, database or table.",
     )
     check.add_argument("uri", nargs="?", default=None, metavar="URI", help=_URI_HELP)
     check.set_defaults(handler=_db_check)
@@ -164,14 +170,19 @@ def _password_of(raw: str) -> str | None:
 
 
 class _Engine:
-    """An engine for one command, disposed at the end (not kept in the cache)."""
+    """An engine for one command, disposed at the end (not kept in the cache).
 
-    def __init__(self, uri: str | None) -> None:
+    ``read_only``: for commands that only look; they create no database (see
+    :func:`~asyncstore.engines.create_readonly_engine`).
+    """
+
+    def __init__(self, uri: str | None, *, read_only: bool = False) -> None:
         self.config = StoreConfig.load(uri)
+        self.read_only = read_only
         self.engine: AsyncEngine | None = None
 
     async def __aenter__(self) -> AsyncEngine:
-        self.engine = create_engine(self.config)
+        self.engine = create_readonly_engine(self.config) if self.read_only else create_engine(self.config)
         return self.engine
 
     async def __aexit__(self, *exc: Any) -> None:
@@ -208,7 +219,7 @@ async def _db_downgrade(args: argparse.Namespace) -> int:
 
 
 async def _db_current(args: argparse.Namespace) -> int:
-    opened = _Engine(args.uri)
+    opened = _Engine(args.uri, read_only=True)
     async with opened as engine:
         _, line = await _describe(engine, opened.config)
     print(line)
@@ -216,7 +227,7 @@ async def _db_current(args: argparse.Namespace) -> int:
 
 
 async def _db_check(args: argparse.Namespace) -> int:
-    opened = _Engine(args.uri)
+    opened = _Engine(args.uri, read_only=True)
     async with opened as engine:
         current, line = await _describe(engine, opened.config)
     if current == migrate.head_revision():

@@ -25,8 +25,15 @@ from sqlalchemy.engine import URL, Connection
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from asyncstore.config import Backend, StoreConfig
-from asyncstore.engines import create_engine, engine_state
-from asyncstore.errors import InternalError, InvalidParameter, SchemaOutOfDate, StoreError, TemporarilyUnavailable
+from asyncstore.engines import create_engine, create_readonly_engine, engine_state, sqlite_file
+from asyncstore.errors import (
+    InternalError,
+    InvalidParameter,
+    InvalidState,
+    SchemaOutOfDate,
+    StoreError,
+    TemporarilyUnavailable,
+)
 from asyncstore.translate import translate
 
 # pg_advisory_lock key: the bytes of "asyncsto" as a signed 64-bit integer.
@@ -78,8 +85,44 @@ async def downgrade(engine: AsyncEngine, revision: str) -> None:
 
 
 async def current_revision(engine: AsyncEngine) -> str | None:
-    """The revision the database is at, or None for an empty database."""
+    """The revision the database is at, or None for an empty database.
 
+    It only reads: it creates no ``alembic_version`` table, and a SQLite file is read
+    through a read-only connection (a file that does not exist is an empty database,
+    and is not created).
+    """
+    path = sqlite_file(engine.url)
+    if path is None:
+        return await _read_revision(engine)
+    if not os.path.isfile(path):
+        return None
+    reader = create_readonly_engine(_config_of(engine))
+    try:
+        return await _read_revision(reader)
+    finally:
+        await reader.dispose()
+
+
+async def verify(engine: AsyncEngine) -> None:
+    """Raise SCHEMA_OUT_OF_DATE unless the database is at the head revision; it only reads."""
+    current = await current_revision(engine)
+    head = head_revision()
+    if current != head:
+        path = sqlite_file(engine.url)
+        if current is not None:
+            found = current
+        elif path is not None and not os.path.isfile(path):
+            found = f"none (no database at {path})"
+        else:
+            found = "none (an empty database)"
+        raise SchemaOutOfDate(
+            f"the database {engine_state(engine).config.safe_uri} is at revision {found}, "
+            f"this asyncstore needs {head}: run `asyncstore db upgrade` "
+            "(or open the store with upgrade=True)"
+        )
+
+
+async def _read_revision(engine: AsyncEngine) -> str | None:
     def read(conn: Connection) -> str | None:
         return MigrationContext.configure(conn).get_current_revision()
 
@@ -92,17 +135,12 @@ async def current_revision(engine: AsyncEngine) -> str | None:
         raise translate(exc) from exc
 
 
-async def verify(engine: AsyncEngine) -> None:
-    """Raise SCHEMA_OUT_OF_DATE unless the database is at the head revision."""
-    current = await current_revision(engine)
-    head = head_revision()
-    if current != head:
-        found = current or "none (an empty database)"
-        raise SchemaOutOfDate(
-            f"the database {engine_state(engine).config.safe_uri} is at revision {found}, "
-            f"this asyncstore needs {head}: run `asyncstore db upgrade` "
-            "(or open the store with upgrade=True)"
-        )
+def _config_of(engine: AsyncEngine) -> StoreConfig:
+    """The configuration ``engine`` was made with (its URL's, for an engine made elsewhere)."""
+    try:
+        return engine_state(engine).config
+    except InvalidState:
+        return StoreConfig.load(engine.url)
 
 
 async def run_locked(uri: str | URL | None, fn: Callable[[Connection], Any]) -> None:
