@@ -25,10 +25,11 @@ from sqlalchemy import event
 from sqlalchemy.engine import URL, Connection, Dialect, Engine
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 from sqlalchemy.pool import ConnectionPoolEntry
-from sqlalchemy.util import asbool
+from sqlalchemy.util import asbool, greenlet_spawn
 
 from asyncstore.config import Backend, StoreConfig, is_sqlite_memory
 from asyncstore.errors import ConfigurationError, DatabaseConnectError, InternalError, InvalidState
+from asyncstore.retry import Backoff, retrying
 from asyncstore.translate import connect_failure_is_transient, translate
 
 try:  # SQLAlchemy 2.1 renamed await_only to await_
@@ -263,33 +264,36 @@ def _check_sqlite_version() -> None:
 
 
 def _install_connect_retry(engine: AsyncEngine, config: StoreConfig) -> None:
-    """Retry failed connection attempts with exponential backoff.
+    """Retry failed connection attempts with exponential backoff (:func:`retrying`).
 
-    Runs inside SQLAlchemy's greenlet, so the wait is an ``await`` of the event loop,
-    not a blocking sleep. Permanent failures (credentials, unknown database) are
-    raised at once.
+    SQLAlchemy calls ``do_connect`` inside its greenlet: the retry loop is awaited
+    on the event loop (``_await``) and each attempt runs the driver's connect in a
+    greenlet of its own, so every wait is an ``await``, never a blocking sleep.
+    Permanent failures (credentials, unknown database) are raised at once.
     """
+    backoff = Backoff(base=config.connect_backoff, cap=_MAX_BACKOFF)
 
     @event.listens_for(engine.sync_engine, "do_connect")
     def _connect(dialect: Dialect, conn_rec: ConnectionPoolEntry, cargs: Any, cparams: Any) -> Any:
-        delay = config.connect_backoff
-        for attempt in range(config.connect_retries + 1):
-            try:
-                return dialect.connect(*cargs, **cparams)
-            except Exception as exc:
-                if attempt == config.connect_retries or not connect_failure_is_transient(exc):
-                    raise
-                log.warning(
-                    "connecting to %s failed (%s); attempt %d of %d, next in %.2fs",
-                    config.safe_uri,
-                    translate(exc).message,
-                    attempt + 1,
-                    config.connect_retries + 1,
-                    delay,
-                )
-                _await(asyncio.sleep(delay))
-                delay = min(delay * 2, _MAX_BACKOFF)
-        raise AssertionError("unreachable")  # pragma: no cover
+        def log_retry(exc: Exception, retry: int, delay: float) -> None:
+            log.warning(
+                "connecting to %s failed (%s); attempt %d of %d, next in %.2fs",
+                config.safe_uri,
+                translate(exc).message,
+                retry,
+                config.connect_retries + 1,
+                delay,
+            )
+
+        return _await(
+            retrying(
+                lambda: greenlet_spawn(dialect.connect, *cargs, **cparams),
+                retries=config.connect_retries,
+                backoff=backoff,
+                should_retry=connect_failure_is_transient,
+                on_retry=log_retry,
+            )
+        )
 
 
 def _install_sqlite_setup(engine: AsyncEngine, *, wal: bool, busy_timeout_ms: int) -> None:

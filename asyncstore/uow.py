@@ -18,7 +18,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import random
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from typing import TypeVar
 
@@ -27,13 +26,15 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 from asyncstore.config import Backend
 from asyncstore.engines import EngineState, engine_state
 from asyncstore.errors import ErrorCode, TemporarilyUnavailable
+from asyncstore.retry import Backoff, retrying
 from asyncstore.translate import classify, is_database_error, translate
 
 T = TypeVar("T")
 log = logging.getLogger(__name__)
 
-_RETRY_BASE = 0.02  # seconds; a deadlock victim usually wins on the next try
-_RETRY_CAP = 1.0
+# The first retry waits about 40 ms (a deadlock victim usually wins on the next try),
+# doubling up to 1 s; jittered so that the victims of one deadlock do not retry in step.
+_BACKOFF = Backoff(base=0.04, cap=1.0, jitter=True)
 
 
 class UnitOfWork:
@@ -92,33 +93,35 @@ class UnitOfWork:
         Raises:
             StoreError: the translated error once retries are exhausted or not allowed.
         """
+        # Whether running the call again is harmless even if the failed attempt's COMMIT
+        # took effect: an idempotent call (a read-only one would be too).
+        replay_safe = idempotent
+        progress = _Progress()
+
+        async def attempt() -> T:
+            progress.reset()
+            async with self._transaction(write, progress) as conn:
+                result = await fn(conn)
+                progress.committing = True  # leaving the block sends COMMIT
+            return result
+
+        def log_retry(exc: Exception, retry: int, delay: float) -> None:
+            found = classify(exc)
+            log.info("transient failure (%s); retry %d of %d in %.3fs", found and found.detail, retry, retries, delay)
+
         retries = self.state.config.transaction_retries
-        attempt = 0
-        while True:
-            progress = _Progress()
-            try:
-                async with self._transaction(write, progress) as conn:
-                    result = await fn(conn)
-                    progress.committing = True  # leaving the block sends COMMIT
-                return result
-            except Exception as exc:
-                if not is_database_error(exc):
-                    raise  # StoreError raised on purpose, or a bug in fn: not ours to translate
-                found = classify(exc)
-                retry = (
-                    found is not None
-                    and found.retryable
-                    and attempt < retries
-                    # A failed connect was already retried with backoff by the engine.
-                    and progress.connected
-                    and (idempotent or not progress.committing)
-                )
-                if not retry:
-                    raise translate(exc, messages) from exc
-                attempt += 1
-                delay = min(_RETRY_CAP, _RETRY_BASE * 2**attempt) * (0.5 + random.random())
-                log.info("transient failure (%s); retry %d of %d in %.3fs", found and found.detail, attempt, retries, delay)
-                await asyncio.sleep(delay)
+        try:
+            return await retrying(
+                attempt,
+                retries=retries,
+                backoff=_BACKOFF,
+                should_retry=lambda exc: progress.may_retry(exc, replay_safe=replay_safe),
+                on_retry=log_retry,
+            )
+        except Exception as exc:
+            if not is_database_error(exc):
+                raise  # StoreError raised on purpose, or a bug in fn: not ours to translate
+            raise translate(exc, messages) from exc
 
     @contextlib.asynccontextmanager
     async def _transaction(self, write: bool, progress: _Progress | None = None) -> AsyncIterator[AsyncConnection]:
@@ -194,8 +197,28 @@ class _Progress:
     __slots__ = ("committing", "connected")
 
     def __init__(self) -> None:
+        self.reset()
+
+    def reset(self) -> None:
+        """Start a new attempt: not connected, not committing."""
         self.connected = False
         self.committing = False
+
+    def may_retry(self, exc: Exception, *, replay_safe: bool) -> bool:
+        """Whether the attempt that raised ``exc`` may be run again.
+
+        Only a transient database failure, after the connection was made (a failed
+        connect was already retried with backoff by the engine), and before COMMIT was
+        sent unless the call is ``replay_safe`` (the outcome of an interrupted COMMIT
+        is unknown: running a write again could duplicate it).
+        """
+        found = classify(exc) if is_database_error(exc) else None
+        return (
+            found is not None
+            and found.retryable
+            and self.connected
+            and (replay_safe or not self.committing)
+        )
 
 
 async def _uncancellable(aw: Awaitable[None]) -> None:
