@@ -12,7 +12,7 @@ import dataclasses
 import enum
 import os
 from collections.abc import Callable, Mapping
-from typing import Any, TypeVar
+from typing import Any, Generic, TypeVar, cast
 
 from sqlalchemy.engine import URL, make_url
 from sqlalchemy.exc import ArgumentError
@@ -122,46 +122,102 @@ def is_sqlite_memory(url: URL) -> bool:
 
 
 @dataclasses.dataclass(frozen=True)
+class Setting(Generic[T]):
+    """One setting: its keyword, environment variable, parser, default and meaning.
+
+    :data:`SETTINGS` and :data:`JOB_SETTINGS` list every setting once; ``StoreConfig``,
+    its :meth:`~StoreConfig.load`, the job queue's retry policy and the README's
+    configuration tables all follow them.
+
+    Attributes:
+        keyword: the keyword argument (and ``StoreConfig`` field).
+        variable: the environment variable.
+        parse: checks and converts a keyword or variable value (``parse(label, value)``),
+            raising :class:`ConfigurationError` that names the label.
+        default: the value when neither keyword nor variable is given.
+        per_backend: backends whose default differs from ``default``.
+        meaning: one line saying what the setting does.
+    """
+
+    keyword: str
+    variable: str
+    parse: Callable[[str, Any], T]
+    default: T
+    meaning: str
+    per_backend: Mapping[Backend, T] = dataclasses.field(default_factory=dict)
+
+    def default_for(self, backend: Backend) -> T:
+        """The default on ``backend``."""
+        return self.per_backend.get(backend, self.default)
+
+    def describe_default(self) -> str:
+        """The default as the README shows it, e.g. ``"3600 for MySQL, else -1"``."""
+        text = _show(self.default)
+        for backend, value in self.per_backend.items():
+            text = f"{_show(value)} for {_BACKEND_NAMES[backend]}, else {text}"
+        return text
+
+    def pick(self, keyword_value: Any, env: Mapping[str, str], backend: Backend | None = None) -> T:
+        """Keyword value if given (not None), else the environment variable if set, else default."""
+        if keyword_value is not None:
+            return self.parse(f"keyword {self.keyword}", keyword_value)
+        if env.get(self.variable, "") != "":
+            return self.parse(self.variable, env[self.variable])
+        return self.default if backend is None else self.default_for(backend)
+
+
+_BACKEND_NAMES = {Backend.SQLITE: "SQLite", Backend.POSTGRESQL: "PostgreSQL", Backend.MYSQL: "MySQL"}
+
+
+def _show(value: object) -> str:
+    if value is None:
+        return "—"
+    if isinstance(value, bool):
+        return "on" if value else "off"
+    if isinstance(value, float):
+        return f"{value:g}"
+    return str(value)
+
+
+def _setting(
+    keyword: str, parse: Callable[[str, Any], T], default: T, meaning: str, **per_backend: T
+) -> Setting[T]:
+    return Setting(
+        keyword=keyword,
+        variable=ENV_PREFIX + keyword.upper(),
+        parse=parse,
+        default=default,
+        meaning=meaning,
+        per_backend={Backend(name): value for name, value in per_backend.items()},
+    )
+
+
+@dataclasses.dataclass(frozen=True)
 class StoreConfig:
     """Validated settings of one database connection pool.
 
-    Build it with :meth:`load`, which applies keyword > environment > default.
-    The instance is hashable: it is the engine cache key (with the event loop).
+    Build it with :meth:`load`, which applies keyword > environment > default. Each
+    field is a setting of :data:`SETTINGS` (its default and meaning are there); ``uri``
+    is the normalised async URI (password included: never log it, use
+    :attr:`safe_uri`). The instance is hashable: it is the engine cache key (with the
+    event loop).
     """
 
     uri: str
-    """Normalised async URI (password included: never log it, use :attr:`safe_uri`)."""
-    pool_size: int = 10
-    """Connections kept open in the pool (ignored by NullPool and StaticPool)."""
-    max_overflow: int = 10
-    """Extra connections allowed beyond pool_size under load."""
-    pool_timeout: float = 30.0
-    """Seconds a caller waits for a free connection before TEMPORARILY_UNAVAILABLE."""
-    pool_recycle: int = -1
-    """Seconds after which a connection is replaced; -1 never. MySQL defaults to 3600,
-    below the server's 8-hour wait_timeout, so the server never drops one under us."""
-    pool_pre_ping: bool = True
-    """Test a connection on checkout (one round trip) so one the server dropped is
-    replaced, not used. On by default for MySQL, whose servers drop idle connections
-    after wait_timeout. Off for PostgreSQL: a transaction that meets a dead pooled
-    connection fails before COMMIT, and the unit of work runs it again on a fresh one
-    (SQLAlchemy then recycles the whole stale pool), so the extra round trip on every
-    transaction buys nothing. Off for SQLite, which has no server."""
-    echo: bool = False
-    """Log every SQL statement (SQLAlchemy's echo)."""
-    poolclass: str | None = None
-    """Name of a SQLAlchemy pool class; None picks the default for the backend."""
-    connect_retries: int = 5
-    """How many times a failed connection attempt is retried (server still starting)."""
-    connect_backoff: float = 0.2
-    """First wait in seconds between connection attempts; doubles each time, capped at 5 s."""
-    transaction_retries: int = 3
-    """How many times a transaction that failed transiently is retried where safe."""
-    sqlite_busy_timeout_ms: int = 30_000
-    """How long SQLite waits for a lock held by another process before giving up."""
-    mysql_ssl_ca: str | None = None
-    mysql_ssl_cert: str | None = None
-    mysql_ssl_key: str | None = None
+    pool_size: int
+    max_overflow: int
+    pool_timeout: float
+    pool_recycle: int
+    pool_pre_ping: bool
+    echo: bool
+    poolclass: str | None
+    connect_retries: int
+    connect_backoff: float
+    transaction_retries: int
+    sqlite_busy_timeout_ms: int
+    mysql_ssl_ca: str | None
+    mysql_ssl_cert: str | None
+    mysql_ssl_key: str | None
 
     def __repr__(self) -> str:
         fields = ", ".join(
@@ -199,56 +255,29 @@ class StoreConfig:
             uri: the database URI; falls back to ``ASYNCSTORE_DATABASE_URI``, then
                 ``sqlite:///asyncstore.db``.
             environ: the environment to read (``os.environ`` when None).
-            **options: any field of :class:`StoreConfig` except ``uri``.
+            **options: any setting of :data:`SETTINGS` except ``uri``.
 
         Raises:
             ConfigurationError: an unknown option, or a value of the wrong type or range.
         """
         env = os.environ if environ is None else environ
-        unknown = set(options) - {f.name for f in dataclasses.fields(cls)} - {"uri"}
+        unknown = set(options) - set(SETTINGS)
         if unknown:
-            allowed = ", ".join(f.name for f in dataclasses.fields(cls) if f.name != "uri")
+            allowed = ", ".join(SETTINGS)
             raise ConfigurationError(
                 f"unknown option(s) {', '.join(sorted(unknown))}; allowed: {allowed}"
             )
-        raw_uri: str | URL = uri if uri is not None else env.get(
-            ENV_PREFIX + "DATABASE_URI", DEFAULT_URI
-        )
-        url = normalize_uri(raw_uri)
+        url = normalize_uri(uri if uri is not None else URI.pick(None, env))
         backend = backend_of(url)
-
-        def pick(name: str, parse: Callable[[str, Any], T], default: T) -> T:
-            if options.get(name) is not None:
-                return parse(f"keyword {name}", options[name])
-            var = ENV_PREFIX + name.upper()
-            if env.get(var, "") != "":
-                return parse(f"{var}", env[var])
-            return default
-
-        memory = is_sqlite_memory(url)
-        poolclass = pick("poolclass", _pool_class, None)
-        if memory and poolclass not in (None, "StaticPool"):
-            raise ConfigurationError(
-                f"poolclass {poolclass!r} cannot serve an in-memory SQLite database "
-                "(each connection would see an empty database); use StaticPool or a file URI"
-            )
-        config = cls(
-            uri=url.render_as_string(hide_password=False),
-            pool_size=pick("pool_size", _int(minimum=0), 10),
-            max_overflow=pick("max_overflow", _int(minimum=-1), 10),
-            pool_timeout=pick("pool_timeout", _float(minimum=0.0), 30.0),
-            pool_recycle=pick("pool_recycle", _int(minimum=-1), 3600 if backend is Backend.MYSQL else -1),
-            pool_pre_ping=pick("pool_pre_ping", _bool, backend is Backend.MYSQL),
-            echo=pick("echo", _bool, False),
-            poolclass="StaticPool" if memory else poolclass,
-            connect_retries=pick("connect_retries", _int(minimum=0), 5),
-            connect_backoff=pick("connect_backoff", _float(minimum=0.0), 0.2),
-            transaction_retries=pick("transaction_retries", _int(minimum=0), 3),
-            sqlite_busy_timeout_ms=pick("sqlite_busy_timeout_ms", _int(minimum=0), 30_000),
-            mysql_ssl_ca=pick("mysql_ssl_ca", _path, None),
-            mysql_ssl_cert=pick("mysql_ssl_cert", _path, None),
-            mysql_ssl_key=pick("mysql_ssl_key", _path, None),
-        )
+        values = {name: setting.pick(options.get(name), env, backend) for name, setting in SETTINGS.items()}
+        if is_sqlite_memory(url):
+            if values["poolclass"] not in (None, "StaticPool"):
+                raise ConfigurationError(
+                    f"poolclass {values['poolclass']!r} cannot serve an in-memory SQLite database "
+                    "(each connection would see an empty database); use StaticPool or a file URI"
+                )
+            values["poolclass"] = "StaticPool"
+        config = cls(uri=url.render_as_string(hide_password=False), **values)
         if config.pool_size == 0 and config.poolclass in (None, "AsyncAdaptedQueuePool"):
             raise ConfigurationError(
                 "pool_size 0 would let the pool grow without limit; give a size >= 1, "
@@ -313,3 +342,86 @@ def _path(label: str, value: Any) -> str:
     if not os.path.isfile(path):
         raise _bad(label, value, "expected the path of an existing, readable file")
     return str(path)
+
+
+def _uri(label: str, value: Any) -> str:
+    if not isinstance(value, str) or not value:
+        raise _bad(label, value, "expected a database URI such as sqlite:///asyncstore.db")
+    return value
+
+
+URI: Setting[str] = Setting(
+    keyword="uri",
+    variable=ENV_PREFIX + "DATABASE_URI",
+    parse=_uri,
+    default=DEFAULT_URI,
+    meaning="the database; plain sqlite, postgresql and mysql URIs are mapped to their async drivers",
+)
+"""The database URI (``StoreConfig.load``'s first argument)."""
+
+SETTINGS: dict[str, Setting[Any]] = {
+    s.keyword: s
+    for s in (
+        _setting("pool_size", _int(minimum=0), 10, "connections kept in the pool"),
+        _setting("max_overflow", _int(minimum=-1), 10, "extra connections allowed beyond pool_size under load"),
+        _setting(
+            "pool_timeout", _float(minimum=0.0), 30.0,
+            "seconds a caller waits for a free connection before TEMPORARILY_UNAVAILABLE",
+        ),
+        # MySQL servers drop idle connections after wait_timeout (8 h): replace them well before.
+        _setting(
+            "pool_recycle", _int(minimum=-1), -1,
+            "seconds after which a connection is replaced; -1 never", mysql=3600,
+        ),
+        # Off for PostgreSQL: a transaction that meets a dead pooled connection fails
+        # before COMMIT and the unit of work runs it again on a fresh one (SQLAlchemy then
+        # recycles the stale pool), so a round trip on every checkout buys nothing.
+        # Off for SQLite, which has no server. On for MySQL, whose servers drop idle
+        # connections after wait_timeout.
+        _setting(
+            "pool_pre_ping", _bool, False,
+            "test a connection on checkout (one round trip) so one the server dropped is replaced",
+            mysql=True,
+        ),
+        _setting("echo", _bool, False, "log every SQL statement (SQLAlchemy's echo)"),
+        _setting(
+            "poolclass", _pool_class, cast("str | None", None),
+            "name of a SQLAlchemy pool class; none picks the backend's default",
+        ),
+        _setting(
+            "connect_retries", _int(minimum=0), 5,
+            "retries of a failed connection attempt (server still starting)",
+        ),
+        _setting(
+            "connect_backoff", _float(minimum=0.0), 0.2,
+            "seconds before the first connection retry; doubles each time, capped at 5 s",
+        ),
+        _setting(
+            "transaction_retries", _int(minimum=0), 3,
+            "retries of a transaction that failed transiently, where safe",
+        ),
+        _setting(
+            "sqlite_busy_timeout_ms", _int(minimum=0), 30_000,
+            "milliseconds SQLite waits for a lock held by another process",
+        ),
+        _setting("mysql_ssl_ca", _path, cast("str | None", None), "CA certificate file for TLS to MySQL"),
+        _setting("mysql_ssl_cert", _path, cast("str | None", None), "client certificate file for TLS to MySQL"),
+        _setting("mysql_ssl_key", _path, cast("str | None", None), "client key file for TLS to MySQL"),
+    )
+}
+"""The pool and retry settings of :class:`StoreConfig`, by keyword, in the README's order."""
+
+
+def _job_setting(keyword: str, parse: Callable[[str, Any], T], default: T, meaning: str) -> Setting[T]:
+    return Setting(
+        keyword=keyword, variable=ENV_PREFIX + "JOB_" + keyword.upper(), parse=parse, default=default, meaning=meaning
+    )
+
+
+JOB_MAX_RETRIES = _job_setting("max_retries", _int(minimum=0), 3, "retries before retry_or_fail marks a job FAILED")
+JOB_BACKOFF_BASE = _job_setting(
+    "backoff_base", _float(minimum=0.0), 1.0, "seconds; the n-th retry waits min(cap, base * 2**n)"
+)
+JOB_BACKOFF_CAP = _job_setting("backoff_cap", _float(minimum=0.0), 300.0, "seconds; the longest wait before a retry")
+JOB_SETTINGS: dict[str, Setting[Any]] = {s.keyword: s for s in (JOB_MAX_RETRIES, JOB_BACKOFF_BASE, JOB_BACKOFF_CAP)}
+"""The job queue's retry settings, read when a job call needs them (a keyword of that call wins)."""

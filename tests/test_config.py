@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from pathlib import Path
 
@@ -9,7 +10,8 @@ import pytest
 from sqlalchemy.engine import make_url
 
 from asyncstore import ConfigurationError, InvalidParameter, StoreConfig, normalize_uri
-from asyncstore.config import DEFAULT_URI, Backend, redact
+from asyncstore.config import DEFAULT_URI, JOB_SETTINGS, SETTINGS, URI, Backend, redact
+from asyncstore.jobs.rules import RetryPolicy, retry_policy
 
 PASSWORD = "s3cr3t-Pa55"
 
@@ -204,3 +206,63 @@ def test_password_never_in_repr_str_errors_or_logs(caplog: pytest.LogCaptureFixt
     shown += [record.getMessage() for record in caplog.records]
     assert all(PASSWORD not in text for text in shown), shown
     assert "***" in config.safe_uri and "user" in config.safe_uri
+
+
+# --- one table of settings -------------------------------------------------------------
+
+README = Path(__file__).resolve().parent.parent / "README.md"
+
+
+def _readme_tables() -> list[list[list[str]]]:
+    """The markdown tables of the README's ``## Configuration`` section, cells unquoted."""
+    text = README.read_text(encoding="utf-8")
+    section = text.split("\n## Configuration\n", 1)[1].split("\n## ", 1)[0]
+    tables: list[list[list[str]]] = [[]]
+    for line in section.splitlines():
+        if not line.startswith("|"):
+            if tables[-1]:
+                tables.append([])
+            continue
+        cells = [cell.strip().strip("`") for cell in line.strip().strip("|").split("|")]
+        if not set(cells[0]) <= {"-", " "}:
+            tables[-1].append(cells)
+    return [table for table in tables if table]
+
+
+def test_readme_configuration_tables_list_exactly_the_settings_and_their_defaults() -> None:
+    store_table, job_table = _readme_tables()
+    assert store_table[0][:3] == ["variable", "keyword", "default"]
+    documented = [tuple(row[:3]) for row in store_table[1:]]
+    declared = [(s.variable, s.keyword, s.describe_default()) for s in (URI, *SETTINGS.values())]
+    assert documented == declared
+    assert job_table[0][:2] == ["variable", "default"]
+    assert [tuple(row[:2]) for row in job_table[1:]] == [
+        (s.variable, s.describe_default()) for s in JOB_SETTINGS.values()
+    ]
+
+
+@pytest.mark.parametrize("uri", ["sqlite:///x.db", "postgresql://u@h/db", "mysql://u@h/db"])
+def test_load_defaults_are_the_declared_ones(uri: str) -> None:
+    config = StoreConfig.load(uri, environ={})
+    assert {name: getattr(config, name) for name in SETTINGS} == {
+        name: setting.default_for(config.backend) for name, setting in SETTINGS.items()
+    }
+    assert [f.name for f in dataclasses.fields(StoreConfig)] == ["uri", *SETTINGS]
+    assert retry_policy(environ={}) == RetryPolicy(*(s.default for s in JOB_SETTINGS.values()))
+
+
+def test_public_api_is_static_and_names_every_entity_and_error() -> None:
+    import asyncstore
+    from asyncstore import entities, errors
+
+    public = set(asyncstore.__all__)
+    for module in (entities, errors):
+        classes = {
+            name
+            for name, value in vars(module).items()
+            if isinstance(value, type) and value.__module__ == module.__name__ and not name.startswith("_")
+        }
+        assert classes and classes <= public, classes - public
+    assert "Page" in public
+    assert all(getattr(asyncstore, name, None) is not None for name in asyncstore.__all__)
+    assert len(public) == len(asyncstore.__all__)

@@ -15,7 +15,7 @@ import os
 from collections.abc import Iterable, Mapping
 from typing import Any
 
-from asyncstore.config import ENV_PREFIX, _float, _int
+from asyncstore.config import JOB_BACKOFF_BASE, JOB_BACKOFF_CAP, JOB_MAX_RETRIES
 from asyncstore.entities import JobStatus
 from asyncstore.errors import InvalidParameter
 from asyncstore.schema import JOB_NAME_MAX
@@ -32,16 +32,6 @@ DEFAULT_LEASE_SECONDS = 60.0
 """A claimed job's lease unless the caller gives one: long enough for a heartbeat
 every 20 s to keep it with margin, short enough that a dead worker's job is back
 within a minute."""
-DEFAULT_MAX_RETRIES = 3
-"""MLflow's default number of retries."""
-DEFAULT_BACKOFF_BASE = 1.0
-"""Seconds the first retry waits; each further retry waits twice as long."""
-DEFAULT_BACKOFF_CAP = 300.0
-"""No retry waits longer than five minutes."""
-
-_MAX_RETRIES_VAR = ENV_PREFIX + "JOB_MAX_RETRIES"
-_BACKOFF_BASE_VAR = ENV_PREFIX + "JOB_BACKOFF_BASE"
-_BACKOFF_CAP_VAR = ENV_PREFIX + "JOB_BACKOFF_CAP"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -76,26 +66,18 @@ def retry_policy(
 ) -> RetryPolicy:
     """Resolve the retry policy: keyword, else environment variable, else default.
 
-    Variables: ``ASYNCSTORE_JOB_MAX_RETRIES`` (whole number >= 0, default 3),
-    ``ASYNCSTORE_JOB_BACKOFF_BASE`` and ``ASYNCSTORE_JOB_BACKOFF_CAP`` (seconds >= 0,
-    defaults 1 and 300).
+    The settings, their ``ASYNCSTORE_JOB_*`` variables and defaults are
+    :data:`asyncstore.config.JOB_SETTINGS` (defaults: 3 retries, MLflow's; 1 s first
+    wait; no wait longer than five minutes).
 
     Raises:
         ConfigurationError: a bad keyword or variable value, naming it.
     """
     env = os.environ if environ is None else environ
-
-    def pick(keyword: str, value: Any, var: str, parse: Any, default: Any) -> Any:
-        if value is not None:
-            return parse(f"keyword {keyword}", value)
-        if env.get(var, "") != "":
-            return parse(var, env[var])
-        return default
-
     return RetryPolicy(
-        max_retries=pick("max_retries", max_retries, _MAX_RETRIES_VAR, _int(minimum=0), DEFAULT_MAX_RETRIES),
-        backoff_base=pick("backoff_base", backoff_base, _BACKOFF_BASE_VAR, _float(minimum=0.0), DEFAULT_BACKOFF_BASE),
-        backoff_cap=pick("backoff_cap", backoff_cap, _BACKOFF_CAP_VAR, _float(minimum=0.0), DEFAULT_BACKOFF_CAP),
+        max_retries=JOB_MAX_RETRIES.pick(max_retries, env),
+        backoff_base=JOB_BACKOFF_BASE.pick(backoff_base, env),
+        backoff_cap=JOB_BACKOFF_CAP.pick(backoff_cap, env),
     )
 
 
