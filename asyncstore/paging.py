@@ -67,3 +67,18 @@ def decode_token(token: str, query: str) -> dict[str, Any]:
             "arguments (filter, order, ids) that produced it"
         )
     return dict(data["p"])
+
+
+def decode_offset(token: str | None, query: str) -> int:
+    """The row offset an offset-paged search's token holds (0 without a token).
+
+    Raises:
+        InvalidParameter: the token is malformed, belongs to another query or holds no
+            valid offset.
+    """
+    if token is None:
+        return 0
+    offset = decode_token(token, query).get("o")
+    if isinstance(offset, bool) or not isinstance(offset, int) or offset < 0:
+        raise InvalidParameter("page_token is damaged; pass the next_page_token of a previous page unchanged")
+    return offset

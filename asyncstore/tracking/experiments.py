@@ -7,8 +7,7 @@ milliseconds, experiment ids handed out as strings of digits.
 
 from __future__ import annotations
 
-import operator
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 from sqlalchemy import Row, case, delete, exists, insert, select, update
@@ -18,10 +17,10 @@ from sqlalchemy.sql import ColumnElement
 from asyncstore import dialect as d
 from asyncstore import filters as f
 from asyncstore import rules as t
-from asyncstore.config import Backend
+from asyncstore.conditions import check_view, clause_comparison, view_condition
 from asyncstore.entities import Experiment, ExperimentTag, LifecycleStage, ViewType
 from asyncstore.errors import ErrorCode, InvalidState, NotFound
-from asyncstore.paging import Page, decode_token, encode_token, fingerprint
+from asyncstore.paging import Page, decode_offset, encode_token, fingerprint
 from asyncstore.schema import (
     ARTIFACT_LOCATION_MAX,
     EXPERIMENT_NAME_MAX,
@@ -51,10 +50,6 @@ EXPERIMENT_GRAMMAR = f.Grammar(
 """MLflow's ``search_experiments`` grammar: name, times and tags (order by
 name, experiment_id, creation_time, last_update_time)."""
 
-NUMERIC_OPS: Mapping[str, Callable[[Any, Any], Any]] = {
-    f.EQ: operator.eq, f.NE: operator.ne, f.GT: operator.gt, f.GE: operator.ge, f.LT: operator.lt, f.LE: operator.le,
-}
-
 
 def _experiment(row: Row[Any], tags: Mapping[str, str]) -> Experiment:
     return Experiment(
@@ -74,25 +69,6 @@ def _check_name(name: object) -> str:
     if len(name) > EXPERIMENT_NAME_MAX:
         t.invalid(f"experiment name is {len(name)} characters long; the limit is {EXPERIMENT_NAME_MAX}")
     return name
-
-
-def _view_filter(view: ViewType, column: ColumnElement[Any]) -> ColumnElement[bool] | None:
-    view = ViewType(view) if isinstance(view, str) else view
-    if view is ViewType.ACTIVE_ONLY:
-        return column == LifecycleStage.ACTIVE.value
-    if view is ViewType.DELETED_ONLY:
-        return column == LifecycleStage.DELETED.value
-    if view is ViewType.ALL:
-        return None
-    t.invalid(f"view {view!r} is not valid; use ViewType.ACTIVE_ONLY, DELETED_ONLY or ALL")
-
-
-def check_view(view: object) -> ViewType:
-    """Validate a :class:`ViewType` (or its name)."""
-    try:
-        return ViewType(view)
-    except ValueError:
-        t.invalid(f"view {view!r} is not valid; use ViewType.ACTIVE_ONLY, DELETED_ONLY or ALL")
 
 
 class ExperimentRepository:
@@ -213,9 +189,9 @@ class ExperimentRepository:
         orders = f.parse_order_by(order_by, EXPERIMENT_GRAMMAR)
         max_results = t.check_max_results(max_results)
         query_id = fingerprint("experiments", view.value, filter_string or "", list(order_by))
-        offset = _offset(page_token, query_id)
+        offset = decode_offset(page_token, query_id)
         backend = self._uow.backend
-        conditions = [c for c in (_view_filter(view, experiments.c.lifecycle_stage),) if c is not None]
+        conditions = [c for c in (view_condition(view, experiments.c.lifecycle_stage),) if c is not None]
         for clause in clauses:
             conditions.append(self._condition(clause))
         order_cols: list[Any] = []
@@ -256,12 +232,9 @@ class ExperimentRepository:
             return exists().where(
                 experiment_tags.c.experiment_id == experiments.c.experiment_id,
                 experiment_tags.c.key == clause.key,
-                string_comparison(backend, value, clause),
+                clause_comparison(backend, value, clause),
             )
-        column = experiments.c[clause.key]
-        if clause.key == "name":
-            return string_comparison(backend, column, clause)
-        return NUMERIC_OPS[clause.comparator](column, clause.value)  # type: ignore[no-any-return]
+        return clause_comparison(backend, experiments.c[clause.key], clause)
 
     async def rename(self, experiment_id: str | int, new_name: str) -> None:
         """Rename an active experiment.
@@ -375,32 +348,6 @@ class ExperimentRepository:
                 raise NotFound(f"experiment {exp_id} has no tag {key!r}")
 
         await self._uow.run(fn)
-
-
-def string_comparison(backend: Backend, column: ColumnElement[Any], clause: f.Clause) -> ColumnElement[bool]:
-    """``column <comparator> value`` for a string clause (= != LIKE ILIKE IN NOT IN)."""
-    value = clause.value
-    if clause.comparator == f.EQ:
-        return column == value
-    if clause.comparator == f.NE:
-        return column != value
-    if clause.comparator in (f.LIKE, f.ILIKE):
-        return d.like(backend, column, str(value), insensitive=clause.comparator == f.ILIKE)
-    if clause.comparator == f.IN:
-        return column.in_(list(value))  # type: ignore[arg-type]
-    if clause.comparator == f.NOT_IN:
-        return column.not_in(list(value))  # type: ignore[arg-type]
-    t.invalid(f"comparator {clause.comparator} is not supported here")
-
-
-def _offset(page_token: str | None, query_id: str) -> int:
-    if page_token is None:
-        return 0
-    position = decode_token(page_token, query_id)
-    offset = position.get("o")
-    if isinstance(offset, bool) or not isinstance(offset, int) or offset < 0:
-        t.invalid("page_token is damaged; pass the next_page_token of a previous page unchanged")
-    return offset
 
 
 __all__ = ["EXPERIMENT_GRAMMAR", "ExperimentRepository"]

@@ -21,6 +21,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 from asyncstore import dialect as d
 from asyncstore import filters as f
 from asyncstore import rules as t
+from asyncstore.conditions import check_view
 from asyncstore.entities import (
     LifecycleStage,
     Metric,
@@ -34,7 +35,13 @@ from asyncstore.entities import (
     ViewType,
 )
 from asyncstore.errors import InvalidState, NotFound
-from asyncstore.paging import Page, decode_token, encode_token, fingerprint
+from asyncstore.paging import (
+    Page,
+    decode_offset,
+    decode_token,
+    encode_token,
+    fingerprint,
+)
 from asyncstore.schema import (
     ARTIFACT_URI_MAX,
     RUN_NAME_MAX,
@@ -46,7 +53,6 @@ from asyncstore.schema import (
 from asyncstore.schema import metrics as metric_table
 from asyncstore.schema import tags as run_tags
 from asyncstore.tracking.batch import RUN_NAME_TAG, Batch
-from asyncstore.tracking.experiments import check_view
 from asyncstore.tracking.ingest import write_batch
 from asyncstore.tracking.search import load_run_data, run_info, search_query
 from asyncstore.uow import UnitOfWork
@@ -63,7 +69,7 @@ _NOUNS = ("badger", "crane", "dolphin", "falcon", "fox", "hare", "heron", "lark"
 
 def generate_run_name() -> str:
     """A readable random run name such as ``brave-otter-417`` (MLflow style)."""
-    return f"{random.choice(_ADJECTIVES)}-{random.choice(_NOUNS)}-{random.randint(0, 999)}"  # noqa: S311
+    return f"{random.choice(_ADJECTIVES)}-{random.choice(_NOUNS)}-{random.randint(0, 999)}"
 
 
 class RunRepository:
@@ -442,11 +448,7 @@ class RunRepository:
         orders = f.parse_order_by(order_by, f.RUN_GRAMMAR)
         max_results = t.check_max_results(max_results)
         query_id = fingerprint("runs", exp_ids, view.value, filter_string or "", list(order_by))
-        offset = 0
-        if page_token is not None:
-            offset = decode_token(page_token, query_id).get("o", -1)
-            if isinstance(offset, bool) or not isinstance(offset, int) or offset < 0:
-                t.invalid("page_token is damaged; pass the next_page_token of a previous page unchanged")
+        offset = decode_offset(page_token, query_id)
         query = search_query(self._uow.backend, exp_ids, view, clauses, orders).limit(max_results + 1).offset(offset)
 
         async def fn(conn: AsyncConnection) -> Page[Run]:
@@ -458,8 +460,6 @@ class RunRepository:
             return Page([Run(run_info(r), data[r.run_uuid]) for r in rows], token)
 
         return await self._uow.run(fn, write=False)
-
-
 
 
 class _RowLike:

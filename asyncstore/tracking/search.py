@@ -39,6 +39,7 @@ from sqlalchemy.sql import ColumnElement, FromClause
 from asyncstore import dialect as d
 from asyncstore import filters as f
 from asyncstore import rules as t
+from asyncstore.conditions import clause_comparison, compare, view_condition
 from asyncstore.config import Backend
 from asyncstore.entities import (
     LifecycleStage,
@@ -49,7 +50,6 @@ from asyncstore.entities import (
     ViewType,
 )
 from asyncstore.schema import Double, latest_metrics, params, runs, tags
-from asyncstore.tracking.experiments import NUMERIC_OPS, string_comparison
 
 # Filter/order-by attribute key -> runs column name.
 ATTRIBUTE_COLUMNS: Mapping[str, str] = {
@@ -155,17 +155,6 @@ async def load_run_data(conn: AsyncConnection, backend: Backend, run_ids: Sequen
     }
 
 
-def view_condition(view: ViewType) -> ColumnElement[bool] | None:
-    """The lifecycle condition on ``runs`` for a view type."""
-    if view is ViewType.ACTIVE_ONLY:
-        return runs.c.lifecycle_stage == LifecycleStage.ACTIVE.value
-    if view is ViewType.DELETED_ONLY:
-        return runs.c.lifecycle_stage == LifecycleStage.DELETED.value
-    if view is ViewType.ALL:
-        return None
-    t.invalid(f"view {view!r} is not valid")  # pragma: no cover - check_view ran first
-
-
 def _numeric_value(clause: f.Clause) -> float | int:
     value = clause.value
     if not isinstance(value, (int, float)):  # pragma: no cover - the grammar guarantees it
@@ -185,9 +174,9 @@ def clause_condition(backend: Backend, clause: f.Clause) -> ColumnElement[bool]:
         lm = latest_metrics.c
         value = _numeric_value(clause)
         if clause.comparator == f.NE:  # NaN differs from every number
-            test: ColumnElement[bool] = or_(lm.is_nan == True, lm.value != value)  # noqa: E712
+            test: ColumnElement[bool] = or_(lm.is_nan == True, lm.value != value)
         else:
-            test = and_(lm.is_nan == False, NUMERIC_OPS[clause.comparator](lm.value, value))  # noqa: E712
+            test = and_(lm.is_nan == False, compare(backend, lm.value, clause.comparator, value))
         return exists().where(lm.run_uuid == runs.c.run_uuid, lm.key == clause.key, test)
     if clause.entity in ("param", "tag"):
         table = params if clause.entity == "param" else tags
@@ -196,12 +185,12 @@ def clause_condition(backend: Backend, clause: f.Clause) -> ColumnElement[bool]:
             return ~exists().where(keyed)
         if clause.comparator == f.IS_NOT_NULL:
             return exists().where(keyed)
-        return exists().where(keyed, string_comparison(backend, table.c.value, clause))
+        return exists().where(keyed, clause_comparison(backend, table.c.value, clause))
     if clause.entity == "attribute":
         column = runs.c[ATTRIBUTE_COLUMNS[clause.key]]
         if clause.key in _STRING_ATTRIBUTES:
-            return string_comparison(backend, column, clause)
-        return NUMERIC_OPS[clause.comparator](column, _numeric_value(clause))  # type: ignore[no-any-return]
+            return clause_comparison(backend, column, clause)
+        return compare(backend, column, clause.comparator, _numeric_value(clause))
     t.invalid(f"unknown entity {clause.entity!r}")  # pragma: no cover - the grammar guarantees it
 
 
@@ -214,7 +203,7 @@ def search_query(
 ) -> Select[Any]:
     """The search statement: runs rows, filtered and ordered, without LIMIT/OFFSET."""
     conditions = [runs.c.experiment_id.in_(list(experiment_ids))]
-    lifecycle = view_condition(view)
+    lifecycle = view_condition(view, runs.c.lifecycle_stage)
     if lifecycle is not None:
         conditions.append(lifecycle)
     conditions += [clause_condition(backend, c) for c in clauses]
@@ -226,7 +215,7 @@ def search_query(
         if order.entity == "metric":
             lm = latest_metrics.alias(f"order_lm_{i}")
             source = source.outerjoin(lm, and_(lm.c.run_uuid == runs.c.run_uuid, lm.c.key == order.key))
-            rank = case((lm.c.is_nan == True, 1), (lm.c.value.is_(None), 2), else_=0)  # noqa: E712
+            rank = case((lm.c.is_nan == True, 1), (lm.c.value.is_(None), 2), else_=0)
             order_cols += [rank, direction(lm.c.value)]
         elif order.entity in ("param", "tag"):
             table = (params if order.entity == "param" else tags).alias(f"order_{order.entity}_{i}")
@@ -245,4 +234,4 @@ def search_query(
     return select(runs).select_from(source).where(*conditions).order_by(*order_cols)
 
 
-__all__ = ["ATTRIBUTE_COLUMNS", "clause_condition", "load_run_data", "run_info", "search_query", "view_condition"]
+__all__ = ["ATTRIBUTE_COLUMNS", "clause_condition", "load_run_data", "run_info", "search_query"]

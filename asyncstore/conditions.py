@@ -1,0 +1,88 @@
+"""SQL conditions every search shares: a comparator on a column, and the lifecycle view.
+
+:mod:`asyncstore.filters` parses a filter string into clauses with canonical
+comparators; :func:`compare` turns one comparator and its value into a SQLAlchemy
+condition with the value bound, the same way for experiments, runs and traces
+(``LIKE`` / ``ILIKE`` through :func:`asyncstore.dialect.like`, so they behave the
+same on every backend). :func:`view_condition` is the ``lifecycle_stage`` filter of
+a :class:`~asyncstore.entities.ViewType`, shared by experiment and run search.
+"""
+
+from __future__ import annotations
+
+import operator
+from collections.abc import Callable, Mapping
+from typing import Any
+
+from sqlalchemy import ColumnElement
+
+from asyncstore import filters as f
+from asyncstore.config import Backend
+from asyncstore.dialect import like
+from asyncstore.entities import LifecycleStage, ViewType
+from asyncstore.errors import InvalidParameter
+
+_OPERATORS: Mapping[str, Callable[[Any, Any], Any]] = {
+    f.EQ: operator.eq, f.NE: operator.ne, f.GT: operator.gt, f.GE: operator.ge, f.LT: operator.lt, f.LE: operator.le,
+}
+
+_VIEW_STAGES: Mapping[ViewType, LifecycleStage | None] = {
+    ViewType.ACTIVE_ONLY: LifecycleStage.ACTIVE,
+    ViewType.DELETED_ONLY: LifecycleStage.DELETED,
+    ViewType.ALL: None,
+}
+
+
+def compare(backend: Backend, column: ColumnElement[Any], comparator: str, value: Any) -> ColumnElement[bool]:
+    """``column <comparator> value`` with ``value`` bound.
+
+    Args:
+        backend: the backend the condition runs on (LIKE differs per backend).
+        column: the column (or expression) compared.
+        comparator: a canonical comparator of :mod:`asyncstore.filters` other than
+            ``IS NULL`` / ``IS NOT NULL``: = != > >= < <= LIKE ILIKE IN NOT IN.
+        value: the literal; a sequence of strings for IN / NOT IN.
+
+    Raises:
+        InvalidParameter: a comparator this function does not know.
+    """
+    if comparator in (f.LIKE, f.ILIKE):
+        return like(backend, column, str(value), insensitive=comparator == f.ILIKE)
+    if comparator == f.IN:
+        return column.in_(list(value))
+    if comparator == f.NOT_IN:
+        return column.not_in(list(value))
+    op = _OPERATORS.get(comparator)
+    if op is None:
+        raise InvalidParameter(f"comparator {comparator} is not supported here")
+    return op(column, value)  # type: ignore[no-any-return]
+
+
+def clause_comparison(backend: Backend, column: ColumnElement[Any], clause: f.Clause) -> ColumnElement[bool]:
+    """``column <comparator> value`` for a parsed clause (see :func:`compare`)."""
+    return compare(backend, column, clause.comparator, clause.value)
+
+
+def check_view(view: object) -> ViewType:
+    """Validate a :class:`ViewType` (or its name).
+
+    Raises:
+        InvalidParameter: anything else.
+    """
+    try:
+        return ViewType(view)
+    except ValueError:
+        raise InvalidParameter(f"view {view!r} is not valid; use ViewType.ACTIVE_ONLY, DELETED_ONLY or ALL") from None
+
+
+def view_condition(view: ViewType | str, column: ColumnElement[Any]) -> ColumnElement[bool] | None:
+    """The condition on a ``lifecycle_stage`` column for a view (None for ALL).
+
+    Raises:
+        InvalidParameter: ``view`` is not a :class:`ViewType` or its name.
+    """
+    stage = _VIEW_STAGES[check_view(view)]
+    return None if stage is None else column == stage.value
+
+
+__all__ = ["check_view", "clause_comparison", "compare", "view_condition"]
