@@ -31,11 +31,7 @@ MetricRow = tuple[str, int, int, float, bool]
 """A metric row as written: (key, timestamp, step, stored value, is_nan), the
 primary-key order of ``metrics`` (run_uuid aside)."""
 Rank = tuple[int, int, float, bool]
-
-
-def metric_rank(step: int, timestamp: int, value: float, is_nan: bool) -> Rank:
-    """MLflow's order for the latest value: (step, timestamp, value); is_nan breaks the last tie."""
-    return (step, timestamp, value, is_nan)
+"""MLflow's order for the latest value: (step, timestamp, value); is_nan breaks the last tie."""
 
 
 class Batch:
@@ -121,4 +117,4 @@ class Batch:
         self.metric_rows = sorted(rows)
 
 
-__all__ = ["Batch", "MAX_METRICS_PER_BATCH", "MetricRow", "RUN_NAME_TAG", "Rank", "metric_rank"]
+__all__ = ["MAX_METRICS_PER_BATCH", "RUN_NAME_TAG", "Batch", "MetricRow", "Rank"]
