@@ -21,6 +21,7 @@ import tempfile
 import aiomysql
 import asyncpg
 from sqlalchemy.engine import URL, make_url
+from typing_extensions import assert_never
 
 from asyncstore.config import Backend, backend_of, is_sqlite_memory, redact
 from asyncstore.errors import ConfigurationError
@@ -96,8 +97,8 @@ class ScratchDatabase:
                     await cur.execute(f"DROP DATABASE IF EXISTS `{self.name}`")
             finally:
                 my.close()
-        else:  # pragma: no cover - exhaustive
-            raise AssertionError(self.backend)
+        else:
+            assert_never(self.backend)
         self.dropped = True
 
 
@@ -150,7 +151,7 @@ async def create_scratch(uri: str | None, label: str) -> ScratchDatabase:
             my.close()
         flavour = "MariaDB" if "mariadb" in str(version).lower() else "MySQL"
         return ScratchDatabase(backend, url.set(database=name), name, None, f"{flavour} {version}", url)
-    raise AssertionError(backend)  # pragma: no cover - exhaustive
+    assert_never(backend)
 
 
 async def exists(scratch: ScratchDatabase) -> bool:
