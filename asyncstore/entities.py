@@ -5,10 +5,10 @@ Repositories return these, never ORM rows, so nothing lazy crosses an await.
 
 from __future__ import annotations
 
-import dataclasses  # noqa: F401  (used by the sections below)
-import enum  # noqa: F401
-from collections.abc import Mapping  # noqa: F401
-from typing import Any  # noqa: F401
+import dataclasses
+import enum
+from collections.abc import Mapping
+from typing import Any
 
 from asyncstore.paging import Page
 
@@ -347,8 +347,29 @@ class RequeueResult:
     requeued: int
     timed_out: int
 
-__all__ = sorted(
-    name
-    for name, value in list(globals().items())
-    if isinstance(value, type) and value.__module__ == __name__
-) + ["Page"]
+
+__all__ = [
+    "Experiment",
+    "ExperimentTag",
+    "Job",
+    "JobStatus",
+    "LifecycleStage",
+    "Metric",
+    "NewJob",
+    "Page",
+    "Param",
+    "RequeueResult",
+    "Run",
+    "RunData",
+    "RunInfo",
+    "RunMetric",
+    "RunStatus",
+    "RunTag",
+    "Span",
+    "SpanEvent",
+    "SpanStatus",
+    "Trace",
+    "TraceInfo",
+    "TraceState",
+    "ViewType",
+]

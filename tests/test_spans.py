@@ -302,14 +302,17 @@ async def test_search_spans_filters_and_pages(store: AsyncStore) -> None:
 
 
 @pytest.mark.parametrize("force_json", [False, True], ids=["default-encoder", "json-module"])
-async def test_content_encoding_same_with_or_without_orjson(
+async def test_content_encoding_same_with_orjson_or_the_json_module(
     store: AsyncStore, monkeypatch: pytest.MonkeyPatch, force_json: bool
 ) -> None:
-    """orjson is optional (used when installed): what is accepted and read back must not depend on it."""
+    """The json module encodes what orjson refuses: what is accepted and read back must not depend on the encoder."""
     from asyncstore.tracing import rows as span_rows
 
     if force_json:
-        monkeypatch.setattr(span_rows, "_orjson", None)
+        def refuse(doc: object, option: int = 0) -> bytes:
+            raise TypeError("refused")
+
+        monkeypatch.setattr(span_rows.orjson, "dumps", refuse)  # the json module encodes everything
     exp = await make_experiment(store)
     tid = new_trace_id()
     odd = {
