@@ -181,9 +181,10 @@ async def _check_foreign_keys(conn: AsyncConnection) -> None:
     """SQLite migrates with foreign keys off: refuse to commit rows they would reject."""
     broken = (await conn.exec_driver_sql("PRAGMA foreign_key_check")).fetchall()
     if broken:
+        table, rowid = tuple(broken[0])[:2]
         raise InternalError(
             f"the migration left {len(broken)} row(s) whose foreign keys point nowhere "
-            f"(first: table {broken[0][0]}, rowid {broken[0][1]}); nothing was changed"
+            f"(first: table {table}, rowid {rowid}); nothing was changed"
         )
 
 
