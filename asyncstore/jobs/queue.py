@@ -383,9 +383,7 @@ class JobRepository:
 
         async def fn(conn: AsyncConnection) -> int | None:
             query = select(jobs.c.status, jobs.c.retry_count).where(jobs.c.id == job_id)
-            if backend is not Backend.SQLITE:  # SQLite: BEGIN IMMEDIATE holds the write lock
-                query = query.with_for_update()
-            row = (await conn.execute(query)).first()
+            row = (await conn.execute(job_sql.for_update(backend, query))).first()
             if row is None or row.status != int(_R):
                 await _refuse(conn, "retry_or_fail", job_id)
             seen = int(row.retry_count)
@@ -422,14 +420,10 @@ class JobRepository:
         backend = self._backend
 
         async def fn(conn: AsyncConnection) -> Job:
-            if backend is Backend.MYSQL:  # MariaDB has no UPDATE ... RETURNING
-                if (await conn.execute(stmt)).rowcount == 1:
-                    return job_sql.to_job((await conn.execute(select(jobs).where(jobs.c.id == job_id))).one())
-            else:
-                returned = (await conn.execute(stmt.returning(*jobs.c))).first()
-                if returned is not None:
-                    return job_sql.to_job(returned)
-            await _refuse(conn, op, job_id)
+            row = await job_sql.update_one(conn, backend, stmt, job_id)
+            if row is None:
+                await _refuse(conn, op, job_id)
+            return job_sql.to_job(row)
 
         return await self._uow.run(fn)
 

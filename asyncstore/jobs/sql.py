@@ -1,7 +1,7 @@
-"""The job queue's backend-specific SQL, in one place: the clock, the claim, params matching.
+"""The job queue's backend-specific SQL, in one place: the clock, locks and updates, the claim, params matching.
 
 Everything else in :mod:`asyncstore.jobs.queue` is plain SQLAlchemy Core that renders
-the same on every backend. The three things below differ per backend, so each is
+the same on every backend. The things below differ per backend, so each is
 written out here, dispatched exhaustively on :class:`~asyncstore.config.Backend`, with
 the SQL it renders shown next to it. No user input is ever part of the SQL text:
 job names, ids, times and params filters are bound parameters.
@@ -27,6 +27,7 @@ from sqlalchemy import (
 )
 from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.ext.asyncio import AsyncConnection
+from sqlalchemy.sql.dml import Update
 from sqlalchemy.sql.elements import ColumnElement
 from sqlalchemy.sql.selectable import Select
 from typing_extensions import assert_never
@@ -64,6 +65,39 @@ def now_ms(backend: Backend) -> ColumnElement[int]:
 async def read_now_ms(conn: AsyncConnection, backend: Backend) -> int:
     """Read the database clock: ``SELECT <now_ms>``."""
     return int((await conn.execute(select(now_ms(backend)))).scalar_one())
+
+
+# --- locking and updating one job --------------------------------------------------------
+
+
+def for_update(backend: Backend, query: Select[Any]) -> Select[Any]:
+    """``query`` locking the rows it reads until the transaction ends.
+
+    PostgreSQL and MySQL/MariaDB: ``SELECT ... FOR UPDATE``. SQLite: the query as it
+    is; the unit of work begins write transactions with ``BEGIN IMMEDIATE``, which
+    holds the database's single write lock already.
+    """
+    if backend is Backend.POSTGRESQL or backend is Backend.MYSQL:
+        return query.with_for_update()
+    if backend is Backend.SQLITE:
+        return query
+    assert_never(backend)
+
+
+async def update_one(conn: AsyncConnection, backend: Backend, stmt: Update, job_id: str) -> Any | None:
+    """Run a guarded UPDATE of job ``job_id``; return its updated row, or None when it matched none.
+
+    PostgreSQL and SQLite: ``UPDATE ... RETURNING *``. MySQL/MariaDB, which has no
+    UPDATE ... RETURNING: the UPDATE, then ``SELECT * FROM jobs WHERE id = :job_id``
+    when it changed a row.
+    """
+    if backend is Backend.POSTGRESQL or backend is Backend.SQLITE:
+        return (await conn.execute(stmt.returning(*jobs.c))).first()
+    if backend is Backend.MYSQL:
+        if (await conn.execute(stmt)).rowcount != 1:
+            return None
+        return (await conn.execute(select(jobs).where(jobs.c.id == job_id))).one()
+    assert_never(backend)
 
 
 # --- claiming ----------------------------------------------------------------------------
