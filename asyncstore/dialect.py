@@ -6,8 +6,8 @@ backend, code-point ordering of strings, and the chunking of long ``IN`` lists.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
-from typing import Any
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from typing import Any, TypeVar
 
 from sqlalchemy import ColumnElement, Table, func
 from sqlalchemy.dialects import mysql as mysql_dialect
@@ -17,6 +17,8 @@ from sqlalchemy.sql.dml import Insert
 from typing_extensions import assert_never
 
 from asyncstore.config import Backend
+
+T = TypeVar("T")
 
 IN_CHUNK = 1000
 """Run ids per ``IN (...)`` list when loading the data of a page of runs: far below
@@ -33,22 +35,38 @@ def dialect_insert(backend: Backend, table: Table) -> Insert:
     assert_never(backend)
 
 
-def upsert(backend: Backend, table: Table, keys: Sequence[str], update: Sequence[str]) -> Insert:
+def upsert(
+    backend: Backend,
+    table: Table,
+    keys: Sequence[str],
+    update: Sequence[str],
+    *,
+    merge: Callable[[Any], Mapping[str, Any]] | None = None,
+) -> Insert:
     """INSERT ... ON CONFLICT (keys) DO UPDATE / ON DUPLICATE KEY UPDATE ``update``.
 
     With ``update`` empty, a conflicting row is left as it is (DO NOTHING).
     Execute it with a list of parameter dicts (executemany: one statement per batch).
+
+    Args:
+        backend: the backend whose dialect renders the statement.
+        table: the table inserted into.
+        keys: the columns of the unique key a conflict is detected on.
+        update: the columns a conflicting row takes from the inserted one.
+        merge: instead of ``update``, builds the SET clause from the inserted row's
+            columns (PostgreSQL and SQLite ``excluded``, MySQL ``inserted``); plain
+            table columns in it stand for the stored row. On MySQL the assignments
+            run in order and see the ones before them.
     """
     stmt: Any = dialect_insert(backend, table)
+    new = stmt.inserted if backend is Backend.MYSQL else stmt.excluded
+    values = dict(merge(new)) if merge is not None else {c: new[c] for c in update}
     if backend is Backend.MYSQL:
         # MySQL has no DO NOTHING: assigning a key column to itself is a no-op update.
-        cols = update or [keys[0]]
-        return stmt.on_duplicate_key_update({c: stmt.inserted[c] for c in cols})  # type: ignore[no-any-return]
-    if not update:
+        return stmt.on_duplicate_key_update(values or {keys[0]: new[keys[0]]})  # type: ignore[no-any-return]
+    if not values:
         return stmt.on_conflict_do_nothing(index_elements=list(keys))  # type: ignore[no-any-return]
-    return stmt.on_conflict_do_update(  # type: ignore[no-any-return]
-        index_elements=list(keys), set_={c: stmt.excluded[c] for c in update}
-    )
+    return stmt.on_conflict_do_update(index_elements=list(keys), set_=values)  # type: ignore[no-any-return]
 
 
 def _like_to_glob(pattern: str) -> str:
@@ -100,7 +118,7 @@ def sortable(backend: Backend, column: ColumnElement[Any]) -> ColumnElement[Any]
     assert_never(backend)
 
 
-def chunks(items: Sequence[str], size: int = IN_CHUNK) -> Iterable[Sequence[str]]:
+def chunks(items: Sequence[T], size: int = IN_CHUNK) -> Iterable[Sequence[T]]:
     """Split ``items`` into slices of at most ``size``."""
     for start in range(0, len(items), size):
         yield items[start : start + size]

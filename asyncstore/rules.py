@@ -27,8 +27,12 @@ FLOAT_MAX = 1.7976931348623157e308
 """±inf is stored as ±FLOAT_MAX (MySQL's DOUBLE cannot hold infinities; MLflow does
 the same) and read back as ±inf."""
 
+EXPERIMENT_ID_MAX = 2**31 - 1
+"""Largest experiment id: ``experiments.experiment_id`` is an INTEGER column (32-bit
+signed on PostgreSQL and MySQL, as in MLflow's schema)."""
+
 _RUN_ID = re.compile(r"^[a-zA-Z0-9][\w\-]{0,31}$")
-_EXPERIMENT_ID = re.compile(r"^[0-9]{1,10}$")
+_EXPERIMENT_ID = re.compile(r"[0-9]{1,10}")
 # MLflow's rule for metric, param and tag keys: alphanumerics, _ - . space / :
 _KEY = re.compile(r"^[/\w.\- :]*$")
 
@@ -44,9 +48,21 @@ def invalid(message: str) -> NoReturn:
 
 
 def experiment_id_of(value: object) -> int:
-    """Validate an experiment id (a string or int of digits) and return it as int."""
-    if isinstance(value, bool) or not isinstance(value, (str, int)) or not _EXPERIMENT_ID.match(str(value)):
-        invalid(f"experiment id {value!r} is not valid: expected a string of digits such as '1'")
+    """Validate an experiment id and return it as int.
+
+    MLflow passes experiment ids as strings of digits; an int is accepted too. Either
+    must fit the ``experiment_id`` column: 0 to :data:`EXPERIMENT_ID_MAX`.
+
+    Raises:
+        InvalidParameter: anything else (a bool, a negative number, other characters).
+    """
+    if isinstance(value, bool) or not isinstance(value, (str, int)) or (
+        isinstance(value, str) and _EXPERIMENT_ID.fullmatch(value) is None
+    ) or not 0 <= int(value) <= EXPERIMENT_ID_MAX:
+        invalid(
+            f"experiment_id {value!r} is not valid: expected a string of digits such as '1' "
+            f"(a whole number from 0 to {EXPERIMENT_ID_MAX})"
+        )
     return int(value)
 
 

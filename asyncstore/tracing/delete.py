@@ -16,8 +16,9 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 
 from asyncstore.config import Backend
 from asyncstore.errors import InvalidParameter
+from asyncstore.rules import experiment_id_of
 from asyncstore.schema import spans, trace_info
-from asyncstore.tracing.rows import check_trace_id, parse_experiment_id
+from asyncstore.tracing.rows import check_trace_id
 from asyncstore.uow import UnitOfWork
 
 DELETE_TRACE_CHUNK = 500
@@ -27,27 +28,11 @@ DELETE_SPAN_CHUNK = 10_000
 
 
 async def delete_traces(
-    uow: UnitOfWork,
-    experiment_id: int | str,
-    *,
-    max_timestamp_ms: int | None = None,
-    max_traces: int | None = None,
-    trace_ids: Sequence[str] | None = None,
+    uow: UnitOfWork, experiment_id: int | str, max_timestamp_ms: int | None, max_traces: int | None,
+    trace_ids: Sequence[str] | None,
 ) -> int:
-    """Delete traces of an experiment with their spans, tags, metadata and metrics.
-
-    Exactly one of ``max_timestamp_ms`` (traces that started at or before it,
-    oldest first, at most ``max_traces`` of them) or ``trace_ids``. Spans are
-    deleted in transactions of at most 10,000 rows, so deleting millions of spans
-    never holds one giant lock; a failure part-way leaves whole traces deleted.
-
-    Returns:
-        The number of traces deleted.
-
-    Raises:
-        InvalidParameter: a bad combination of arguments.
-    """
-    exp = parse_experiment_id(experiment_id)
+    """Run a trace delete (see :meth:`TraceRepository.delete`); return the number of traces deleted."""
+    exp = experiment_id_of(experiment_id)
     if (max_timestamp_ms is None) == (trace_ids is None):
         raise InvalidParameter("give exactly one of max_timestamp_ms or trace_ids")
     if max_traces is not None:

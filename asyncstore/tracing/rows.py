@@ -299,21 +299,6 @@ def parent_first(spans: Sequence[Span]) -> list[Span]:
     return result
 
 
-def parse_experiment_id(experiment_id: int | str) -> int:
-    """Accept an experiment id as an int or a decimal string (MLflow passes strings).
-
-    Raises:
-        InvalidParameter: anything else.
-    """
-    if type(experiment_id) is int and experiment_id >= 0:
-        return experiment_id
-    if isinstance(experiment_id, str) and experiment_id.isascii() and experiment_id.isdigit():
-        return int(experiment_id)
-    raise InvalidParameter(
-        f"experiment_id {experiment_id!r} is not valid: expected a whole number >= 0 or its decimal string"
-    )
-
-
 def check_trace_id(trace_id: object) -> str:
     """Return ``trace_id`` if it is ``tr-`` + 32 lowercase hex characters.
 

@@ -17,12 +17,13 @@ from sqlalchemy import ColumnElement, and_, exists, func, or_, select
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from asyncstore import filters as f
-from asyncstore.dialect import like
+from asyncstore.conditions import clause_comparison
+from asyncstore.config import Backend
 from asyncstore.entities import Page, TraceInfo
 from asyncstore.errors import InvalidParameter
 from asyncstore.paging import decode_token, encode_token, fingerprint
+from asyncstore.rules import experiment_id_of
 from asyncstore.schema import spans, trace_info, trace_request_metadata, trace_tags
-from asyncstore.tracing.rows import parse_experiment_id
 from asyncstore.uow import UnitOfWork
 
 MAX_RESULTS = 1000
@@ -67,40 +68,21 @@ _ATTRIBUTE_COLUMNS = {
 _SPAN_COLUMNS = {"name": spans.c.name, "type": spans.c.type, "status": spans.c.status}
 
 
-def _compare(backend: Any, column: Any, clause: f.Clause) -> ColumnElement[bool]:
-    op, value = clause.comparator, clause.value
-    if op == f.LIKE or op == f.ILIKE:
-        return like(backend, column, str(value), insensitive=op == f.ILIKE)
-    if op == f.EQ:
-        return column == value  # type: ignore[no-any-return]
-    if op == f.NE:
-        return column != value  # type: ignore[no-any-return]
-    if op == f.GT:
-        return column > value  # type: ignore[no-any-return]
-    if op == f.GE:
-        return column >= value  # type: ignore[no-any-return]
-    if op == f.LT:
-        return column < value  # type: ignore[no-any-return]
-    if op == f.LE:
-        return column <= value  # type: ignore[no-any-return]
-    raise InvalidParameter(f"comparator {op} is not supported in trace search")
-
-
-def clause_sql(backend: Any, clause: f.Clause) -> ColumnElement[bool]:
+def clause_sql(backend: Backend, clause: f.Clause) -> ColumnElement[bool]:
     """One parsed clause as a SQL condition on ``trace_info`` (values are bound)."""
     if clause.entity == "attribute":
-        return _compare(backend, _ATTRIBUTE_COLUMNS[clause.key], clause)
+        return clause_comparison(backend, _ATTRIBUTE_COLUMNS[clause.key], clause)
     if clause.entity in ("tag", "metadata"):
         table = trace_tags if clause.entity == "tag" else trace_request_metadata
         return exists().where(
             table.c.request_id == trace_info.c.request_id,
             table.c.key == clause.key,
-            _compare(backend, table.c.value, clause),
+            clause_comparison(backend, table.c.value, clause),
         )
     if clause.entity == "span":
         return exists().where(
             spans.c.trace_id == trace_info.c.request_id,
-            _compare(backend, _SPAN_COLUMNS[clause.key], clause),
+            clause_comparison(backend, _SPAN_COLUMNS[clause.key], clause),
         )
     raise InvalidParameter(f"unknown entity {clause.entity!r} in trace search")  # pragma: no cover
 
@@ -117,7 +99,7 @@ async def search_traces(
     """Run a trace search (see :meth:`TraceRepository.search`)."""
     if isinstance(experiment_ids, (str, int)) or not experiment_ids:
         raise InvalidParameter("experiment_ids must be a non-empty list of experiment ids")
-    exps = sorted({parse_experiment_id(e) for e in experiment_ids})
+    exps = sorted({experiment_id_of(e) for e in experiment_ids})
     if isinstance(max_results, bool) or not isinstance(max_results, int) or not 1 <= max_results <= MAX_RESULTS:
         raise InvalidParameter(f"max_results {max_results!r} is not valid: expected a whole number from 1 to {MAX_RESULTS}")
     clauses = f.parse_filter(filter_string, TRACE_GRAMMAR)

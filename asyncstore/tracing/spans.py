@@ -16,13 +16,13 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 from asyncstore.entities import Page, Span, SpanStatus
 from asyncstore.errors import ErrorCode, InvalidParameter, NotFound
 from asyncstore.paging import decode_token, encode_token, fingerprint
+from asyncstore.rules import experiment_id_of
 from asyncstore.schema import spans as spans_table
 from asyncstore.schema import trace_info
 from asyncstore.tracing.ingest import write_batch
 from asyncstore.tracing.rows import (
     check_trace_id,
     parent_first,
-    parse_experiment_id,
     prepare,
     span_from_content,
 )
@@ -67,7 +67,7 @@ class SpanRepository:
                 belongs to another experiment; nothing is written.
             NotFound: the experiment does not exist.
         """
-        exp = parse_experiment_id(experiment_id)
+        exp = experiment_id_of(experiment_id)
         batch = prepare(spans, exp)
         if not batch.span_rows:
             return 0
@@ -131,7 +131,7 @@ class SpanRepository:
         Raises:
             InvalidParameter: a bad argument or page token.
         """
-        exp = parse_experiment_id(experiment_id)
+        exp = experiment_id_of(experiment_id)
         if order_by not in ("start", "duration"):
             raise InvalidParameter(f"order_by {order_by!r} is not valid: use 'start' or 'duration'")
         if isinstance(max_results, bool) or not isinstance(max_results, int) or not 1 <= max_results <= MAX_SEARCH_RESULTS:

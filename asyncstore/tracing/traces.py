@@ -13,16 +13,13 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from sqlalchemy import case, delete, func, select, update
-from sqlalchemy.dialects import mysql as mysql_dialect
-from sqlalchemy.dialects import postgresql as pg_dialect
-from sqlalchemy.dialects import sqlite as sqlite_dialect
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from asyncstore.config import Backend
 from asyncstore.dialect import upsert
 from asyncstore.entities import Page, Trace, TraceInfo, TraceState
 from asyncstore.errors import AlreadyExists, ErrorCode, InvalidParameter, NotFound
-from asyncstore.rules import now_ms
+from asyncstore.rules import experiment_id_of, now_ms
 from asyncstore.schema import (
     KEY_MAX,
     TAG_VALUE_MAX,
@@ -33,7 +30,7 @@ from asyncstore.schema import (
     trace_tags,
 )
 from asyncstore.tracing.delete import delete_traces
-from asyncstore.tracing.rows import check_trace_id, parse_experiment_id
+from asyncstore.tracing.rows import check_trace_id
 from asyncstore.tracing.search import search_traces
 from asyncstore.tracing.spans import load_spans
 from asyncstore.uow import UnitOfWork
@@ -113,6 +110,18 @@ async def load_infos(conn: AsyncConnection, trace_ids: Sequence[str]) -> dict[st
     }
 
 
+async def _load_info(conn: AsyncConnection, trace_id: str) -> TraceInfo:
+    """One trace's info, read in the caller's transaction.
+
+    Raises:
+        NotFound: no such trace.
+    """
+    infos = await load_infos(conn, [trace_id])
+    if trace_id not in infos:
+        raise NotFound(f"trace {trace_id} does not exist")
+    return infos[trace_id]
+
+
 class TraceRepository:
     """Async repository for traces: ``store.traces``.
 
@@ -159,7 +168,7 @@ class TraceRepository:
             InvalidParameter: a bad argument; AlreadyExists: the trace id belongs to
             another experiment; NotFound: no such experiment.
         """
-        exp = parse_experiment_id(experiment_id)
+        exp = experiment_id_of(experiment_id)
         tid = "tr-" + uuid.uuid4().hex if trace_id is None else check_trace_id(trace_id)
         ts = now_ms() if timestamp_ms is None else whole(timestamp_ms, "timestamp_ms", optional=False)
         values = {
@@ -224,13 +233,9 @@ class TraceRepository:
                 result = await conn.execute(
                     update(trace_info).where(trace_info.c.request_id == trace_id).values(**changes)
                 )
-                found = result.rowcount > 0
-            else:
-                found = True
-            infos = await load_infos(conn, [trace_id])
-            if not found or trace_id not in infos:
-                raise NotFound(f"trace {trace_id} does not exist")
-            return infos[trace_id]
+                if result.rowcount == 0:
+                    raise NotFound(f"trace {trace_id} does not exist")
+            return await _load_info(conn, trace_id)
 
         return await self._uow.run(work, idempotent=True)
 
@@ -262,14 +267,7 @@ class TraceRepository:
             NotFound: no such trace.
         """
         check_trace_id(trace_id)
-
-        async def work(conn: AsyncConnection) -> TraceInfo:
-            infos = await load_infos(conn, [trace_id])
-            if trace_id not in infos:
-                raise NotFound(f"trace {trace_id} does not exist")
-            return infos[trace_id]
-
-        return await self._uow.run(work, write=False)
+        return await self._uow.run(lambda conn: _load_info(conn, trace_id), write=False)
 
     async def get(self, trace_id: str) -> Trace:
         """The trace's info and all its spans, each parent before its children.
@@ -280,10 +278,8 @@ class TraceRepository:
         check_trace_id(trace_id)
 
         async def work(conn: AsyncConnection) -> Trace:
-            infos = await load_infos(conn, [trace_id])
-            if trace_id not in infos:
-                raise NotFound(f"trace {trace_id} does not exist")
-            return Trace(infos[trace_id], tuple(await load_spans(conn, trace_id, must_exist=False)))
+            info = await _load_info(conn, trace_id)
+            return Trace(info, tuple(await load_spans(conn, trace_id, must_exist=False)))
 
         return await self._uow.run(work, write=False)
 
@@ -378,9 +374,7 @@ class TraceRepository:
         Raises:
             InvalidParameter: a bad combination of arguments.
         """
-        return await delete_traces(
-            self._uow, experiment_id, max_timestamp_ms=max_timestamp_ms, max_traces=max_traces, trace_ids=trace_ids
-        )
+        return await delete_traces(self._uow, experiment_id, max_timestamp_ms, max_traces, trace_ids)
 
     async def search(
         self,
@@ -407,25 +401,17 @@ class TraceRepository:
 
 
 def _start_upsert(backend: Backend) -> Any:
-    """INSERT a trace row, or complete the one span ingestion created.
+    """INSERT a trace row, or complete the one span ingestion created (see :func:`_merge_fields`)."""
+    return upsert(backend, trace_info, ["request_id"], [], merge=_merge_fields)
 
-    On an existing row the given fields win, fields given as None keep their
-    stored value, and the earlier timestamp is kept.
+
+def _merge_fields(new: Any) -> dict[str, Any]:
+    """SET clause that completes an existing trace row with the fields start() was given.
+
+    The given fields win, fields given as None keep their stored value, and the
+    earlier timestamp is kept.
     """
-    if backend is Backend.MYSQL:
-        my = mysql_dialect.insert(trace_info)
-        return my.on_duplicate_key_update(_merge_fields(trace_info.c, my.inserted))
-    if backend is Backend.POSTGRESQL:
-        pg = pg_dialect.insert(trace_info)
-        return pg.on_conflict_do_update(index_elements=["request_id"], set_=_merge_fields(trace_info.c, pg.excluded))
-    if backend is Backend.SQLITE:
-        sq = sqlite_dialect.insert(trace_info)
-        return sq.on_conflict_do_update(index_elements=["request_id"], set_=_merge_fields(trace_info.c, sq.excluded))
-    raise AssertionError(backend)  # pragma: no cover - Backend is exhaustive
-
-
-def _merge_fields(current: Any, new: Any) -> dict[str, Any]:
-    """SET clause that completes an existing trace row with the fields start() was given."""
+    current = trace_info.c
     return {
         "timestamp_ms": _least(current.timestamp_ms, new.timestamp_ms),
         "execution_time_ms": func.coalesce(new.execution_time_ms, current.execution_time_ms),
