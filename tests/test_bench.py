@@ -13,6 +13,7 @@ import asyncio
 import io
 import json
 import math
+import re
 import sys
 from pathlib import Path
 from typing import Any
@@ -23,11 +24,25 @@ from sqlalchemy.engine import make_url
 
 from asyncstore import cli
 from asyncstore.bench import database, plot, report, runner
-from asyncstore.bench.measure import Figures, Outcome, fan_out, measure, measure_all, percentile
+from asyncstore.bench.measure import (
+    Figures,
+    Outcome,
+    fan_out,
+    measure,
+    measure_all,
+    percentile,
+)
+from asyncstore.bench.options import SCALE_QUERIES
 from asyncstore.bench.progress import Progress
-from asyncstore.bench.raw import RAW_METRICS, RAW_SPANS, clone_table
+from asyncstore.bench.raw import (
+    RAW_FK_METRICS,
+    RAW_FK_SPANS,
+    RAW_METRICS,
+    RAW_SPANS,
+    clone_table,
+)
 from asyncstore.bench.scale import SCALES
-from asyncstore.bench.workloads import SPECS, STORE_WORKLOADS
+from asyncstore.bench.workloads import SPEC_BY_NAME, SPECS, STORE_WORKLOADS
 from asyncstore.schema import metrics, spans
 from tests import dbadmin
 
@@ -92,16 +107,96 @@ def test_small_bench_on_sqlite_reports_every_workload_and_figure(
         assert entry["asyncstore"]["items"] == entry["items_per_repetition"]
         assert "mlflow" not in entry and "ratio_mlflow" not in entry
         if spec.raw:
-            _check_figures(entry["raw"], latency=False)
+            _check_figures(entry["raw"], latency=spec.name == "get_run")
             assert entry["raw"]["items"] == entry["items_per_repetition"]
             assert entry["ratio_raw"] == round(entry["asyncstore"]["throughput"] / entry["raw"]["throughput"], 2)
         else:
             assert "raw" not in entry and "ratio_raw" not in entry
+        if spec.raw_fk:
+            _check_figures(entry["raw_fk"], latency=False)
+            assert entry["raw_fk"]["items"] == entry["items_per_repetition"]
+            assert entry["ratio_raw_fk"] == round(entry["asyncstore"]["throughput"] / entry["raw_fk"]["throughput"], 2)
+        else:
+            assert "raw_fk" not in entry and "ratio_raw_fk" not in entry
         assert spec.name in printed
     assert "of raw" in printed and "figures:" in printed
+    # Reads have raw-driver ceilings too: the same queries replayed by the bare driver.
+    for name in ("get_run", "search_runs", "search_traces"):
+        entry = result["workloads"][name]
+        assert _positive(entry["raw"]["throughput"]) and _positive(entry["ratio_raw"]), name
+        row = next(line for line in printed.splitlines() if line.startswith(f"{name} "))
+        assert re.search(r"\s\d+%(\s|$)", row), row  # the "of raw" column is filled
+    for name in ("log_batch", "log_spans"):
+        assert _positive(result["workloads"][name]["ratio_raw_fk"]), name
+    assert all("naive" not in entry for entry in result["workloads"].values())  # only with --job-workers
     # The scratch SQLite file and its temporary directory are gone.
     scratch_file = Path(make_url(result["database"]).database or "")
     assert scratch_file.name == "store.db" and not scratch_file.parent.exists()
+
+
+def test_extra_options_add_their_workloads_and_figures(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    out = tmp_path / "results"
+    argv = [
+        "bench", "--workload", "log_batch", "log_spans", "claim_jobs", "--batch-sizes", "500,2000",
+        "--job-workers", "2", "--million", "3000", "--search-scale", "600", "--out", str(out),
+    ]
+    code = cli.main(argv)
+    printed = capsys.readouterr().out
+    assert code == 0, printed
+    result = _only_json(out)
+    assert result["failed"] == []
+    assert result["command"] == (
+        "asyncstore bench --workload log_batch log_spans claim_jobs --scale small --batch-sizes 500,2000 "
+        "--job-workers 2 --million 3000 --search-scale 600"
+    )
+    scale_queries = [f"search_scale/{label}" for label in SCALE_QUERIES]
+    assert list(result["workloads"]) == [
+        "log_batch@500",  # 2,000 metrics is over log_batch's limit: no log_batch@2000
+        "log_spans@500", "log_spans@2000", "claim_jobs@2", "million_spans", *scale_queries,
+    ]
+    workloads = result["workloads"]
+    for name, size in (("log_batch@500", 500), ("log_spans@500", 500), ("log_spans@2000", 2000)):
+        entry = workloads[name]
+        base = SPEC_BY_NAME[name.split("@")[0]]
+        assert entry["items_per_repetition"] == base.size(SMALL)  # the same rows as the plain workload
+        assert entry["items_per_repetition"] % size == 0
+        for system in ("asyncstore", "raw", "raw_fk"):
+            _check_figures(entry[system], latency=False)
+            assert entry[system]["items"] == entry["items_per_repetition"]
+        assert _positive(entry["ratio_raw"]) and _positive(entry["ratio_raw_fk"])
+        assert f"{size:,}" in entry["description"]
+    jobs = workloads["claim_jobs@2"]
+    assert jobs["concurrency"] == 2 and "2 concurrent workers" in jobs["description"]
+    for system in ("asyncstore", "raw", "naive"):
+        _check_figures(jobs[system], latency=False)
+        assert jobs[system]["items"] == SMALL.jobs
+    assert _positive(jobs["ratio_raw"])
+    # The naive claim loop beside it: every job done, its lost claims counted.
+    assert set(jobs["naive"]["extra"]) == {"empty_claims", "lost_claims"}
+    assert "lost_claims" in printed
+    million = workloads["million_spans"]
+    figures = million["asyncstore"]
+    assert figures["items"] == million["items_per_repetition"] == 3000 and len(figures["throughputs"]) == 1
+    memory = figures["extra"]
+    assert set(memory) == {"rss_mb_at_10pct", "rss_mb_end", "rss_mb_max_sampled", "peak_rss_mb"}
+    assert all(_positive(v) for v in memory.values())
+    assert memory["rss_mb_end"] <= memory["rss_mb_max_sampled"] <= memory["peak_rss_mb"]
+    assert "peak_rss_mb" in printed
+    for name in scale_queries:
+        entry = workloads[name]
+        assert "600 runs" in entry["description"]
+        _check_figures(entry["asyncstore"], latency=True)
+        _check_figures(entry["raw"], latency=True)
+        assert _positive(entry["ratio_raw"])
+
+
+@pytest.mark.parametrize("option", ["--batch-sizes", "--job-workers", "--million", "--search-scale"])
+@pytest.mark.parametrize("value", ["0", "x", "-5"])
+def test_extra_options_refuse_bad_sizes(option: str, value: str, capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as info:
+        cli.main(["bench", option, value])
+    assert info.value.code == 2
+    assert "positive integer" in capsys.readouterr().err
 
 
 def _leftovers(backend: str, uri: str) -> set[str]:
@@ -378,3 +473,14 @@ def test_raw_tables_match_the_store_tables_without_foreign_keys() -> None:
 def test_figures_json_drops_missing_values() -> None:
     figures = Figures(throughput=2.0, throughputs=[2.0], seconds=[1.0], items=2)
     assert figures.to_json() == {"throughput": 2.0, "throughputs": [2.0], "seconds": [1.0], "items": 2}
+
+
+def test_identical_raw_tables_keep_the_store_tables_foreign_keys() -> None:
+    for raw, source in ((RAW_FK_METRICS, metrics), (RAW_FK_SPANS, spans)):
+        assert [(c.name, repr(c.type), c.nullable) for c in raw.columns] == [
+            (c.name, repr(c.type), c.nullable) for c in source.columns
+        ]
+        assert raw.primary_key.columns.keys() == source.primary_key.columns.keys()
+        assert sorted(fk.target_fullname for fk in raw.foreign_keys) == sorted(
+            fk.target_fullname for fk in source.foreign_keys
+        )

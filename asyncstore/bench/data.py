@@ -63,19 +63,19 @@ class SpanRow:
         )
 
 
-def metric_batch(rep: int, batch: int, batches_per_rep: int) -> list[MetricRow]:
-    """1,000 metrics: 100 keys at 10 consecutive steps, later steps in later batches."""
+def metric_batch(rep: int, batch: int, batches_per_rep: int, *, size: int = METRIC_BATCH) -> list[MetricRow]:
+    """``size`` metrics: 100 keys at consecutive steps (1,000 = 10 steps), later steps in later batches."""
     rng = random.Random(f"metrics-{rep}-{batch}")
-    first_step = (rep * batches_per_rep + batch) * (METRIC_BATCH // METRIC_KEYS)
+    steps = -(-size // METRIC_KEYS)
+    first_step = (rep * batches_per_rep + batch) * steps
     return [
         MetricRow(
-            key=f"metric_{k:03d}",
+            key=f"metric_{j % METRIC_KEYS:03d}",
             value=rng.random(),
-            timestamp=BASE_TIME_MS + first_step + s,
-            step=first_step + s,
+            timestamp=BASE_TIME_MS + first_step + j // METRIC_KEYS,
+            step=first_step + j // METRIC_KEYS,
         )
-        for s in range(METRIC_BATCH // METRIC_KEYS)
-        for k in range(METRIC_KEYS)
+        for j in range(size)
     ]
 
 

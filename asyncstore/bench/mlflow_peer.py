@@ -76,7 +76,7 @@ def _import_mlflow() -> Any:
         warnings.simplefilter("ignore")  # MLflow's own import-time deprecation noise
         import mlflow
         import mlflow.store.jobs.sqlalchemy_store
-        import mlflow.store.tracking.sqlalchemy_store  # noqa: F401
+        import mlflow.store.tracking.sqlalchemy_store
     return mlflow
 
 
@@ -151,6 +151,10 @@ class _MlflowWorkload:
 
     async def prepare(self, rep: int) -> None:
         """Nothing to prepare by default."""
+
+    async def run(self, rep: int) -> Outcome:
+        """Repetition ``rep``: the timed part (every workload has its own)."""
+        raise NotImplementedError
 
     async def teardown(self) -> None:
         """Stop the thread pool."""

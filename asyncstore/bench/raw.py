@@ -1,44 +1,66 @@
-"""Raw-driver ceilings: the same rows written by the bare driver's fastest path.
+"""Raw-driver ceilings: the same work done by the bare driver.
 
-For metric logging and span ingestion, the rows asyncstore writes are written
-again, in the same run and the same database, by the driver alone into an
-identical empty table (``bench_raw_metrics``, ``bench_raw_spans``: the columns,
-types, primary key and indexes of ``metrics`` and ``spans``, without the foreign
-keys, since the raw path writes no parent rows). One transaction per 1,000-row
-batch, as asyncstore does:
+Writes (``log_batch``, ``log_spans``): the rows asyncstore writes are written
+again, in the same run and the same database, by the driver alone, one
+transaction per batch, into two copies of the store's table:
 
-* SQLite: the standard library's ``sqlite3``, ``executemany`` in one transaction,
-  with the pragmas asyncstore uses (WAL, ``synchronous = NORMAL``).
-* PostgreSQL: asyncpg's ``copy_records_to_table`` (binary COPY).
-* MySQL/MariaDB: one multi-row ``INSERT`` through aiomysql (its ``executemany``
-  rewrites ``INSERT ... VALUES`` into multi-row statements up to 1 MB each).
+* ``raw``: a bare copy (``bench_raw_metrics``, ``bench_raw_spans``: the columns,
+  types, primary key and indexes of ``metrics`` and ``spans``, no foreign keys):
+  a strict ceiling;
+* ``raw_fk``: an identical copy, foreign keys included (the parent run, trace and
+  experiment rows are written before the clock starts): what the same table costs
+  the driver, so the distance left is the store's own code.
 
-Row tuples are built in the untimed ``prepare``; the timed part is the writing
-only, so the ceiling is as high as the driver can go.
+The fastest path per driver: SQLite the standard library's ``sqlite3``
+``executemany`` in one transaction, with the store's pragmas (WAL,
+``synchronous = NORMAL``); PostgreSQL asyncpg's ``copy_records_to_table`` (binary
+COPY); MySQL/MariaDB aiomysql's ``executemany`` (multi-row ``INSERT`` statements
+of up to 1 MB). Row tuples are built in the untimed ``prepare``.
+
+The read and job ceilings, which replay the statements the store sends, are in
+:mod:`asyncstore.bench.replay`.
 """
 
 from __future__ import annotations
 
+import contextlib
+import secrets
 import sqlite3
-from collections.abc import Sequence
-from typing import Any
+from collections.abc import (
+    AsyncIterator,
+    Mapping,
+    Sequence,
+)
+from typing import TYPE_CHECKING, Any
 
 import aiomysql
 import asyncpg
-from sqlalchemy import Column, Computed, ForeignKeyConstraint, Index, MetaData, PrimaryKeyConstraint, Table
+from sqlalchemy import (
+    Column,
+    Computed,
+    ForeignKeyConstraint,
+    Index,
+    MetaData,
+    PrimaryKeyConstraint,
+    Table,
+)
 from sqlalchemy.engine import make_url
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from asyncstore.bench.data import metric_batch, span_batch
 from asyncstore.bench.database import ScratchDatabase
 from asyncstore.bench.measure import Outcome
-from asyncstore.bench.scale import SPAN_BATCH, Scale
+from asyncstore.bench.scale import METRIC_BATCH, SPAN_BATCH, Scale
 from asyncstore.config import Backend, StoreConfig, backend_of
 from asyncstore.engines import create_engine
 from asyncstore.schema import metrics, spans
 
+if TYPE_CHECKING:
+    from asyncstore.bench.workloads import Spec, _StoreWorkload
+
 RAW_EXPERIMENT_ID = 1
-RAW_RUN_ID = "0" * 32
+Statement = tuple[str, Any]
+"""One statement as the store sent it to the driver: SQL in the driver's paramstyle, parameters."""
 
 
 def clone_table(source: Table, name: str, metadata: MetaData, *, foreign_keys: bool = False) -> Table:
@@ -76,6 +98,9 @@ def clone_table(source: Table, name: str, metadata: MetaData, *, foreign_keys: b
 _raw_metadata = MetaData()
 RAW_METRICS = clone_table(metrics, "bench_raw_metrics", _raw_metadata)
 RAW_SPANS = clone_table(spans, "bench_raw_spans", _raw_metadata)
+RAW_FK_METRICS = clone_table(metrics, "bench_raw_fk_metrics", _raw_metadata, foreign_keys=True)
+RAW_FK_SPANS = clone_table(spans, "bench_raw_fk_spans", _raw_metadata, foreign_keys=True)
+TRACE_COLUMNS = ("request_id", "experiment_id", "timestamp_ms", "execution_time_ms", "status")
 METRIC_COLUMNS = ("key", "value", "timestamp", "step", "is_nan", "run_uuid")
 SPAN_COLUMNS = (
     "trace_id", "experiment_id", "span_id", "parent_span_id", "name", "type", "status",
@@ -87,8 +112,9 @@ class RawDriver:
     """A bare driver connection that writes batches of rows by its fastest path.
 
     One transaction per batch: ``sqlite3`` ``executemany`` (with the store's pragmas:
-    WAL, ``synchronous = NORMAL``, foreign keys on), asyncpg ``copy_records_to_table``,
-    or aiomysql ``executemany`` (multi-row INSERT statements).
+    WAL, ``synchronous = NORMAL``, foreign keys on, case-sensitive LIKE), asyncpg
+    ``copy_records_to_table``, or aiomysql ``executemany`` (multi-row INSERT
+    statements). :meth:`fetch_all` and :meth:`replay` run recorded statements.
 
     Args:
         uri: the database (a plain or async URI; the driver is chosen by its backend).
@@ -118,6 +144,7 @@ class RawDriver:
             self._sqlite.execute("PRAGMA journal_mode = WAL")
             self._sqlite.execute("PRAGMA synchronous = NORMAL")
             self._sqlite.execute("PRAGMA foreign_keys = ON")  # references are checked, as in the store
+            self._sqlite.execute("PRAGMA case_sensitive_like = ON")  # LIKE matches the same rows as the store's
         elif self.backend is Backend.POSTGRESQL:
             self._pg = await asyncpg.connect(
                 host=url.host or "127.0.0.1", port=url.port or 5432, user=url.username,
@@ -127,6 +154,8 @@ class RawDriver:
             self._my = await aiomysql.connect(
                 host=url.host or "127.0.0.1", port=url.port or 3306, user=url.username or "root",
                 password=url.password or "", db=url.database, charset="utf8mb4", autocommit=False,
+                # The store's isolation level, so that replayed reads and claims behave alike.
+                init_command="SET SESSION TRANSACTION ISOLATION LEVEL READ COMMITTED",
             )
         else:  # pragma: no cover - exhaustive
             raise AssertionError(self.backend)
@@ -150,6 +179,77 @@ class RawDriver:
             await self._my.commit()
         else:
             raise RuntimeError("RawDriver.write before open()")
+
+    async def fetch_all(self, statements: Sequence[Statement]) -> int:
+        """Run ``statements`` in one transaction, fetching every row; return the rows fetched."""
+        rows = 0
+        async with self._transaction():
+            for sql, params in statements:
+                rows += len((await self._fetch(sql, params))[1])
+        return rows
+
+    async def replay(
+        self, statements: Sequence[Statement], values: Mapping[str, str], learn: str | None = None
+    ) -> str | None:
+        """Run recorded ``statements`` in one transaction with recorded parameter values replaced.
+
+        Every string parameter equal to a key of ``values`` is sent as its value. With
+        ``learn``, the first result set names the new value of ``learn`` (its first
+        row's ``id``), used by the later statements and returned; when that result
+        set is empty the rest is skipped and None returned (e.g. nothing to claim).
+        """
+        values = dict(values)
+        learned: str | None = None
+        async with self._transaction():
+            for sql, params in statements:
+                if params:
+                    params = type(params)(values.get(v, v) if isinstance(v, str) else v for v in params)
+                names, rows = await self._fetch(sql, params)
+                if learn is not None and learned is None and names:
+                    if not rows:
+                        return None
+                    learned = values[learn] = str(rows[0][names.index("id")])
+        return learned
+
+    @contextlib.asynccontextmanager
+    async def _transaction(self) -> AsyncIterator[None]:
+        if self._sqlite is not None:
+            self._sqlite.execute("BEGIN")
+            try:
+                yield
+            except BaseException:
+                self._sqlite.execute("ROLLBACK")
+                raise
+            self._sqlite.execute("COMMIT")
+        elif self._pg is not None:
+            async with self._pg.transaction():
+                yield
+        elif self._my is not None:
+            try:
+                yield
+            except BaseException:
+                await self._my.rollback()
+                raise
+            await self._my.commit()
+        else:
+            raise RuntimeError("RawDriver used before open()")
+
+    async def _fetch(self, sql: str, params: Any) -> tuple[list[str], Sequence[Any]]:
+        """One statement: its column names (none without a result set) and all its rows."""
+        if self._sqlite is not None:
+            cursor = self._sqlite.execute(sql, params or ())
+            return [d[0] for d in cursor.description or ()], cursor.fetchall()
+        if self._pg is not None:
+            found = await self._pg.fetch(sql, *(params or ()))
+            if found:
+                return list(found[0].keys()), found
+            text = sql.lstrip().upper()
+            return (["?"] if text.startswith(("SELECT", "WITH")) or " RETURNING " in text else []), found
+        if self._my is None:
+            raise RuntimeError("RawDriver used before open()")
+        async with self._my.cursor() as cur:
+            await cur.execute(sql, params)
+            return [d[0] for d in cur.description or ()], await cur.fetchall()
 
     async def close(self) -> None:
         """Close the driver connection."""
@@ -196,18 +296,28 @@ class RawWriter:
         await self.driver.close()
 
 
-class _RawWorkload:
-    def __init__(self, scratch: ScratchDatabase, scale: Scale) -> None:
-        self.scale = scale
-        self.writer = RawWriter(scratch, *self.target())
-        self.batches: list[list[tuple[Any, ...]]] = []
+class _RawWrites:
+    """One system writing the rows of a write workload into a copy of the store's table."""
 
-    def target(self) -> tuple[Table, Sequence[str]]:
-        raise NotImplementedError
+    table: Table
+    columns: tuple[str, ...]
+
+    def __init__(self, scratch: ScratchDatabase, scale: Scale, spec: Spec, peer: _StoreWorkload) -> None:
+        self.scratch = scratch
+        self.scale = scale
+        self.spec = spec
+        self.peer = peer
+        self.writer = RawWriter(scratch, self.table, self.columns)
+        self.batches: list[list[tuple[Any, ...]]] = []
+        self.salt = secrets.token_hex(8)  # rows of their own: several variants share a table
 
     async def setup(self) -> None:
-        """Create the raw table and connect."""
+        """Create the table and connect."""
         await self.writer.open()
+
+    async def prepare(self, rep: int) -> None:
+        """Build this repetition's row tuples (each ceiling has its own)."""
+        raise NotImplementedError
 
     async def run(self, rep: int) -> Outcome:
         """Write this repetition's batches."""
@@ -220,39 +330,85 @@ class _RawWorkload:
         await self.writer.close()
 
 
-class RawMetrics(_RawWorkload):
-    """The rows of the ``log_batch`` workload into ``bench_raw_metrics``."""
+class RawMetrics(_RawWrites):
+    """The rows of a ``log_batch`` workload into ``bench_raw_metrics`` (no foreign keys)."""
 
-    def target(self) -> tuple[Table, Sequence[str]]:
-        """The raw metrics table and its columns."""
-        return RAW_METRICS, METRIC_COLUMNS
+    table, columns = RAW_METRICS, METRIC_COLUMNS
+
+    async def run_id(self) -> str:
+        """The run the rows belong to (bare table: any id)."""
+        return self.salt * 2
+
+    async def setup(self) -> None:
+        """Create the table, connect, pick the run."""
+        await super().setup()
+        self.run_uuid = await self.run_id()
 
     async def prepare(self, rep: int) -> None:
         """This repetition's rows (the ones asyncstore logs in the same repetition)."""
-        n = self.scale.metric_batches
+        size = self.spec.batch or METRIC_BATCH
+        n = self.spec.size(self.scale) // size
         self.batches = [
-            [(m.key, m.value, m.timestamp, m.step, False, RAW_RUN_ID) for m in metric_batch(rep, b, n)]
+            [(m.key, m.value, m.timestamp, m.step, False, self.run_uuid) for m in metric_batch(rep, b, n, size=size)]
             for b in range(n)
         ]
 
 
-class RawSpans(_RawWorkload):
-    """The rows of the ``log_spans`` workload into ``bench_raw_spans``."""
+class RawFkMetrics(RawMetrics):
+    """The same rows into ``bench_raw_fk_metrics``: ``metrics`` with its foreign key, for a real run."""
 
-    def target(self) -> tuple[Table, Sequence[str]]:
-        """The raw spans table and its columns."""
-        return RAW_SPANS, SPAN_COLUMNS
+    table = RAW_FK_METRICS
+
+    async def run_id(self) -> str:
+        """A run created through the store (untimed)."""
+        run = await self.peer.store.runs.create(self.peer.experiment_id, run_name=f"raw-fk-{self.salt}")
+        return run.info.run_id
+
+
+class RawSpans(_RawWrites):
+    """The rows of a ``log_spans`` workload into ``bench_raw_spans`` (no foreign keys)."""
+
+    table, columns = RAW_SPANS, SPAN_COLUMNS
+
+    def experiment(self) -> int:
+        """The experiment id the rows carry."""
+        return RAW_EXPERIMENT_ID
 
     async def prepare(self, rep: int) -> None:
         """This repetition's rows, content JSON included."""
+        size = self.spec.batch or SPAN_BATCH
+        experiment = self.experiment()
+        self.rows = [span_batch(self.salt, rep, b, size=size) for b in range(self.spec.size(self.scale) // size)]
         self.batches = [
             [
-                (r.trace_id, RAW_EXPERIMENT_ID, r.span_id, r.parent_span_id, r.name, r.span_type, "OK",
+                (r.trace_id, experiment, r.span_id, r.parent_span_id, r.name, r.span_type, "OK",
                  r.start_ns, r.end_ns, r.content())
-                for r in span_batch("raw", rep, b, size=SPAN_BATCH)
+                for r in rows
             ]
-            for b in range(self.scale.span_batches)
+            for rows in self.rows
         ]
 
 
-RAW_WORKLOADS: dict[str, type[_RawWorkload]] = {"log_batch": RawMetrics, "log_spans": RawSpans}
+class RawFkSpans(RawSpans):
+    """The same rows into ``bench_raw_fk_spans``: ``spans`` with its foreign keys (traces written untimed)."""
+
+    table = RAW_FK_SPANS
+
+    def experiment(self) -> int:
+        """The store workload's experiment (the foreign key checks it)."""
+        return int(self.peer.experiment_id)
+
+    async def prepare(self, rep: int) -> None:
+        """This repetition's rows, and their traces written first."""
+        await super().prepare(rep)
+        experiment = self.experiment()
+        roots = [r for rows in self.rows for r in rows if r.parent_span_id is None]
+        traces = [(r.trace_id, experiment, r.start_ns // 1_000_000, (r.end_ns - r.start_ns) // 1_000_000, "OK")
+                  for r in roots]
+        await self.writer.driver.write("trace_info", TRACE_COLUMNS, traces)
+
+
+RAW_WRITES: dict[str, type[_RawWrites]] = {"log_batch": RawMetrics, "log_spans": RawSpans}
+"""The ``raw`` ceiling (bare table) of the write workloads."""
+RAW_FK_WORKLOADS: dict[str, type[_RawWrites]] = {"log_batch": RawFkMetrics, "log_spans": RawFkSpans}
+"""The ``raw_fk`` ceiling (identical table, foreign keys included) of the write workloads."""

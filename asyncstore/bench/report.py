@@ -104,10 +104,14 @@ def ratio(numerator: float | None, denominator: float | None) -> float | None:
 
 
 def add_ratios(workloads: Mapping[str, dict[str, Any]]) -> None:
-    """Set ``ratio_mlflow`` (asyncstore / MLflow) and ``ratio_raw`` (asyncstore / raw) in place."""
+    """Set ``ratio_<peer>`` (asyncstore / peer) in place for MLflow and the raw ceilings.
+
+    ``ratio_raw`` is the fraction of the bare-table (or bare-query) ceiling,
+    ``ratio_raw_fk`` of the identical-table one (foreign keys included).
+    """
     for entry in workloads.values():
         ours = _throughput(entry.get("asyncstore"))
-        for peer in ("mlflow", "raw"):
+        for peer in ("mlflow", "raw", "raw_fk"):
             value = ratio(ours, _throughput(entry.get(peer)))
             if value is not None:
                 entry[f"ratio_{peer}"] = value
@@ -144,10 +148,13 @@ def table(result: Mapping[str, Any]) -> str:
     """The results as a fixed-width text table (one row per workload)."""
     workloads: Mapping[str, Mapping[str, Any]] = result["workloads"]
     compare = any("mlflow" in w for w in workloads.values())
+    fk = any("raw_fk" in w for w in workloads.values())
     header = ["workload", "unit", "asyncstore"]
     if compare:
         header += ["MLflow", "x MLflow"]
     header += ["raw driver", "of raw"]
+    if fk:
+        header += ["raw, same table", "of same"]
     rows: list[Sequence[str]] = [header]
     for name, entry in workloads.items():
         row = [name, entry["unit"], _cell(entry.get("asyncstore"))]
@@ -158,6 +165,10 @@ def table(result: Mapping[str, Any]) -> str:
         raw = entry.get("raw")
         row += [_cell(raw) if raw is not None else "-"]
         row += [f"{entry['ratio_raw']:.0%}" if "ratio_raw" in entry else "-"]
+        if fk:
+            same = entry.get("raw_fk")
+            row += [_cell(same) if same is not None else "-"]
+            row += [f"{entry['ratio_raw_fk']:.0%}" if "ratio_raw_fk" in entry else "-"]
         rows.append(row)
     widths = [max(len(r[i]) for r in rows) for i in range(len(header))]
     lines = ["  ".join(cell.ljust(w) for cell, w in zip(r, widths)).rstrip() for r in rows]
@@ -167,8 +178,24 @@ def table(result: Mapping[str, Any]) -> str:
         f"scale {result['scale']}, median of {result['repetitions']} repetitions after "
         f"{result['warmup']} warm-up"
     )
-    notes = [f"  {name}: {entry['description']}" for name, entry in workloads.items()]
-    return "\n".join([title, "", *lines, "", "throughput per second; workloads:", *notes])
+    notes = [f"  {name}: {entry['description']}{_extras(entry)}" for name, entry in workloads.items()]
+    ceilings = (
+        "raw driver: the same rows written (bare table, no foreign keys) or the same queries run by the bare "
+        "driver; raw, same table: an identical table, foreign keys included"
+    )
+    return "\n".join([title, "", *lines, "", "throughput per second; " + ceilings + "; workloads:", *notes])
+
+
+def _extras(entry: Mapping[str, Any]) -> str:
+    """The counters of a workload's systems (lost claims, memory) for its footnote."""
+    parts = []
+    for system, figures in entry.items():
+        if isinstance(figures, Mapping) and figures.get("extra"):
+            counters = ", ".join(f"{k} {v:,.1f}".replace(".0 ", " ").removesuffix(".0")
+                                 for k, v in figures["extra"].items())
+            throughput = f"{format_rate(figures['throughput'])} {entry['unit']}, " if system == "naive" else ""
+            parts.append(f"{system}: {throughput}{counters}")
+    return f" [{'; '.join(parts)}]" if parts else ""
 
 
 def write_json(result: Mapping[str, Any], out_dir: Path) -> Path:

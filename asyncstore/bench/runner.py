@@ -3,13 +3,15 @@
 ::
 
     asyncstore bench [--uri URI] [--workload NAME ...] [--scale small|medium|large]
-                     [--out DIR] [--compare mlflow] [--plot]
+                     [--batch-sizes N,N,...] [--job-workers N,N,...] [--million [SPANS]]
+                     [--search-scale [RUNS]] [--out DIR] [--compare mlflow] [--plot]
 
 Without ``--uri`` it runs on a SQLite file in a new temporary directory; with a
 PostgreSQL or MySQL URI it creates a database with a random name on that server
 and drops it at the end, even after an error or Ctrl-C (see
 :mod:`asyncstore.bench.database`). Every workload runs after a warm-up, several
-times, and the median is reported (:mod:`asyncstore.bench.measure`).
+times, and the median is reported (:mod:`asyncstore.bench.measure`), next to
+the raw-driver ceilings of :mod:`asyncstore.bench.raw` measured in the same run.
 
 Exit codes: 0 all workloads measured; 1 some workload failed (the others are still
 reported); 2 a usage problem (e.g. ``--compare mlflow`` without mlflow installed).
@@ -28,9 +30,10 @@ from typing import TYPE_CHECKING, Any, TextIO
 from asyncstore.bench import report
 from asyncstore.bench.database import ScratchDatabase, create_scratch
 from asyncstore.bench.measure import Workload, measure_all
+from asyncstore.bench.options import MILLION, SCALE_RUNS, variants
 from asyncstore.bench.progress import Progress
 from asyncstore.bench.scale import SCALES, Scale
-from asyncstore.bench.workloads import SPECS, STORE_WORKLOADS, Spec
+from asyncstore.bench.workloads import SPECS, Spec
 from asyncstore.config import redact
 from asyncstore.errors import StoreError
 from asyncstore.store import AsyncStore
@@ -47,7 +50,8 @@ DEFAULT_OUT = "bench-results"
 DESCRIPTION = (
     "Benchmark asyncstore on a fresh database: experiment and run creation, log_batch, get_run, run search, "
     "span ingestion, trace search and job claiming, each after a warm-up and several repetitions (median "
-    "reported), next to raw-driver ceilings and optionally MLflow's SqlAlchemyStore. Prints a table and "
+    "reported), next to raw-driver ceilings (the same rows written, or the same read queries run, by the bare "
+    "driver) and optionally MLflow's SqlAlchemyStore. Prints a table and "
     "writes every figure, the versions and the machine to a JSON file. Without --uri it runs on a SQLite file "
     "in a temporary directory; with a server URI it creates a database with a random name there and drops it "
     "at the end, even after an error or Ctrl-C."
@@ -67,6 +71,28 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--scale", choices=list(SCALES), default="small", help="how much work (default: small)")
     parser.add_argument(
+        "--batch-sizes", type=_sizes, default=(), metavar="N,N,...",
+        help="run log_batch and log_spans with these rows per call instead of 1000 (e.g. 100,1000,10000), as "
+        "workloads named log_spans@100 etc. (1000 is the plain one), with their raw ceilings; the same rows per "
+        "repetition; log_batch takes at most 1000 (MLflow's limit)",
+    )
+    parser.add_argument(
+        "--job-workers", type=_sizes, default=(), metavar="N,N,...",
+        help="run claim_jobs with these numbers of concurrent workers instead of 8 (e.g. 1,4,8), as claim_jobs@1 "
+        "etc. (8 is the plain one), each beside a naive claim loop (SELECT, then UPDATE if still pending) whose "
+        "lost claims are counted",
+    )
+    parser.add_argument(
+        "--million", type=_positive, nargs="?", const=MILLION, default=0, metavar="SPANS",
+        help=f"also ingest {MILLION:,} spans (or SPANS) in 1,000-span batches once, reporting resident memory "
+        "along the way and the peak (it must stay flat)",
+    )
+    parser.add_argument(
+        "--search-scale", type=_positive, nargs="?", const=SCALE_RUNS, default=0, metavar="RUNS",
+        help=f"also search {SCALE_RUNS:,} runs (or RUNS) with 20 metrics each (filled in bulk, untimed): metric "
+        "filters ordered by another metric, pages of 100 and 1,000, with the raw ceiling",
+    )
+    parser.add_argument(
         "--out", default=DEFAULT_OUT, metavar="DIR", help=f"where the JSON (and PNG) go (default: ./{DEFAULT_OUT})"
     )
     parser.add_argument(
@@ -74,6 +100,27 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="also run the workloads through MLflow's SqlAlchemyStore (needs the bench extra)",
     )
     parser.add_argument("--plot", action="store_true", help="write a PNG chart (needs matplotlib, the bench extra)")
+
+
+def _sizes(text: str) -> tuple[int, ...]:
+    """``100,1000,10000`` -> (100, 1000, 10000); each at least 1."""
+    try:
+        found = tuple(int(part) for part in text.split(",") if part.strip())
+    except ValueError:
+        found = ()
+    if not found or min(found) < 1:
+        raise argparse.ArgumentTypeError(f"expected positive integers separated by commas, got {text!r}")
+    return found
+
+
+def _positive(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
+    return value
 
 
 def add_bench_command(subparsers: Subparsers) -> None:
@@ -131,7 +178,10 @@ async def run_bench(args: argparse.Namespace, stream: TextIO | None = None) -> i
             return EXIT_USAGE
     scale = SCALES[args.scale]
     chosen = set(args.workload or [s.name for s in SPECS])
-    specs = [s for s in SPECS if s.name in chosen]
+    specs = variants(
+        [s for s in SPECS if s.name in chosen], batch_sizes=args.batch_sizes, job_workers=args.job_workers,
+        million=args.million, search_runs=args.search_scale,
+    )
     bench = _Bench(scale, specs, compare, out)
     result = await bench.run(args.uri)
     result["command"] = _command(args)
@@ -156,6 +206,12 @@ def _command(args: argparse.Namespace) -> str:
     if args.workload:
         parts += ["--workload", *args.workload]
     parts += ["--scale", args.scale]
+    for option in ("batch_sizes", "job_workers"):
+        if getattr(args, option):
+            parts += [f"--{option.replace('_', '-')}", ",".join(map(str, getattr(args, option)))]
+    for option in ("million", "search_scale"):
+        if getattr(args, option):
+            parts += [f"--{option.replace('_', '-')}", str(getattr(args, option))]
     if args.compare:
         parts += ["--compare", args.compare]
     if args.plot:
@@ -170,8 +226,7 @@ class _Bench:
         self.scale = scale
         self.specs = specs
         self.compare = compare
-        per_workload = scale.warmup + scale.repetitions
-        steps = sum(per_workload * (1 + int(s.raw) + int(compare)) for s in specs)
+        steps = sum(sum(self._reps(s)) * len(s.systems(compare)) for s in specs)
         self.progress = Progress(total=steps, stream=out)
         self.failed: list[str] = []
 
@@ -215,6 +270,10 @@ class _Bench:
             "failed": self.failed,
         }
 
+    def _reps(self, spec: Spec) -> tuple[int, int]:
+        """Warm-up and recorded repetitions of ``spec``."""
+        return (0, 1) if spec.once else (self.scale.warmup, self.scale.repetitions)
+
     async def _open_peer(self, uri: str | None, scratches: list[ScratchDatabase]) -> MlflowPeer:
         from asyncstore.bench.mlflow_peer import MlflowPeer
 
@@ -234,16 +293,9 @@ class _Bench:
             "concurrency": spec.concurrency,
             "items_per_repetition": spec.size(self.scale),
         }
-        systems: dict[str, Workload] = {"asyncstore": STORE_WORKLOADS[spec.name](store, self.scale)}
-        if spec.raw:
-            from asyncstore.bench.raw import RAW_WORKLOADS
-
-            systems["raw"] = RAW_WORKLOADS[spec.name](scratch, self.scale)
-        if peer is not None:
-            from asyncstore.bench.mlflow_peer import MLFLOW_WORKLOADS
-
-            systems["mlflow"] = MLFLOW_WORKLOADS[spec.name](peer, self.scale)
-        reps = self.scale.warmup + self.scale.repetitions
+        systems = self._systems(spec, store, scratch, peer)
+        warmup, repetitions = self._reps(spec)
+        reps = warmup + repetitions
         finished = dict.fromkeys(systems, 0)
         self.progress.status(f"{spec.name}: setting up {', '.join(systems)}")
 
@@ -258,12 +310,37 @@ class _Bench:
             self.progress.done = min(self.progress.total, self.progress.done + reps - finished[system])
 
         results = await measure_all(
-            systems, warmup=self.scale.warmup, repetitions=self.scale.repetitions,
+            systems, warmup=warmup, repetitions=repetitions,
             on_repetition=done, on_failure=failed,
         )
         for system, figures in results.items():
             entry[system] = {"error": _describe(figures)} if isinstance(figures, Exception) else figures.to_json()
         return entry
+
+    def _systems(
+        self, spec: Spec, store: AsyncStore, scratch: ScratchDatabase, peer: MlflowPeer | None
+    ) -> dict[str, Workload]:
+        """The workload of every system measured for ``spec``, asyncstore first (the others read its setup)."""
+        from asyncstore.bench.options import workload_class
+
+        ours = workload_class(spec.kind)(store, self.scale, spec)
+        systems: dict[str, Workload] = {"asyncstore": ours}
+        for system in spec.systems(peer is not None):
+            if system in ("raw", "raw_fk"):
+                from asyncstore.bench.raw import RAW_FK_WORKLOADS
+                from asyncstore.bench.replay import RAW_WORKLOADS
+
+                table = RAW_WORKLOADS if system == "raw" else RAW_FK_WORKLOADS
+                systems[system] = table[spec.kind](scratch, self.scale, spec, ours)  # type: ignore[arg-type]
+            elif system == "naive":
+                from asyncstore.bench.options import NAIVE_WORKLOADS
+
+                systems[system] = NAIVE_WORKLOADS[spec.kind](store, self.scale, spec)
+            elif system == "mlflow" and peer is not None:
+                from asyncstore.bench.mlflow_peer import MLFLOW_WORKLOADS
+
+                systems[system] = MLFLOW_WORKLOADS[spec.kind](peer, self.scale)
+        return systems
 
 
 def _describe(exc: Exception) -> str:

@@ -3,16 +3,20 @@
 :data:`SPECS` names every workload, its unit and its concurrency; the classes
 below are asyncstore's side (an open :class:`~asyncstore.AsyncStore`). The same
 workloads through MLflow are in :mod:`asyncstore.bench.mlflow_peer`, and the
-raw-driver ceilings in :mod:`asyncstore.bench.raw`.
+raw-driver ceilings in :mod:`asyncstore.bench.raw`. :func:`variants` makes the
+workloads of the command's extra options (other batch sizes and worker counts, the
+million-span memory run, the 10,000-run search).
 """
 
 from __future__ import annotations
 
 import asyncio
 import dataclasses
+import functools
 import secrets
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
+from typing import Any
 
 from asyncstore.bench.data import SpanRow, metric_batch, span_batch
 from asyncstore.bench.measure import Outcome, fan_out, timed
@@ -26,7 +30,14 @@ from asyncstore.bench.scale import (
     WRITE_CONCURRENCY,
     Scale,
 )
-from asyncstore.entities import Metric, NewJob, Param, RunTag, Span, SpanStatus
+from asyncstore.entities import (
+    Metric,
+    NewJob,
+    Param,
+    RunTag,
+    Span,
+    SpanStatus,
+)
 from asyncstore.store import AsyncStore
 
 SETUP_CONCURRENCY = 8
@@ -35,12 +46,12 @@ TRACE_SEARCH_SPANS = 10
 """Spans per trace in the traces that trace search scans."""
 SEARCH_PAGE = 100
 """max_results of every search call (a dashboard page)."""
-RUN_SEARCHES = (
+RUN_SEARCHES: tuple[tuple[str, list[str]], ...] = (
     # (filter, order_by): a filtered, metric-ordered search and a plain listing.
     ("metrics.loss < 0.5 and params.model = 'b'", ["metrics.accuracy DESC"]),
     ("", []),
 )
-TRACE_SEARCHES = (
+TRACE_SEARCHES: tuple[tuple[str, list[str]], ...] = (
     # (filter, order_by): traces containing a given span, and the latest traces.
     ("span.name = 'tool_3'", ["timestamp_ms DESC"]),
     ("", ["timestamp_ms DESC"]),
@@ -59,6 +70,13 @@ class Spec:
         concurrency: concurrent callers during the timed part.
         size: the number of calls/items per repetition at a scale.
         raw: whether a raw-driver ceiling is measured for it.
+        family: the workload it is a variant of (its class); "" for itself.
+        batch: rows per call of a batch-size variant (0: the default, 1,000).
+        raw_fk: whether the identical-table ceiling (foreign keys included) is measured.
+        naive: whether the naive claim loop is measured beside it (jobs).
+        once: measured once without warm-up (the million-span memory run).
+        mlflow: whether ``--compare mlflow`` measures it.
+        runs: runs in the experiment searched (``search_scale``).
     """
 
     name: str
@@ -67,23 +85,41 @@ class Spec:
     concurrency: int
     size: Callable[[Scale], int]
     raw: bool = False
+    family: str = ""
+    batch: int = 0
+    raw_fk: bool = False
+    naive: bool = False
+    once: bool = False
+    mlflow: bool = True
+    runs: int = 0
+
+    @property
+    def kind(self) -> str:
+        """The workload class's name in :data:`STORE_WORKLOADS`."""
+        return self.family or self.name
+
+    def systems(self, compare: bool) -> list[str]:
+        """The systems measured for this workload, asyncstore first."""
+        found = ["asyncstore"]
+        found += ["raw"] * self.raw + ["raw_fk"] * self.raw_fk + ["naive"] * self.naive
+        return found + ["mlflow"] * (compare and self.mlflow)
 
 
 SPECS: tuple[Spec, ...] = (
     Spec("create_runs", "runs/s", f"create an experiment, then runs in it ({WRITE_CONCURRENCY} concurrent callers)",
          WRITE_CONCURRENCY, lambda s: s.runs_created),
     Spec("log_batch", "metrics/s", f"log_batch of {METRIC_BATCH} metrics (100 keys x 10 steps) to one run, one caller",
-         1, lambda s: s.metric_batches * METRIC_BATCH, raw=True),
+         1, lambda s: s.metric_batches * METRIC_BATCH, raw=True, raw_fk=True),
     Spec("get_run", "calls/s", f"get_run of runs with 20 metrics, 10 params, 5 tags ({GET_RUN_CONCURRENCY} concurrent callers)",
-         GET_RUN_CONCURRENCY, lambda s: s.get_run_calls),
+         GET_RUN_CONCURRENCY, lambda s: s.get_run_calls, raw=True),
     Spec("search_runs", "searches/s", f"search_runs over 1,000+ runs, filtered by metric and param or not, {SEARCH_PAGE} per page "
-         f"({SEARCH_CONCURRENCY} concurrent callers)", SEARCH_CONCURRENCY, lambda s: s.run_searches),
+         f"({SEARCH_CONCURRENCY} concurrent callers)", SEARCH_CONCURRENCY, lambda s: s.run_searches, raw=True),
     Spec("log_spans", "spans/s", f"ingest {SPAN_BATCH}-span batches ({SPANS_PER_TRACE} spans per trace, ~1 KB JSON each), one caller",
-         1, lambda s: s.span_batches * SPAN_BATCH, raw=True),
+         1, lambda s: s.span_batches * SPAN_BATCH, raw=True, raw_fk=True),
     Spec("search_traces", "searches/s", f"search_traces by span name or latest first, {SEARCH_PAGE} per page "
-         f"({SEARCH_CONCURRENCY} concurrent callers)", SEARCH_CONCURRENCY, lambda s: s.trace_searches),
+         f"({SEARCH_CONCURRENCY} concurrent callers)", SEARCH_CONCURRENCY, lambda s: s.trace_searches, raw=True),
     Spec("claim_jobs", "jobs/s", f"claim + finish queued jobs with {JOB_WORKERS} concurrent workers",
-         JOB_WORKERS, lambda s: s.jobs),
+         JOB_WORKERS, lambda s: s.jobs, raw=True),
 )
 SPEC_BY_NAME = {spec.name: spec for spec in SPECS}
 
@@ -112,9 +148,10 @@ def run_fixture(index: int) -> tuple[list[tuple[str, float, int, int]], list[tup
 class _StoreWorkload:
     """Shared plumbing of the asyncstore workloads."""
 
-    def __init__(self, store: AsyncStore, scale: Scale) -> None:
+    def __init__(self, store: AsyncStore, scale: Scale, spec: Spec | None = None) -> None:
         self.store = store
         self.scale = scale
+        self.spec = spec if spec is not None else SPEC_BY_NAME[STORE_NAMES[type(self)]]
         self.experiment_id = ""
 
     async def setup(self) -> None:
@@ -123,6 +160,10 @@ class _StoreWorkload:
 
     async def prepare(self, rep: int) -> None:
         """Nothing to prepare by default."""
+
+    async def run(self, rep: int) -> Outcome:
+        """Repetition ``rep``: the timed part (every workload has its own)."""
+        raise NotImplementedError
 
     async def teardown(self) -> None:
         """Nothing to release: the runner closes the store."""
@@ -145,6 +186,50 @@ class _StoreWorkload:
         return run_ids
 
 
+class _ReadWorkload(_StoreWorkload):
+    """A read workload: its calls are a few distinct ones, repeated.
+
+    :meth:`calls` lists the distinct calls and :meth:`which` says which of them call
+    ``i`` of repetition ``rep`` makes, so that the raw-driver ceiling
+    (:class:`asyncstore.bench.raw.RawReads`) replays exactly the same work.
+    """
+
+    latency = False
+    """Whether each call's latency is recorded (p50/p99)."""
+
+    def calls(self) -> list[Callable[[], Awaitable[Any]]]:
+        """The distinct calls (after :meth:`setup`)."""
+        raise NotImplementedError
+
+    def which(self, i: int, rep: int) -> int:
+        """The index in :meth:`calls` of call ``i`` of repetition ``rep``: round robin."""
+        return i % len(self.distinct)
+
+    async def setup(self) -> None:
+        """The experiment, its data (:meth:`fill`), the distinct calls."""
+        await super().setup()
+        await self.fill()
+        self.distinct = self.calls()
+
+    async def fill(self) -> None:
+        """Fill the database (untimed)."""
+
+    async def run(self, rep: int) -> Outcome:
+        """Make this repetition's calls from ``concurrency`` callers."""
+        latencies: list[float] = []
+        count = self.spec.size(self.scale)
+
+        async def one(i: int) -> None:
+            call = self.distinct[self.which(i, rep)]
+            if self.latency:
+                await timed(call, latencies)
+            else:
+                await call()
+
+        await fan_out(count, self.spec.concurrency, one)
+        return Outcome(count, latencies=latencies if self.latency else None)
+
+
 class CreateRuns(_StoreWorkload):
     """An experiment, then ``runs_created`` runs in it from concurrent callers."""
 
@@ -163,63 +248,63 @@ class CreateRuns(_StoreWorkload):
 
 
 class LogBatch(_StoreWorkload):
-    """1,000-metric ``log_batch`` calls to a fresh run, one after the other."""
+    """1,000-metric (or ``spec.batch``) ``log_batch`` calls to a fresh run, one after the other."""
 
     async def prepare(self, rep: int) -> None:
         """A fresh run and this repetition's metrics."""
         run = await self.store.runs.create(self.experiment_id, run_name=f"log-batch-{rep}")
         self.run_id = run.info.run_id
-        n = self.scale.metric_batches
-        self.batches = [[Metric(m.key, m.value, m.timestamp, m.step) for m in metric_batch(rep, b, n)] for b in range(n)]
+        size = self.spec.batch or METRIC_BATCH
+        n = self.spec.size(self.scale) // size
+        self.batches = [
+            [Metric(m.key, m.value, m.timestamp, m.step) for m in metric_batch(rep, b, n, size=size)] for b in range(n)
+        ]
 
     async def run(self, rep: int) -> Outcome:
         """Log every batch."""
         for batch in self.batches:
             await self.store.runs.log_batch(self.run_id, metrics=batch)
-        return Outcome(len(self.batches) * METRIC_BATCH)
+        return Outcome(sum(len(b) for b in self.batches))
 
 
-class GetRun(_StoreWorkload):
+class GetRun(_ReadWorkload):
     """``get_run`` from 32 concurrent tasks over a pool of filled runs."""
 
-    async def setup(self) -> None:
-        """The experiment and its runs."""
-        await super().setup()
+    latency = True
+
+    async def fill(self) -> None:
+        """The runs read."""
         self.run_ids = await self._filled_runs(self.scale.get_run_pool)
 
-    async def run(self, rep: int) -> Outcome:
-        """Read runs; record each call's latency."""
-        latencies: list[float] = []
-        ids = self.run_ids
+    def calls(self) -> list[Callable[[], Awaitable[Any]]]:
+        """``get_run`` of each run."""
+        return [functools.partial(self.store.runs.get, run_id) for run_id in self.run_ids]
 
-        async def get(i: int) -> None:
-            await timed(lambda: self.store.runs.get(ids[(i * 31 + rep) % len(ids)]), latencies)
-
-        await fan_out(self.scale.get_run_calls, GET_RUN_CONCURRENCY, get)
-        return Outcome(self.scale.get_run_calls, latencies=latencies)
+    def which(self, i: int, rep: int) -> int:
+        """Runs in a scattered order, shifted every repetition."""
+        return (i * 31 + rep) % len(self.run_ids)
 
 
-class SearchRuns(_StoreWorkload):
-    """Run search over ``searched_runs`` filled runs."""
+def _search_runs(store: AsyncStore, experiment_id: str, filter_string: str, order_by: list[str], page: int
+                 ) -> Callable[[], Awaitable[Any]]:
+    async def search() -> None:
+        found = await store.runs.search([experiment_id], filter_string=filter_string, order_by=order_by, max_results=page)
+        if not found.items:
+            raise RuntimeError(f"run search {filter_string!r} found nothing; the workload is broken")
 
-    async def setup(self) -> None:
-        """The experiment and its runs."""
-        await super().setup()
+    return search
+
+
+class SearchRuns(_ReadWorkload):
+    """Run search over ``searched_runs`` filled runs, alternating the filtered and the plain query."""
+
+    async def fill(self) -> None:
+        """The runs searched."""
         await self._filled_runs(self.scale.searched_runs)
 
-    async def run(self, rep: int) -> Outcome:
-        """Search, alternating the filtered and the plain query."""
-
-        async def search(i: int) -> None:
-            filter_string, order_by = RUN_SEARCHES[i % len(RUN_SEARCHES)]
-            page = await self.store.runs.search(
-                [self.experiment_id], filter_string=filter_string, order_by=order_by, max_results=SEARCH_PAGE
-            )
-            if not page.items:
-                raise RuntimeError(f"run search {filter_string!r} found nothing; the workload is broken")
-
-        await fan_out(self.scale.run_searches, SEARCH_CONCURRENCY, search)
-        return Outcome(self.scale.run_searches)
+    def calls(self) -> list[Callable[[], Awaitable[Any]]]:
+        """One search per query of :data:`RUN_SEARCHES`."""
+        return [_search_runs(self.store, self.experiment_id, f, o, SEARCH_PAGE) for f, o in RUN_SEARCHES]
 
 
 def to_spans(rows: list[SpanRow]) -> list[Span]:
@@ -235,87 +320,102 @@ def to_spans(rows: list[SpanRow]) -> list[Span]:
 
 
 class LogSpans(_StoreWorkload):
-    """1,000-span ingestion calls, one after the other."""
+    """1,000-span (or ``spec.batch``) ingestion calls, one after the other."""
 
     salt = "log-spans"
 
     async def prepare(self, rep: int) -> None:
         """This repetition's spans (new traces every repetition)."""
         salt = f"{self.salt}-{self.experiment_id}"
-        self.batches = [to_spans(span_batch(salt, rep, b)) for b in range(self.scale.span_batches)]
+        size = self.spec.batch or SPAN_BATCH
+        calls = self.spec.size(self.scale) // size
+        self.batches = [to_spans(span_batch(salt, rep, b, size=size)) for b in range(calls)]
 
     async def run(self, rep: int) -> Outcome:
         """Ingest every batch."""
         for batch in self.batches:
             await self.store.spans.log_spans(self.experiment_id, batch)
-        return Outcome(len(self.batches) * SPAN_BATCH)
+        return Outcome(sum(len(b) for b in self.batches))
 
 
-class SearchTraces(_StoreWorkload):
-    """Trace search over ``searched_traces`` ingested traces."""
+class SearchTraces(_ReadWorkload):
+    """Trace search over ``searched_traces`` ingested traces, by span name or latest first."""
 
-    async def setup(self) -> None:
-        """The experiment and its traces (10 spans each)."""
-        await super().setup()
+    async def fill(self) -> None:
+        """The traces (10 spans each)."""
         per_batch = SPAN_BATCH // TRACE_SEARCH_SPANS
         salt = f"search-traces-{self.experiment_id}"
         for b in range(-(-self.scale.searched_traces // per_batch)):
             rows = span_batch(salt, 0, b, size=SPAN_BATCH, per_trace=TRACE_SEARCH_SPANS)
             await self.store.spans.log_spans(self.experiment_id, to_spans(rows))
 
-    async def run(self, rep: int) -> Outcome:
-        """Search, alternating the span-name and the plain query."""
+    def calls(self) -> list[Callable[[], Awaitable[Any]]]:
+        """One search per query of :data:`TRACE_SEARCHES`."""
 
-        async def search(i: int) -> None:
-            filter_string, order_by = TRACE_SEARCHES[i % len(TRACE_SEARCHES)]
-            page = await self.store.traces.search(
-                [self.experiment_id], filter_string=filter_string, order_by=order_by, max_results=SEARCH_PAGE
-            )
-            if not page.items:
-                raise RuntimeError(f"trace search {filter_string!r} found nothing; the workload is broken")
+        def search(filter_string: str, order_by: list[str]) -> Callable[[], Awaitable[Any]]:
+            async def call() -> None:
+                page = await self.store.traces.search(
+                    [self.experiment_id], filter_string=filter_string, order_by=order_by, max_results=SEARCH_PAGE
+                )
+                if not page.items:
+                    raise RuntimeError(f"trace search {filter_string!r} found nothing; the workload is broken")
 
-        await fan_out(self.scale.trace_searches, SEARCH_CONCURRENCY, search)
-        return Outcome(self.scale.trace_searches)
+            return call
+
+        return [search(f, o) for f, o in TRACE_SEARCHES]
 
 
 class ClaimJobs(_StoreWorkload):
-    """8 workers claiming and finishing the queued jobs until none is left."""
+    """Workers (8, or ``spec.concurrency``) claiming and finishing the queued jobs until none is left."""
+
+    counters: tuple[str, ...] = ("empty_claims",)
+    """What the workers count (reported as extra figures)."""
 
     async def setup(self) -> None:
         """Nothing: jobs need no experiment."""
 
     async def prepare(self, rep: int) -> None:
         """Queue this repetition's jobs (a job name of their own)."""
-        self.job_name = f"{JOB_NAME}.{rep}"
+        self.job_name = f"{JOB_NAME}.{self.spec.name}.{type(self).__name__}.{rep}"
         todo = self.scale.jobs
         while todo > 0:
             chunk = min(todo, 500)
             await self.store.jobs.create_many([NewJob(self.job_name, {"n": i}) for i in range(chunk)])
             todo -= chunk
 
+    async def claim(self) -> str | None:
+        """Claim one job; its id, or None when none was free."""
+        jobs = await self.store.jobs.claim([self.job_name], limit=1, lease_seconds=60)
+        return jobs[0].job_id if jobs else None
+
+    async def finish(self, job_id: str) -> None:
+        """Finish a claimed job."""
+        await self.store.jobs.finish(job_id, "ok")
+
     async def run(self, rep: int) -> Outcome:
         """Claim one job at a time and finish it, from every worker."""
         total = self.scale.jobs
         done = 0
-        empty_claims = 0
+        self.counts = dict.fromkeys(self.counters, 0)
 
         async def worker() -> None:
-            nonlocal done, empty_claims
+            nonlocal done
             while done < total:
-                jobs = await self.store.jobs.claim([self.job_name], limit=1, lease_seconds=60)
-                if not jobs:
+                job_id = await self.claim()
+                if job_id is None:
                     # Nothing free right now: others hold the last jobs, or skipped them.
-                    empty_claims += 1
+                    self.counts["empty_claims"] += 1
                     await asyncio.sleep(0.001)
                     continue
-                await self.store.jobs.finish(jobs[0].job_id, "ok")
+                await self.finish(job_id)
                 done += 1
 
         started = time.monotonic()
-        await fan_out(JOB_WORKERS, JOB_WORKERS, lambda _: worker())
+        workers = self.spec.concurrency
+        await fan_out(workers, workers, lambda _: worker())
         if done != total:
             raise RuntimeError(f"{done} of {total} jobs finished in {time.monotonic() - started:.1f}s")
-        return Outcome(total, extra={"empty_claims": empty_claims})
+        return Outcome(total, extra=dict(self.counts))
 
 
 STORE_WORKLOADS: dict[str, type[_StoreWorkload]] = {
@@ -327,3 +427,5 @@ STORE_WORKLOADS: dict[str, type[_StoreWorkload]] = {
     "search_traces": SearchTraces,
     "claim_jobs": ClaimJobs,
 }
+STORE_NAMES = {cls: name for name, cls in STORE_WORKLOADS.items()}
+
