@@ -221,12 +221,13 @@ class _Parser:
                 entity = self._default_entity(word, start)
                 key = word
             else:
-                entity = self.grammar.entity_for_prefix(prefix)
-                if entity is None:
+                named = self.grammar.entity_for_prefix(prefix)
+                if named is None:
                     raise self.fail(
                         f"unknown entity type {prefix!r}; allowed prefixes: {self.grammar.describe_prefixes()}",
                         start,
                     )
+                entity = named
                 nxt = self.peek()
                 glued = nxt is not None and nxt.start == tok.end
                 if rest == "" and glued and nxt is not None and nxt.kind in (TokenKind.BACKQUOTED, TokenKind.STRING):

@@ -18,6 +18,8 @@ Differences from MLflow, each on purpose:
 
 from __future__ import annotations
 
+from typing import Any
+
 from sqlalchemy import (
     BigInteger,
     Boolean,
@@ -54,7 +56,7 @@ metadata = MetaData(naming_convention=NAMING_CONVENTION)
 # and NO PAD: with a PAD SPACE collation (MariaDB's utf8mb4_bin) 'a' and 'a ' are the
 # same key. The migrations create the tables with mysql_collation(dialect) of the
 # server they run on; MariaDB's name is the one written here.
-MYSQL_TABLE_ARGS = {
+MYSQL_TABLE_ARGS: dict[str, Any] = {
     "mysql_engine": "InnoDB",
     "mysql_charset": "utf8mb4",
     "mysql_collate": "utf8mb4_nopad_bin",
@@ -160,7 +162,7 @@ runs = Table(
 )
 
 
-def _run_child(name: str, *columns: Column, pk: tuple[str, ...], pk_name: str, index: tuple[str, ...]) -> Table:
+def _run_child(name: str, *columns: Column[Any], pk: tuple[str, ...], pk_name: str, index: tuple[str, ...]) -> Table:
     return Table(
         name,
         metadata,
@@ -240,7 +242,7 @@ trace_info = Table(
 )
 
 
-def _trace_child(name: str, *columns: Column, pk: tuple[str, ...], pk_name: str) -> Table:
+def _trace_child(name: str, *columns: Column[Any], pk: tuple[str, ...], pk_name: str) -> Table:
     return Table(
         name,
         metadata,

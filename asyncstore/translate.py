@@ -15,6 +15,9 @@ import sqlite3
 from collections.abc import Iterator, Mapping
 
 import sqlalchemy.exc as sa_exc
+from asyncpg.exceptions import InterfaceError as _PgInterfaceError
+from pymysql.err import InterfaceError as _MySQLInterfaceError
+from pymysql.err import MySQLError as _MySQLError
 
 from asyncstore.errors import (
     AlreadyExists,
@@ -28,18 +31,6 @@ from asyncstore.errors import (
     StoreError,
     TemporarilyUnavailable,
 )
-
-try:  # pymysql comes with aiomysql
-    from pymysql.err import InterfaceError as _MySQLInterfaceError
-    from pymysql.err import MySQLError as _MySQLError
-except ImportError:  # pragma: no cover - aiomysql is a hard dependency
-    _MySQLError = _MySQLInterfaceError = ()  # type: ignore[assignment,misc]
-
-try:
-    from asyncpg.exceptions import InterfaceError as _PgInterfaceError
-except ImportError:  # pragma: no cover - asyncpg is a hard dependency
-    _PgInterfaceError = ()  # type: ignore[assignment,misc]
-
 
 # --- PostgreSQL SQLSTATE -----------------------------------------------------------
 _PG_EXACT: dict[str, type[StoreError]] = {
