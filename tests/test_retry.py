@@ -1,0 +1,66 @@
+"""The one retry loop behind connect and transaction retries (no database)."""
+
+from __future__ import annotations
+
+import pytest
+
+from asyncstore.retry import Backoff, retrying
+
+
+class Flaky(Exception):
+    """A failure the predicate below calls transient."""
+
+
+def test_backoff_doubles_from_base_up_to_cap() -> None:
+    assert [Backoff(base=0.2, cap=5.0).delay(n) for n in range(1, 8)] == [0.2, 0.4, 0.8, 1.6, 3.2, 5.0, 5.0]
+    assert Backoff(base=1.0, cap=10.0).delay(10_000) == 10.0  # no overflow on a huge retry number
+
+
+def test_jitter_stays_within_half_and_one_and_a_half_of_the_wait() -> None:
+    waits = [Backoff(base=0.04, cap=1.0, jitter=True).delay(2) for _ in range(200)]
+    assert all(0.04 <= w < 0.12 for w in waits)
+    assert len(set(waits)) > 1
+
+
+async def _run(failures: int, retries: int, transient: bool = True) -> tuple[list[int], list[tuple[int, float]]]:
+    calls: list[int] = []
+    logged: list[tuple[int, float]] = []
+
+    async def attempt() -> str:
+        calls.append(len(calls) + 1)
+        if len(calls) <= failures:
+            raise Flaky(len(calls)) if transient else ValueError(len(calls))
+        return "done"
+
+    result = await retrying(
+        attempt,
+        retries=retries,
+        backoff=Backoff(base=0.001, cap=0.002),
+        should_retry=lambda exc: isinstance(exc, Flaky),
+        on_retry=lambda exc, n, delay: logged.append((n, delay)),
+    )
+    assert result == "done"
+    return calls, logged
+
+
+async def test_retries_until_success_and_reports_each_retry() -> None:
+    calls, logged = await _run(failures=2, retries=3)
+    assert calls == [1, 2, 3]
+    assert logged == [(1, 0.001), (2, 0.002)]
+
+
+async def test_gives_up_after_the_last_retry_with_the_attempts_own_error() -> None:
+    with pytest.raises(Flaky) as info:
+        await _run(failures=5, retries=2)
+    assert info.value.args == (3,)  # 1 attempt + 2 retries, the third failure surfaces as it is
+
+
+async def test_a_failure_the_predicate_refuses_is_raised_at_once() -> None:
+    with pytest.raises(ValueError) as info:
+        await _run(failures=1, retries=5, transient=False)
+    assert info.value.args == (1,)
+
+
+async def test_no_retries_means_one_attempt() -> None:
+    with pytest.raises(Flaky):
+        await _run(failures=1, retries=0)
