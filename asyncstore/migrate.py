@@ -25,6 +25,7 @@ from sqlalchemy.engine import URL, Connection
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from asyncstore.config import Backend, StoreConfig
+from asyncstore.driver import Driver
 from asyncstore.engines import create_engine, create_readonly_engine, engine_state, sqlite_file
 from asyncstore.errors import (
     InternalError,
@@ -233,6 +234,4 @@ async def _unlock(conn: AsyncConnection, backend: Backend) -> None:
 
 async def _sqlite_pragma(conn: AsyncConnection, pragma: str) -> None:
     """Run a pragma on the aiosqlite connection itself, outside SQLAlchemy's transaction."""
-    raw = await conn.get_raw_connection()
-    async with raw.driver_connection.execute(pragma):
-        pass
+    await (await Driver.of(conn)).execute(pragma)

@@ -7,11 +7,14 @@ A batch is written with a bounded number of statements, whatever its size:
    state from the root span while the trace is IN_PROGRESS). The upsert takes the
    trace row locks in sorted order, so concurrent ingesters on PostgreSQL and
    MySQL queue behind each other instead of deadlocking;
-2. one check that no trace of the batch belongs to another experiment;
+2. one check that no trace of the batch belongs to another experiment
+   (:data:`FOREIGN_TRACE`, per chunk of ``TRACE_CHUNK`` trace ids);
 3. one upsert of the span rows (sorted by trace_id, span_id) per chunk of
    ``SPAN_CHUNK`` spans: re-sent spans overwrite the stored row.
 
-Per backend, the fastest path measured by ``benchmarks/bench_spans.py``:
+Per backend, the fastest path measured by ``asyncstore bench --workload log_spans``
+(the calls that bypass SQLAlchemy go through :class:`asyncstore.driver.Driver`, so
+SQLAlchemy's statement events and ``echo`` still see them):
 
 * PostgreSQL: batches of ``PG_COPY_MIN`` spans or more are first tried with
   ``COPY`` straight into ``spans`` under a savepoint (about a fifth faster than the
@@ -31,16 +34,14 @@ Per backend, the fastest path measured by ``benchmarks/bench_spans.py``:
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from typing import Any
-
 from asyncpg.exceptions import UniqueViolationError
-from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncConnection
+from typing_extensions import assert_never
 
 from asyncstore.config import Backend
+from asyncstore.dialect import chunks
+from asyncstore.driver import Driver
 from asyncstore.errors import InvalidParameter, InvalidState
-from asyncstore.schema import trace_info
 from asyncstore.tracing.rows import PreparedBatch
 
 SPAN_CHUNK = 5000
@@ -52,7 +53,7 @@ _SPAN_COLUMNS = (
     "trace_id, experiment_id, span_id, parent_span_id, name, type, status, "
     "start_time_unix_nano, end_time_unix_nano, content"
 )
-_SPAN_COLUMN_LIST = [c.strip() for c in _SPAN_COLUMNS.split(",")]
+_SPAN_COLUMN_LIST = tuple(c.strip() for c in _SPAN_COLUMNS.split(","))
 PG_COPY_MIN = 100
 """Below this many spans the single upsert statement is as fast as COPY plus its
 savepoint round trips."""
@@ -127,9 +128,27 @@ ON DUPLICATE KEY UPDATE
     status = IF(status = 'IN_PROGRESS', VALUES(status), status)
 """
 
+# --- every backend ------------------------------------------------------------------
+# The first trace of a chunk of the batch's trace ids that belongs to another
+# experiment; {ids} is one placeholder per id, {experiment} the batch's experiment.
+FOREIGN_TRACE = """
+SELECT request_id, experiment_id FROM trace_info
+WHERE request_id IN ({ids}) AND experiment_id <> {experiment}
+LIMIT 1
+"""
 
-def _chunks(rows: Sequence[Any], size: int) -> list[Sequence[Any]]:
-    return [rows[i : i + size] for i in range(0, len(rows), size)]
+
+def _foreign_trace_sql(backend: Backend, n: int) -> str:
+    """:data:`FOREIGN_TRACE` for ``n`` ids, in the placeholders of the backend's driver."""
+    if backend is Backend.POSTGRESQL:
+        marks = [f"${i}" for i in range(1, n + 2)]
+    elif backend is Backend.SQLITE:
+        marks = ["?"] * (n + 1)
+    elif backend is Backend.MYSQL:
+        marks = ["%s"] * (n + 1)
+    else:
+        assert_never(backend)
+    return FOREIGN_TRACE.format(ids=", ".join(marks[:n]), experiment=marks[n])
 
 
 async def write_batch(conn: AsyncConnection, backend: Backend, experiment_id: int, batch: PreparedBatch) -> None:
@@ -144,11 +163,11 @@ async def write_batch(conn: AsyncConnection, backend: Backend, experiment_id: in
         await _write_sqlite(conn, experiment_id, batch)
     elif backend is Backend.MYSQL:
         await conn.exec_driver_sql(MYSQL_TRACES, batch.trace_rows)
-        await _check_experiment(conn, experiment_id, batch.trace_ids)
-        for chunk in _chunks(batch.span_rows, SPAN_CHUNK):
+        await _check_experiment(conn, backend, experiment_id, batch.trace_ids)
+        for chunk in chunks(batch.span_rows, SPAN_CHUNK):
             await conn.exec_driver_sql(MYSQL_SPANS, [(r[0], experiment_id, *r[1:]) for r in chunk])
-    else:  # pragma: no cover - Backend is exhaustive
-        raise AssertionError(backend)
+    else:
+        assert_never(backend)
 
 
 async def _write_pg(conn: AsyncConnection, experiment_id: int, batch: PreparedBatch) -> None:
@@ -157,10 +176,10 @@ async def _write_pg(conn: AsyncConnection, experiment_id: int, batch: PreparedBa
         PG_TRACES,
         (experiment_id, [r[0] for r in rows], [r[2] for r in rows], [r[3] for r in rows], [r[4] for r in rows]),
     )
-    await _check_experiment(conn, experiment_id, batch.trace_ids)
+    await _check_experiment(conn, Backend.POSTGRESQL, experiment_id, batch.trace_ids)
     if len(batch.span_rows) >= PG_COPY_MIN and await _copy_new_spans_pg(conn, experiment_id, batch):
         return
-    for chunk in _chunks(batch.span_rows, SPAN_CHUNK):
+    for chunk in chunks(batch.span_rows, SPAN_CHUNK):
         columns = list(zip(*chunk))
         await conn.exec_driver_sql(PG_SPANS, (experiment_id, *(list(c) for c in columns)))
 
@@ -173,14 +192,11 @@ async def _copy_new_spans_pg(conn: AsyncConnection, experiment_id: int, batch: P
     stored, the unique violation rolls back to it and the caller falls back to the
     upsert, in the same transaction. Returns whether the COPY wrote the batch.
     """
-    raw = await conn.get_raw_connection()
-    pg = raw.driver_connection  # asyncpg.Connection, inside SQLAlchemy's transaction
-    if pg is None:  # pragma: no cover - the unit of work always holds a live connection
-        raise InvalidState("log_spans must run inside a transaction")
+    pg = await Driver.of(conn)  # asyncpg, inside SQLAlchemy's transaction
     records = [(r[0], experiment_id, *r[1:]) for r in batch.span_rows]
     await pg.execute("SAVEPOINT asyncstore_span_copy")
     try:
-        await pg.copy_records_to_table("spans", records=records, columns=_SPAN_COLUMN_LIST)
+        await pg.copy("spans", _SPAN_COLUMN_LIST, records)
     except UniqueViolationError:
         await pg.execute("ROLLBACK TO SAVEPOINT asyncstore_span_copy")
         return False
@@ -195,40 +211,31 @@ async def _write_sqlite(conn: AsyncConnection, experiment_id: int, batch: Prepar
     cursor adapter costs three or four hops per statement (cursor, execute, fetch,
     close), which on a busy machine cost more than the inserts themselves.
     """
-    raw = await conn.get_raw_connection()
-    db = raw.driver_connection  # aiosqlite.Connection, in the BEGIN IMMEDIATE transaction
-    if db is None or not db.in_transaction:  # pragma: no cover - guarded by UnitOfWork
+    db = await Driver.of(conn)  # aiosqlite, in the BEGIN IMMEDIATE transaction
+    if not db.in_transaction:  # pragma: no cover - guarded by UnitOfWork
         raise InvalidState("log_spans must run inside a transaction")
     await db.executemany(SQLITE_TRACES, batch.trace_rows)
-    for chunk in _chunks(batch.trace_ids, TRACE_CHUNK):
-        marks = ", ".join("?" * len(chunk))
-        found = await db.execute_fetchall(
-            f"SELECT request_id, experiment_id FROM trace_info "
-            f"WHERE request_id IN ({marks}) AND experiment_id <> ? LIMIT 1",
-            (*chunk, experiment_id),
-        )
-        if found:
-            _foreign_trace(experiment_id, *next(iter(found)))
-    for chunk in _chunks(batch.span_rows, SPAN_CHUNK):
+    await _check_experiment(conn, Backend.SQLITE, experiment_id, batch.trace_ids, db)
+    for chunk in chunks(batch.span_rows, SPAN_CHUNK):
         await db.executemany(SQLITE_SPANS, [(r[0], experiment_id, *r[1:]) for r in chunk])
 
 
-def _foreign_trace(experiment_id: int, trace_id: str, owner: int) -> None:
-    raise InvalidParameter(
-        f"trace {trace_id} belongs to experiment {owner}, not {experiment_id}: "
-        "log its spans to the experiment it was started in; nothing in the batch was written"
-    )
+async def _check_experiment(
+    conn: AsyncConnection, backend: Backend, experiment_id: int, trace_ids: list[str], db: Driver | None = None
+) -> None:
+    """Refuse the batch if one of its traces belongs to another experiment.
 
-
-async def _check_experiment(conn: AsyncConnection, experiment_id: int, trace_ids: list[str]) -> None:
-    """Refuse the batch if one of its traces belongs to another experiment."""
-    for chunk in _chunks(trace_ids, TRACE_CHUNK):
-        found = (
-            await conn.execute(
-                select(trace_info.c.request_id, trace_info.c.experiment_id)
-                .where(trace_info.c.request_id.in_(chunk), trace_info.c.experiment_id != experiment_id)
-                .limit(1)
-            )
-        ).first()
+    ``db``: send :data:`FOREIGN_TRACE` straight to the driver (SQLite's fast path)
+    instead of through SQLAlchemy.
+    """
+    for chunk in chunks(trace_ids, TRACE_CHUNK):
+        sql, parameters = _foreign_trace_sql(backend, len(chunk)), (*chunk, experiment_id)
+        if db is not None:
+            found = next(iter(await db.fetchall(sql, parameters)), None)
+        else:
+            found = (await conn.exec_driver_sql(sql, parameters)).first()
         if found is not None:
-            _foreign_trace(experiment_id, found[0], found[1])
+            raise InvalidParameter(
+                f"trace {found[0]} belongs to experiment {found[1]}, not {experiment_id}: "
+                "log its spans to the experiment it was started in; nothing in the batch was written"
+            )

@@ -1,0 +1,194 @@
+"""The only place that talks to a driver connection directly.
+
+A few statements are faster sent straight to the driver than through SQLAlchemy:
+PostgreSQL's ``COPY`` (asyncpg's ``copy_records_to_table``) and SQLite's
+``executemany`` (one hop into aiosqlite's thread per batch instead of three or four
+through SQLAlchemy's cursor adapter). :class:`Driver` makes those calls, inside the
+transaction SQLAlchemy began on the same connection, and keeps them visible:
+
+* SQLAlchemy's own ``before_cursor_execute`` and ``after_cursor_execute`` events fire
+  for each call, on the :class:`~sqlalchemy.engine.Connection`, with a statement text
+  that says what ran (``COPY spans (trace_id, ...) FROM STDIN`` with the number of
+  records as parameters; ``executemany`` flagged), so statement counters, tracing
+  listeners and fault injectors see them like any other statement;
+* with ``echo`` on, the statement and its parameters are logged on the engine's
+  logger, the way SQLAlchemy logs its own.
+
+When nothing listens and echo is off, a call is the bare driver call. Listeners run
+inside SQLAlchemy's greenlet, as for SQLAlchemy's own statements, so they may await
+(``sqlalchemy.util.await_``). As in SQLAlchemy's ``Connection._cursor_execute``, the
+events receive no execution context (``None``) and no DBAPI cursor (``None``: the
+driver call has none). A statement or parameters that a ``retval=True`` listener
+returns are not applied: these calls are not SQL that SQLAlchemy renders. Driver
+exceptions propagate unchanged, to be translated by the unit of work; the after-event
+fires only when the call succeeded, as SQLAlchemy's does.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable, Callable, Sequence
+from functools import partial
+from typing import Any, TypeVar
+
+from asyncpg.exceptions import ConnectionDoesNotExistError
+from sqlalchemy.engine import Connection
+from sqlalchemy.ext.asyncio import AsyncConnection
+from sqlalchemy.sql.util import _repr_params
+from sqlalchemy.util import greenlet_spawn
+
+from asyncstore.config import Backend, backend_of
+from asyncstore.errors import InvalidState
+
+try:  # SQLAlchemy 2.1 renamed await_only to await_
+    from sqlalchemy.util import await_ as _await
+except ImportError:  # pragma: no cover - SQLAlchemy 2.0
+    from sqlalchemy.util import await_only as _await
+
+T = TypeVar("T")
+
+_STATS = "raw driver call"
+"""What the echo log shows where SQLAlchemy shows its compiled-cache statistics."""
+
+
+class Driver:
+    """The driver connection under an :class:`AsyncConnection`, for calls SQLAlchemy's
+    events and echo still see.
+
+    Get one with :meth:`of` inside a transaction of the unit of work; it is valid for
+    that transaction.
+    """
+
+    __slots__ = ("_conn", "_driver", "backend")
+
+    def __init__(self, conn: Connection, driver: Any, backend: Backend) -> None:
+        self._conn = conn
+        self._driver = driver
+        self.backend = backend
+
+    @classmethod
+    async def of(cls, conn: AsyncConnection) -> Driver:
+        """The driver connection (asyncpg, aiosqlite or aiomysql) under ``conn``.
+
+        Raises:
+            InvalidState: ``conn`` holds no live driver connection.
+        """
+        raw = await conn.get_raw_connection()
+        sync = conn.sync_connection
+        if raw.driver_connection is None or sync is None:  # pragma: no cover - the unit of work holds a live one
+            raise InvalidState("no live database connection; run this inside a transaction")
+        return cls(sync, raw.driver_connection, backend_of(conn.engine.url))
+
+    @property
+    def in_transaction(self) -> bool:
+        """Whether the driver connection is inside a transaction (SQLite only knows)."""
+        if self.backend is Backend.SQLITE:
+            return bool(self._driver.in_transaction)
+        return True  # asyncpg and aiomysql do not say; the unit of work began one
+
+    async def execute(self, statement: str, parameters: Sequence[Any] = ()) -> None:
+        """Run one statement whose result is not needed (a savepoint, a pragma)."""
+        self._require(Backend.POSTGRESQL, Backend.SQLITE)
+        if self.backend is Backend.POSTGRESQL:
+            call: Callable[[], Awaitable[Any]] = partial(self._driver.execute, statement, *parameters)
+        else:
+            call = partial(_sqlite_execute, self._driver, statement, parameters)
+        await self._observed(statement, tuple(parameters), False, call)
+
+    async def executemany(self, statement: str, rows: Sequence[Sequence[Any]]) -> None:
+        """Run one statement once per row of ``rows`` (SQLite: one call into its thread)."""
+        self._require(Backend.SQLITE)
+        await self._observed(statement, rows, True, partial(self._driver.executemany, statement, rows))
+
+    async def fetchall(self, statement: str, parameters: Sequence[Any] = ()) -> list[tuple[Any, ...]]:
+        """Run a query and return its rows (SQLite)."""
+        self._require(Backend.SQLITE)
+        rows = await self._observed(
+            statement, tuple(parameters), False, partial(self._driver.execute_fetchall, statement, parameters)
+        )
+        return [tuple(row) for row in rows]
+
+    async def copy(self, table: str, columns: Sequence[str], records: Sequence[Sequence[Any]]) -> None:
+        """COPY ``records`` into ``table`` (PostgreSQL, binary format)."""
+        self._require(Backend.POSTGRESQL)
+        statement = f"COPY {table} ({', '.join(columns)}) FROM STDIN (FORMAT binary)"
+        call = partial(_pg_copy, self._driver, table, list(columns), records)
+        await self._observed(statement, {"records": len(records)}, False, call)
+
+    def _require(self, *backends: Backend) -> None:
+        if self.backend not in backends:
+            raise InvalidState(
+                f"this driver call is not made on {self.backend.value}; send the statement through SQLAlchemy"
+            )
+
+    async def _observed(self, statement: str, parameters: Any, many: bool, call: Callable[[], Awaitable[T]]) -> T:
+        """``await call()``, with SQLAlchemy's cursor events and echo around it when they are on."""
+        conn = self._conn
+        listened = (conn._has_events or conn.engine._has_events) and bool(
+            conn.dispatch.before_cursor_execute or conn.dispatch.after_cursor_execute
+        )
+        if not listened and not conn._echo:
+            return await call()  # the fast path: nothing to tell anyone
+        return await greenlet_spawn(_in_greenlet, conn, listened, statement, parameters, many, call)
+
+
+def _in_greenlet(
+    conn: Connection, listened: bool, statement: str, parameters: Any, many: bool, call: Callable[[], Awaitable[T]]
+) -> T:
+    """What ``Connection._cursor_execute`` does around a DBAPI call, around a driver call."""
+    if listened:
+        for fn in conn.dispatch.before_cursor_execute:
+            fn(conn, None, statement, parameters, None, many)
+    if conn._echo:
+        conn._log_info(statement)
+        if conn.engine.hide_parameters:
+            conn._log_info("[%s] [SQL parameters hidden due to hide_parameters=True]", _STATS)
+        else:
+            conn._log_info("[%s] %r", _STATS, _repr_params(parameters, batches=10, ismulti=many))
+    result = _await(call())
+    if listened:
+        conn.dispatch.after_cursor_execute(conn, None, statement, parameters, None, many)
+    return result
+
+
+async def _pg_copy(driver: Any, table: str, columns: list[str], records: Sequence[Sequence[Any]]) -> None:
+    """asyncpg's ``copy_records_to_table``, failing when the connection is lost mid-way.
+
+    asyncpg (0.32) never wakes a COPY that waits for the socket to drain when the server
+    drops the session: the call would hang forever. Its termination listener does fire,
+    so the COPY is abandoned then, with the error asyncpg raises for a lost connection
+    elsewhere.
+    """
+    lost: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+
+    def on_lost(_: object) -> None:
+        if not lost.done():
+            lost.set_result(None)
+
+    copying = asyncio.ensure_future(driver.copy_records_to_table(table, records=records, columns=columns))
+    driver.add_termination_listener(on_lost)
+    try:
+        await asyncio.wait((copying, lost), return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        driver.remove_termination_listener(on_lost)
+        lost.cancel()
+        if not copying.done():  # the connection is gone, or our caller was cancelled
+            copying.cancel()
+            copying.add_done_callback(_consume)
+    if not copying.done():  # abandoned above: the connection was lost first
+        raise ConnectionDoesNotExistError("the connection was closed in the middle of COPY")
+    copying.result()
+
+
+def _consume(task: asyncio.Future[Any]) -> None:
+    """Retrieve an abandoned task's outcome, so asyncio does not report it as never retrieved."""
+    if not task.cancelled():
+        task.exception()
+
+
+async def _sqlite_execute(driver: Any, statement: str, parameters: Sequence[Any]) -> None:
+    async with driver.execute(statement, parameters):
+        pass
+
+
+__all__ = ["Driver"]
