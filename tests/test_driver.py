@@ -1,0 +1,40 @@
+"""The statements the store sends straight to the driver are logged by ``echo``, on every backend."""
+
+from __future__ import annotations
+
+import logging
+
+import pytest
+
+from asyncstore import AsyncStore
+from asyncstore.tracing.ingest import PG_COPY_MIN
+from tests.helpers import make_experiment, make_span, new_trace_id
+
+
+async def test_echo_logs_the_statements_sent_to_the_driver(migrated_uri: str, caplog: pytest.LogCaptureFixture) -> None:
+    """``echo=True`` logs every span-ingestion statement with its parameters, COPY and
+    SQLite's executemany included, on SQLAlchemy's engine logger."""
+    async with AsyncStore.open(migrated_uri, echo=True) as store:
+        exp = await make_experiment(store)
+        tid = new_trace_id()
+        batch = [make_span(tid, name=f"s{i}") for i in range(PG_COPY_MIN)]
+        caplog.clear()
+        with caplog.at_level(logging.INFO, logger="sqlalchemy.engine"):
+            assert await store.spans.log_spans(exp, batch) == PG_COPY_MIN
+        logged = [r.getMessage().strip() for r in caplog.records if r.name.startswith("sqlalchemy.engine")]
+        backend = store.backend
+    statements = [m for m in logged if m.startswith(("INSERT", "SELECT", "COPY", "SAVEPOINT", "RELEASE"))]
+    assert sum(s.startswith("INSERT INTO trace_info") for s in statements) == 1, logged
+    assert sum(s.startswith("SELECT request_id, experiment_id FROM trace_info") for s in statements) == 1, logged
+    if backend == "postgresql":
+        assert [s.split(" (")[0] for s in statements if s.startswith(("COPY", "SAVEPOINT", "RELEASE"))] == [
+            "SAVEPOINT asyncstore_span_copy",
+            "COPY spans",
+            "RELEASE SAVEPOINT asyncstore_span_copy",
+        ], logged
+        assert f"[raw driver call] {{'records': {PG_COPY_MIN}}}" in logged, logged
+    else:
+        assert sum(s.startswith("INSERT INTO spans") for s in statements) == 1, logged
+    if backend == "sqlite":
+        # The executemany of the spans is logged with its rows, as SQLAlchemy logs its own.
+        assert any(m.startswith("[raw driver call] [") and tid in m for m in logged), logged
