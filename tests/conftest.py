@@ -3,7 +3,9 @@
 * ``backend``: the parametrised backend (``sqlite``, ``postgresql``, ``mysql``). A server
   that cannot be reached is skipped with a message saying how to enable it, unless
   ``ASYNCSTORE_TEST_BACKENDS`` names it: then the run fails. With the variable set,
-  only the backends it names run.
+  only the backends it names run. A test that needs a capability only some backends
+  have narrows it with a marker from :mod:`tests.helpers` (``needs_server``,
+  ``needs_transactional_ddl``, ``sqlite_only``…); shared helpers live there too.
 * ``db_uri``: a fresh, empty database of that backend, dropped afterwards.
 * ``migrated_uri``: a fresh database already at the head revision (cloned from a
   template migrated once per session, so each test still gets its own database).
@@ -29,8 +31,7 @@ from hypothesis import settings
 from sqlalchemy.engine import make_url
 
 from tests import dbadmin
-
-BACKENDS = ("sqlite", "postgresql", "mysql")
+from tests.helpers import BACKENDS
 
 # CI explores the same examples on every run, so a submission's result does not depend
 # on the draw; local runs keep exploring new ones (and save failures to .hypothesis/).

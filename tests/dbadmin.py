@@ -1,14 +1,19 @@
-"""Create, clone and drop test databases on the PostgreSQL and MySQL servers.
+"""Admin connections to the test servers; create, clone and drop test databases.
 
-Plain driver calls run in their own short event loop (``asyncio.run``), so the
-session-scoped fixtures that use them never share a loop with a test.
+:func:`pg_connection` and :func:`mysql_cursor` are the one way the tests open a plain
+driver connection (here, and in :mod:`tests.faults.admin`, which kills and counts the
+store's sessions). The database functions below run them in their own short event
+loop (``asyncio.run``), so the session-scoped fixtures that use them never share a
+loop with a test.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import functools
 import os
+from collections.abc import AsyncIterator
 
 import aiomysql
 import asyncpg
@@ -30,34 +35,46 @@ def _with_database(backend: str, name: str) -> str:
     return server_url(backend).set(database=name).render_as_string(hide_password=False)
 
 
-async def _pg(sql: str, database: str | None = None) -> list[asyncpg.Record]:
-    url = server_url("postgresql")
+@contextlib.asynccontextmanager
+async def pg_connection(url: URL, database: str | None = None) -> AsyncIterator[asyncpg.Connection]:
+    """A plain asyncpg connection to ``url``'s server (``database`` or the URL's own), closed on exit."""
     conn = await asyncpg.connect(
         host=url.host, port=url.port or 5432, user=url.username, password=url.password,
         database=database or url.database, timeout=5,
     )
     try:
-        return await conn.fetch(sql)
+        yield conn
     finally:
         await conn.close()
 
 
-async def _my(statements: list[str], database: str | None = None) -> list[list[tuple]]:
-    url = server_url("mysql")
+@contextlib.asynccontextmanager
+async def mysql_cursor(url: URL, database: str | None = None) -> AsyncIterator[aiomysql.Cursor]:
+    """A cursor of a plain autocommit aiomysql connection to ``url``'s server, closed on exit."""
     conn = await aiomysql.connect(
         host=url.host or "127.0.0.1", port=url.port or 3306, user=url.username or "root",
         password=url.password or "", db=database or url.database, autocommit=True,
         connect_timeout=5, charset="utf8mb4",
     )
     try:
-        results = []
         async with conn.cursor() as cur:
-            for sql in statements:
-                await cur.execute(sql)
-                results.append(list(await cur.fetchall()))
-        return results
+            yield cur
     finally:
         conn.close()
+
+
+async def _pg(sql: str, database: str | None = None) -> list[asyncpg.Record]:
+    async with pg_connection(server_url("postgresql"), database) as conn:
+        return list(await conn.fetch(sql))
+
+
+async def _my(statements: list[str], database: str | None = None) -> list[list[tuple]]:
+    results = []
+    async with mysql_cursor(server_url("mysql"), database) as cur:
+        for sql in statements:
+            await cur.execute(sql)
+            results.append(list(await cur.fetchall()))
+    return results
 
 
 @functools.cache

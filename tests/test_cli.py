@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -12,6 +11,7 @@ from pathlib import Path
 import pytest
 
 from asyncstore import cli, migrate
+from tests.helpers import closed_port
 
 PASSWORD = "cli-S3cret"
 
@@ -75,19 +75,13 @@ def test_uri_defaults_to_the_configured_database(
     assert cmd("db", "check").returncode == 0
 
 
-def _closed_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
 @pytest.mark.parametrize(
     ("args", "expected"),
     [
         (["db", "current", f"oracle://u:{PASSWORD}@h/db"], "not supported"),
         (["db", "current", f"postgresql://u:{PASSWORD}@h:port/db"], "could not parse"),
-        (["db", "check", f"postgresql://u:{PASSWORD}@127.0.0.1:{_closed_port()}/db"], "temporarily unavailable"),
-        (["db", "upgrade", f"mysql://u:{PASSWORD}@127.0.0.1:{_closed_port()}/db"], "temporarily unavailable"),
+        (["db", "check", f"postgresql://u:{PASSWORD}@127.0.0.1:{closed_port()}/db"], "temporarily unavailable"),
+        (["db", "upgrade", f"mysql://u:{PASSWORD}@127.0.0.1:{closed_port()}/db"], "temporarily unavailable"),
         (["db", "current", "postgresql://asyncstore_no_such_role:" + PASSWORD + "@127.0.0.1/postgres"], "refused"),
         (["db", "current", f"mysql://root:{PASSWORD}@127.0.0.1/test"], "refused"),
     ],
@@ -106,7 +100,7 @@ def test_failures_are_one_line_exit_2_no_password(
 
 
 def test_unreachable_server_in_a_real_process(tmp_path: Path) -> None:
-    uri = f"postgresql://u:{PASSWORD}@127.0.0.1:{_closed_port()}/db"
+    uri = f"postgresql://u:{PASSWORD}@127.0.0.1:{closed_port()}/db"
     result = run("db", "upgrade", uri, env={"ASYNCSTORE_CONNECT_RETRIES": "2", "ASYNCSTORE_CONNECT_BACKOFF": "0.01"})
     assert result.returncode == 2 and result.stdout == ""
     # One line: the connect-retry warnings are not printed without -v.

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import socket
 import sqlite3
 import ssl
 import subprocess
@@ -24,6 +23,7 @@ from asyncstore.errors import ConfigurationError
 from asyncstore.config import StoreConfig
 from asyncstore.uow import UnitOfWork
 from tests import dbadmin
+from tests.helpers import closed_port
 
 PASSWORD = "n0t-Th3-pw"
 
@@ -171,15 +171,9 @@ async def test_mysql_tls_files_reach_the_driver(tmp_path: Path, monkeypatch: pyt
 # --- connecting ------------------------------------------------------------------------
 
 
-def _closed_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
 @pytest.mark.parametrize("scheme", ["postgresql", "mysql"])
 async def test_unreachable_server_is_retried_with_backoff(scheme: str, caplog: pytest.LogCaptureFixture) -> None:
-    uri = f"{scheme}://user:{PASSWORD}@127.0.0.1:{_closed_port()}/db"
+    uri = f"{scheme}://user:{PASSWORD}@127.0.0.1:{closed_port()}/db"
     engine = get_engine(uri, connect_retries=3, connect_backoff=0.01, transaction_retries=2)
     with caplog.at_level(logging.DEBUG, logger="asyncstore"):
         with pytest.raises(TemporarilyUnavailable, match="cannot reach|temporarily unavailable") as info:

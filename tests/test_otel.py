@@ -19,7 +19,7 @@ from asyncstore import AsyncStore
 from asyncstore.entities import SpanStatus, TraceState
 from asyncstore.errors import InvalidParameter
 from asyncstore.otel import from_otlp_request, from_readable_spans, span_type_of
-from tests.test_spans import make_experiment
+from tests.helpers import make_experiment
 
 
 def sdk_spans() -> Sequence[ReadableSpan]:

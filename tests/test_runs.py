@@ -3,37 +3,22 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import math
-from collections.abc import Iterator
 from typing import Any
 
 import pytest
-from sqlalchemy import event, func, select
+from sqlalchemy import func, select
 
 from asyncstore import AsyncStore, InvalidParameter, InvalidState, NotFound
 from asyncstore.entities import LifecycleStage, Metric, Param, RunMetric, RunStatus, RunTag
 from asyncstore.schema import metrics as metrics_table
+from tests.helpers import count_statements
 
 
 async def new_run(store: AsyncStore, name: str = "exp") -> tuple[str, str]:
     exp_id = await store.experiments.create(name)
     run = await store.runs.create(exp_id)
     return exp_id, run.run_id
-
-
-@contextlib.contextmanager
-def count_statements(store: AsyncStore) -> Iterator[list[str]]:
-    seen: list[str] = []
-
-    def listener(conn: Any, cursor: Any, statement: str, *args: Any) -> None:
-        seen.append(statement)
-
-    event.listen(store.engine.sync_engine, "before_cursor_execute", listener)
-    try:
-        yield seen
-    finally:
-        event.remove(store.engine.sync_engine, "before_cursor_execute", listener)
 
 
 async def test_create_and_get(store: AsyncStore) -> None:

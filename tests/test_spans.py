@@ -3,59 +3,17 @@
 from __future__ import annotations
 
 import asyncio
-import itertools
 import uuid
 
 import pytest
-from sqlalchemy import event, func, insert, select
+from sqlalchemy import event, select
 
 from asyncstore import AsyncStore
 from asyncstore.entities import Span, SpanEvent, SpanStatus, TraceState
 from asyncstore.errors import InvalidParameter, NotFound
-from asyncstore.schema import experiments, spans, trace_info
-
-T0 = 1_700_000_000_000_000_000  # epoch ns
-MS = 1_000_000
-_ids = itertools.count(1)
-
-
-async def make_experiment(store: AsyncStore, name: str | None = None) -> int:
-    """Insert an experiment row directly (the experiments repository is not needed)."""
-    async with store.uow.transaction() as conn:
-        result = await conn.execute(
-            insert(experiments).values(name=name or f"exp-{uuid.uuid4().hex[:8]}", lifecycle_stage="active")
-        )
-        return int(result.inserted_primary_key[0])
-
-
-def new_trace_id() -> str:
-    """A fresh MLflow-style trace id."""
-    return "tr-" + uuid.uuid4().hex
-
-
-def new_span_id() -> str:
-    """A fresh 16-hex span id."""
-    return f"{next(_ids):016x}"
-
-
-def make_span(trace_id: str, span_id: str | None = None, **fields: object) -> Span:
-    """A finished OK span with some content, overridable field by field."""
-    values: dict[str, object] = {
-        "trace_id": trace_id,
-        "span_id": span_id or new_span_id(),
-        "name": "step",
-        "start_time_unix_nano": T0,
-        "end_time_unix_nano": T0 + 5 * MS,
-        "status": SpanStatus.OK,
-        "attributes": {"k": "v", "n": 1},
-    }
-    values.update(fields)
-    return Span(**values)  # type: ignore[arg-type]
-
-
-async def count(store: AsyncStore, table: object) -> int:
-    async with store.uow.transaction(write=False) as conn:
-        return int((await conn.execute(select(func.count()).select_from(table))).scalar_one())  # type: ignore[arg-type]
+from asyncstore.schema import spans, trace_info
+from tests.helpers import MS, T0, make_experiment, make_span, new_trace_id
+from tests.helpers import count_rows as count
 
 
 async def trace_row(store: AsyncStore, trace_id: str) -> tuple:

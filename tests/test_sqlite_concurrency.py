@@ -6,14 +6,12 @@ import asyncio
 import uuid
 from typing import Any
 
-import pytest
 from sqlalchemy import func, insert, select
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from asyncstore import AsyncStore
 from asyncstore.schema import experiment_tags, experiments
-
-SQLITE_ONLY = pytest.mark.parametrize("backend", ["sqlite"], indirect=True)
+from tests.helpers import count_rows, sqlite_only
 
 
 def _read_then_write(name: str) -> Any:
@@ -29,11 +27,7 @@ def _read_then_write(name: str) -> Any:
     return fn
 
 
-async def _count(store: AsyncStore, table: Any = experiments) -> int:
-    return int(await store.uow.run(lambda c: c.scalar(select(func.count()).select_from(table)), write=False))
-
-
-@SQLITE_ONLY
+@sqlite_only
 async def test_fifty_concurrent_writers_in_two_stores(migrated_uri: str) -> None:
     # Two stores on one file behave like two processes: they do not share the
     # in-process write lock, so SQLite's own locking (BEGIN IMMEDIATE + busy timeout)
@@ -49,7 +43,7 @@ async def test_fifty_concurrent_writers_in_two_stores(migrated_uri: str) -> None
         assert len(set(results[:50])) == 50  # 50 distinct ids
         stored = await one.uow.run(lambda c: c.scalars(select(experiments.c.name)), write=False)
         assert sorted(stored) == sorted(names)
-        assert await _count(two, experiment_tags) == 50
+        assert await count_rows(two, experiment_tags) == 50
 
 
 async def test_memory_database_is_one_database_for_every_session() -> None:
@@ -65,4 +59,4 @@ async def test_memory_database_is_one_database_for_every_session() -> None:
         assert len(set(results[:20])) == 20
         async with store.uow.transaction(write=False) as conn:
             assert sorted(await conn.scalars(select(experiments.c.name))) == sorted(names)
-        assert await _count(store, experiment_tags) == 20
+        assert await count_rows(store, experiment_tags) == 20

@@ -9,7 +9,7 @@ from asyncstore import AsyncStore
 from asyncstore.entities import SpanStatus, TraceState
 from asyncstore.errors import AlreadyExists, InvalidParameter, NotFound
 from asyncstore.schema import spans, trace_info, trace_metrics, trace_request_metadata, trace_tags
-from tests.test_spans import MS, T0, make_experiment, make_span, new_trace_id
+from tests.helpers import MS, T0, make_experiment, make_span, new_trace_id
 
 
 async def rows(store: AsyncStore, table: object) -> int:

@@ -28,9 +28,8 @@ from asyncstore import (
 )
 from asyncstore.schema import experiment_tags, experiments
 from asyncstore.uow import UnitOfWork
-
-SERVERS = pytest.mark.parametrize("backend", ["postgresql", "mysql"], indirect=True)
-SQLITE_ONLY = pytest.mark.parametrize("backend", ["sqlite"], indirect=True)
+from tests.faults import admin
+from tests.helpers import count_rows, needs_server, sqlite_only
 
 
 def _experiment(name: str | None = None, **values: Any) -> Any:
@@ -38,7 +37,7 @@ def _experiment(name: str | None = None, **values: Any) -> Any:
 
 
 async def _count(store: AsyncStore) -> int:
-    return int(await store.uow.run(lambda c: c.scalar(select(func.count()).select_from(experiments)), write=False))
+    return await count_rows(store, experiments)
 
 
 async def _fails_with(store: AsyncStore, statement: Any, **kwargs: Any) -> StoreError:
@@ -99,13 +98,13 @@ async def test_not_null_and_check_violations_are_invalid_parameter(store: AsyncS
     assert await _count(store) == 0
 
 
-@SERVERS
+@needs_server
 async def test_too_long_value_is_invalid_parameter(store: AsyncStore) -> None:
     err = await _fails_with(store, _experiment("x" * 501))
     assert isinstance(err, InvalidParameter)
 
 
-@SQLITE_ONLY
+@sqlite_only
 async def test_sqlite_does_not_enforce_varchar_length(store: AsyncStore) -> None:
     # Documented SQLite behaviour: the repositories validate limits before writing.
     await store.uow.run(lambda c: c.execute(_experiment("x" * 501)))
@@ -128,7 +127,7 @@ async def test_missing_table(store: AsyncStore) -> None:
 # --- transient failures and retry -------------------------------------------------------
 
 
-@SERVERS
+@needs_server
 @pytest.mark.parametrize("retries", [0, 2])
 async def test_deadlock_is_retried_then_temporarily_unavailable(migrated_uri: str, retries: int) -> None:
     engine = get_engine(migrated_uri, transaction_retries=retries)
@@ -181,7 +180,7 @@ async def _two_experiments(conn: AsyncConnection) -> list[int]:
     return ids
 
 
-@SQLITE_ONLY
+@sqlite_only
 async def test_sqlite_busy_is_retried_then_temporarily_unavailable(
     migrated_uri: str, caplog: pytest.LogCaptureFixture
 ) -> None:
@@ -216,7 +215,7 @@ async def test_sqlite_busy_is_retried_then_temporarily_unavailable(
     assert list(names) == ["after-retry"]
 
 
-@SERVERS
+@needs_server
 @pytest.mark.parametrize("pre_ping", [True, False])
 async def test_pooled_connection_killed_by_the_server(
     migrated_uri: str, backend: str, pre_ping: bool, caplog: pytest.LogCaptureFixture
@@ -228,7 +227,7 @@ async def test_pooled_connection_killed_by_the_server(
     killer = get_engine(migrated_uri, poolclass="NullPool")
     kill = "SELECT pg_terminate_backend(:id)" if backend == "postgresql" else "KILL :id"
     await UnitOfWork(killer).run(lambda c: c.execute(text(kill), {"id": victim}))
-    await asyncio.sleep(0.1)  # let the server finish closing the session
+    await admin.wait_session_gone(migrated_uri, victim)  # the server has closed it
     with caplog.at_level(logging.INFO, logger="asyncstore.uow"):
         replacement = await uow.run(lambda c: c.scalar(text(own_id)), write=False)
     assert replacement != victim
@@ -248,7 +247,7 @@ async def test_pool_exhaustion_is_temporarily_unavailable_promptly(migrated_uri:
     assert await uow.run(lambda c: c.scalar(text("SELECT 1")), write=False) == 1
 
 
-@SQLITE_ONLY
+@sqlite_only
 async def test_sqlite_writer_waiting_for_the_write_lock_times_out(migrated_uri: str) -> None:
     uow = UnitOfWork(get_engine(migrated_uri, pool_timeout=0.2))
     async with uow.transaction(write=True) as conn:

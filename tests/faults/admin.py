@@ -1,7 +1,8 @@
 """An admin connection of its own that kills, counts and inspects the store's sessions.
 
-Each call opens a short plain-driver connection in the running event loop (the
-test's), so it never shares a connection or a pool with the store under test.
+Each call opens a short plain-driver connection (:mod:`tests.dbadmin`'s) in the
+running event loop (the test's), so it never shares a connection or a pool with the
+store under test.
 """
 
 from __future__ import annotations
@@ -13,6 +14,8 @@ import asyncpg
 from sqlalchemy.engine import make_url
 
 from asyncstore.config import Backend, backend_of
+from tests import dbadmin
+from tests.helpers import eventually
 
 SESSION_ID_SQL = {
     Backend.POSTGRESQL: "SELECT pg_backend_pid()",
@@ -22,37 +25,25 @@ SESSION_ID_SQL = {
 
 
 async def _pg_fetch(uri: str, sql: str, *args: Any) -> list[asyncpg.Record]:
-    url = make_url(uri)
     # The admin session connects to the maintenance database, never to the victim's.
-    conn = await asyncpg.connect(
-        host=url.host, port=url.port or 5432, user=url.username, password=url.password,
-        database="postgres", timeout=5,
-    )
-    try:
+    async with dbadmin.pg_connection(make_url(uri), database="postgres") as conn:
         return list(await conn.fetch(sql, *args))
-    finally:
-        await conn.close()
 
 
 async def _my_fetch(uri: str, sql: str, *args: Any) -> list[tuple[Any, ...]]:
-    url = make_url(uri)
-    conn = await aiomysql.connect(
-        host=url.host or "127.0.0.1", port=url.port or 3306, user=url.username or "root",
-        password=url.password or "", autocommit=True, connect_timeout=5, charset="utf8mb4",
-    )
-    try:
-        async with conn.cursor() as cur:
-            await cur.execute(sql, args or None)
-            return list(await cur.fetchall())
-    finally:
-        conn.close()
+    # No default database: the admin session never counts as one of the victim's.
+    async with dbadmin.mysql_cursor(make_url(uri).set(database=None)) as cur:
+        await cur.execute(sql, args or None)
+        return list(await cur.fetchall())
 
 
 async def kill_session(uri: str, session_id: int) -> None:
     """Kill one server session of ``uri``'s server, as an operator or a failover would.
 
-    PostgreSQL: ``pg_terminate_backend`` waiting up to 5 s for the backend to exit, so
-    the victim's next round trip surely fails. MariaDB: ``KILL CONNECTION``.
+    PostgreSQL: ``pg_terminate_backend`` waiting up to 5 s for the backend to exit.
+    MariaDB: ``KILL CONNECTION``. Either way this returns once the session is no longer
+    listed by the server (:func:`wait_session_gone`), so the victim's next round trip
+    surely fails.
     """
     backend = backend_of(uri)
     if backend is Backend.POSTGRESQL:
@@ -62,6 +53,24 @@ async def kill_session(uri: str, session_id: int) -> None:
         await _my_fetch(uri, f"KILL CONNECTION {int(session_id)}")
     else:
         raise ValueError(f"no server session to kill on {backend.value}")
+    await wait_session_gone(uri, session_id)
+
+
+async def wait_session_gone(uri: str, session_id: int, seconds: float = 10.0) -> None:
+    """Wait until ``uri``'s server no longer lists session ``session_id``; fail after ``seconds``."""
+    backend = backend_of(uri)
+    if backend not in SESSION_ID_SQL:
+        raise ValueError(f"no server session on {backend.value}")
+
+    async def listed() -> int:
+        if backend is Backend.POSTGRESQL:
+            rows = await _pg_fetch(uri, "SELECT count(*) FROM pg_stat_activity WHERE pid = $1", session_id)
+        else:
+            rows = await _my_fetch(uri, "SELECT count(*) FROM information_schema.processlist WHERE id = %s", session_id)
+        return int(rows[0][0])
+
+    left = await eventually(listed, 0, seconds)
+    assert left == 0, f"session {session_id} still listed by the server {seconds} s after it was killed"
 
 
 async def kill_all_sessions(uri: str) -> int:

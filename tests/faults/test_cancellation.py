@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import random
-from collections.abc import Awaitable, Callable
 
 import pytest
 from sqlalchemy import func, insert, select
@@ -13,25 +12,12 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 from asyncstore import AsyncStore
 from asyncstore.schema import experiment_tags, experiments
 from tests.faults import admin
+from tests.helpers import eventually
 
 OPERATIONS = 1000
 CANCEL_SHARE = 0.35
 HANG_GUARD = 120  # seconds: only there so that a hang fails the test instead of CI
 TAGS_PER_EXPERIMENT = 3
-
-
-async def _eventually(read: Callable[[], Awaitable[int]], want: int, seconds: float = 10.0) -> int:
-    """Poll ``read`` until it returns ``want`` or ``seconds`` pass; return the last value.
-
-    The server notices a discarded connection's socket close asynchronously.
-    """
-    value = await read()
-    for _ in range(int(seconds / 0.1)):
-        if value == want:
-            break
-        await asyncio.sleep(0.1)
-        value = await read()
-    return value
 
 
 async def _write_batch(conn: AsyncConnection, name: str) -> None:
@@ -85,10 +71,10 @@ async def test_cancellation_storm_leaves_no_connection_transaction_or_half_write
         assert 0 < cancelled < OPERATIONS and succeeded  # the storm really mixed both
         pool = store.engine.sync_engine.pool
         assert pool.checkedout() == 0
-        assert await _eventually(lambda: admin.open_transactions(migrated_uri), 0) == 0
+        assert await eventually(lambda: admin.open_transactions(migrated_uri), 0) == 0
         if store.backend.value != "sqlite":
             idle = pool.checkedin()
-            assert await _eventually(lambda: admin.sessions(migrated_uri), idle) == idle
+            assert await eventually(lambda: admin.sessions(migrated_uri), idle) == idle
 
         async def snapshot(conn: AsyncConnection) -> tuple[set[str], dict[str, int]]:
             names = set((await conn.execute(select(experiments.c.name))).scalars())
@@ -156,7 +142,7 @@ async def test_cancellation_storm_over_repository_operations(migrated_uri: str) 
         assert failures == []
         assert any(isinstance(o, asyncio.CancelledError) for o in outcomes) and logged and traced and claimed
         assert store.engine.sync_engine.pool.checkedout() == 0
-        assert await _eventually(lambda: admin.open_transactions(migrated_uri), 0) == 0
+        assert await eventually(lambda: admin.open_transactions(migrated_uri), 0) == 0
 
         async def snapshot(conn: AsyncConnection):  # type: ignore[no-untyped-def]
             per_op = {}

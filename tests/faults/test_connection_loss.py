@@ -19,7 +19,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 from asyncstore import AsyncStore, TemporarilyUnavailable
 from asyncstore.schema import experiment_tags, experiments
 from tests.faults import admin
-from tests.faults.conftest import SERVERS, count_rows
+from tests.helpers import count_rows, mysql_only, needs_server
 
 ROWS = 40
 
@@ -53,7 +53,7 @@ async def _batch_count(store: AsyncStore, prefix: str) -> tuple[int, int]:
     return exps, tags
 
 
-@SERVERS
+@needs_server
 async def test_killed_between_statements_is_retried_once_and_written_once(store: AsyncStore) -> None:
     """Promise: a session killed after the first statement of a batch, before COMMIT, is
     retried by ``uow.run`` on a fresh connection; the caller sees success and the batch
@@ -75,7 +75,7 @@ async def test_killed_between_statements_is_retried_once_and_written_once(store:
     assert store.engine.sync_engine.pool.checkedout() == 0
 
 
-@SERVERS
+@needs_server
 async def test_killed_without_retry_leaves_nothing_and_next_call_works(store: AsyncStore) -> None:
     """Promise: with the no-retry form (``uow.transaction``), a killed session surfaces as
     TEMPORARILY_UNAVAILABLE, none of the batch's rows exist, and the next call on the
@@ -91,7 +91,7 @@ async def test_killed_without_retry_leaves_nothing_and_next_call_works(store: As
     assert await _batch_count(store, "next") == (ROWS, ROWS)
 
 
-@SERVERS
+@needs_server
 async def test_killed_before_commit_is_not_retried_unless_idempotent(store: AsyncStore) -> None:
     """Promise: a session killed after the last statement fails at COMMIT, where the
     outcome is unknown to the client: a non-idempotent call gets TEMPORARILY_UNAVAILABLE
@@ -122,7 +122,7 @@ async def test_killed_before_commit_is_not_retried_unless_idempotent(store: Asyn
     assert store.engine.sync_engine.pool.checkedout() == 0
 
 
-@SERVERS
+@needs_server
 @pytest.mark.parametrize("pre_ping", [True, False], ids=["pre_ping", "no_pre_ping"])
 async def test_idle_pooled_connections_dropped_by_server(migrated_uri: str, pre_ping: bool) -> None:
     """Promise: when the server drops every idle pooled connection between two calls,
@@ -141,7 +141,7 @@ async def test_idle_pooled_connections_dropped_by_server(migrated_uri: str, pre_
             assert await _batch_count(store, f"after{i}") == (ROWS, ROWS)
 
 
-@pytest.mark.parametrize("backend", ["mysql"], indirect=True)
+@mysql_only
 @pytest.mark.slow
 async def test_mariadb_wait_timeout_drops_idle_connections(migrated_uri: str) -> None:
     """Promise: MariaDB closes connections idle longer than ``wait_timeout`` (here a

@@ -25,13 +25,12 @@ from asyncstore import AsyncStore, migrate
 from asyncstore.config import StoreConfig
 from asyncstore.engines import create_engine
 from asyncstore.schema import experiments, metadata
-from tests.faults.conftest import count_rows
+from tests.helpers import count_rows, needs_transactional_ddl
 
 ROOT = Path(__file__).resolve().parents[2]
 HANG_GUARD = 120  # seconds: only there so that a hang fails the test instead of CI
 ALL_TABLES = frozenset(metadata.tables)
 REVISION_0002_COLUMNS = {"lease_expires_at", "next_attempt_at"}
-TRANSACTIONAL_DDL = pytest.mark.parametrize("backend", ["sqlite", "postgresql"], indirect=True)
 
 KILL_POINTS = {
     "mid-0001": r"CREATE TABLE runs",
@@ -57,7 +56,7 @@ def _shape(conn: Connection) -> tuple[frozenset[str], frozenset[str]]:
     return tables, jobs & REVISION_0002_COLUMNS
 
 
-@TRANSACTIONAL_DDL
+@needs_transactional_ddl
 @pytest.mark.slow
 @pytest.mark.parametrize("point", ["mid-0001", "mid-0002"])
 async def test_upgrade_killed_half_way_leaves_a_consistent_revision(db_uri: str, point: str) -> None:
@@ -92,7 +91,7 @@ async def test_upgrade_killed_half_way_leaves_a_consistent_revision(db_uri: str,
         assert await count_rows(store, experiments) == 1
 
 
-@TRANSACTIONAL_DDL
+@needs_transactional_ddl
 @pytest.mark.slow
 @pytest.mark.parametrize("point", list(KILL_POINTS))
 async def test_state_left_by_a_killed_upgrade_is_one_whole_revision(db_uri: str, point: str) -> None:

@@ -9,7 +9,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 
 from asyncstore import AsyncStore, ErrorCode, StoreError
 from asyncstore.schema import experiments
-from tests.faults.conftest import count_rows
+from tests.helpers import count_rows
 
 POOL_SIZE, MAX_OVERFLOW, EXTRA = 2, 1, 5
 HANG_GUARD = 60  # seconds: only there so that a hang fails the test instead of CI

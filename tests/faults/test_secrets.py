@@ -20,8 +20,7 @@ from sqlalchemy.engine import URL, make_url
 
 from asyncstore import AsyncStore, StoreConfig, StoreError, get_engine
 from asyncstore.schema import experiments
-from tests.faults.conftest import SERVERS
-from tests.faults.proxy import free_port
+from tests.helpers import closed_port, needs_server
 
 PASSWORD = "S3cr3t-h0rse/b@tt:ery%"
 """The known password: with characters that need URL-quoting, so both spellings are searched."""
@@ -68,7 +67,7 @@ def _capture_everything(caplog: pytest.LogCaptureFixture) -> None:
     caplog.set_level(logging.DEBUG)
 
 
-@SERVERS
+@needs_server
 async def test_refused_login_and_unknown_database(migrated_uri: str, caplog: pytest.LogCaptureFixture) -> None:
     """Promise: a login the server refuses (unknown user on PostgreSQL, a wrong password
     for root on MariaDB) and an unknown database both raise a StoreError, and neither
@@ -83,12 +82,12 @@ async def test_refused_login_and_unknown_database(migrated_uri: str, caplog: pyt
     assert _leaks(caplog, *texts) == []
 
 
-@SERVERS
+@needs_server
 async def test_unreachable_server_with_retries(migrated_uri: str, caplog: pytest.LogCaptureFixture) -> None:
     """Promise: connecting with a password to a port nobody listens on logs each retry
     and then raises TEMPORARILY_UNAVAILABLE, and neither the warnings nor the error
     contain the password."""
-    uri = _with_password(migrated_uri, port=free_port())
+    uri = _with_password(migrated_uri, port=closed_port())
     with pytest.raises(StoreError) as info:
         await AsyncStore.open(uri, connect_retries=2, connect_backoff=0.01)
     warnings = [r for r in caplog.records if r.levelno == logging.WARNING]

@@ -14,11 +14,10 @@ from sqlalchemy import func, insert, select
 from asyncstore import AsyncStore
 from asyncstore.schema import experiments
 from tests.faults import sqlite_worker
-from tests.faults.conftest import count_rows
+from tests.helpers import count_rows, sqlite_only
 
 ROOT = Path(__file__).resolve().parents[2]
 HANG_GUARD = 120  # seconds: only there so that a hang fails the test instead of CI
-SQLITE_ONLY = pytest.mark.parametrize("backend", ["sqlite"], indirect=True)
 
 
 async def _spawn(mode: str, uri: str, prefix: str) -> asyncio.subprocess.Process:
@@ -29,7 +28,7 @@ async def _spawn(mode: str, uri: str, prefix: str) -> asyncio.subprocess.Process
     )
 
 
-@SQLITE_ONLY
+@sqlite_only
 @pytest.mark.slow
 async def test_tasks_and_two_processes_share_one_file(migrated_uri: str) -> None:
     """Promise: two child processes and this one, each with 4 writer and 2 reader tasks,
@@ -62,7 +61,7 @@ async def test_tasks_and_two_processes_share_one_file(migrated_uri: str) -> None
             assert await count_rows(store, experiments, experiments.c.name.like(f"{prefix}-%")) == expected
 
 
-@SQLITE_ONLY
+@sqlite_only
 async def test_process_killed_mid_transaction_leaves_nothing_and_releases_the_lock(migrated_uri: str) -> None:
     """Promise: a process killed (SIGKILL) while it holds SQLite's write lock in the middle
     of a transaction leaves none of its rows; a writer of another process that was

@@ -16,8 +16,8 @@ from sqlalchemy.engine import make_url
 
 from asyncstore import AsyncStore, TemporarilyUnavailable
 from asyncstore.schema import experiments
-from tests.faults.conftest import SERVERS, count_rows
 from tests.faults.proxy import LateProxy
+from tests.helpers import count_rows, needs_server
 
 ENGINE_LOG = "asyncstore.engines"
 
@@ -30,7 +30,7 @@ def _retry_warnings(caplog: pytest.LogCaptureFixture) -> list[str]:
     return [r.getMessage() for r in caplog.records if r.name == ENGINE_LOG and r.levelno == logging.WARNING]
 
 
-@SERVERS
+@needs_server
 async def test_open_waits_for_a_server_that_comes_up_late(
     migrated_uri: str, caplog: pytest.LogCaptureFixture
 ) -> None:
@@ -53,7 +53,7 @@ async def test_open_waits_for_a_server_that_comes_up_late(
         await proxy.stop()
 
 
-@SERVERS
+@needs_server
 async def test_open_gives_up_after_the_configured_attempts(
     migrated_uri: str, caplog: pytest.LogCaptureFixture
 ) -> None:
@@ -76,7 +76,7 @@ async def test_open_gives_up_after_the_configured_attempts(
     assert info.value.http_status == 503
 
 
-@SERVERS
+@needs_server
 async def test_server_gone_after_open_then_back(migrated_uri: str) -> None:
     """Promise: when the server vanishes under an open store (every connection cut, new
     ones refused) calls fail with TEMPORARILY_UNAVAILABLE, nothing half-written remains,

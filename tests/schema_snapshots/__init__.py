@@ -24,7 +24,6 @@ from asyncstore.config import StoreConfig
 from asyncstore.engines import create_engine
 
 HERE = Path(__file__).resolve().parent
-BACKENDS = ("sqlite", "postgresql", "mysql")
 UPDATE_COMMAND = "python -m tests.schema_snapshots --update"
 
 

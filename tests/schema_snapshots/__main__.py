@@ -14,7 +14,8 @@ import uuid
 from pathlib import Path
 
 from tests import dbadmin
-from tests.schema_snapshots import BACKENDS, dump, snapshot_path
+from tests.helpers import BACKENDS
+from tests.schema_snapshots import dump, snapshot_path
 
 
 async def _migrate(uri: str) -> None:

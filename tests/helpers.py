@@ -1,0 +1,216 @@
+"""Helpers shared by the test modules: backend capabilities, factories, counters, polling.
+
+Test modules import from here (and from :mod:`tests.dbadmin` for admin connections),
+never from one another.
+
+* Backend selection by what a test needs, not by backend name, so that a new backend
+  runs every test whose needs it meets: :data:`needs_server`,
+  :data:`needs_transactional_ddl`; :data:`sqlite_only` and :data:`mysql_only` for tests
+  of one engine's own behaviour (SQLite's file locking, MariaDB's ``wait_timeout``).
+* Span and experiment factories (:func:`make_span`, :func:`make_experiment`, …).
+* Counting what the store did: rows (:func:`count_rows`), SQL statements
+  (:func:`count_statements`), transaction retries (:func:`transaction_retries`).
+* :func:`closed_port`, :func:`eventually`, :func:`readme_row`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import itertools
+import logging
+import socket
+import uuid
+from collections.abc import Awaitable, Callable, Iterator
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, TypeVar
+
+import pytest
+from sqlalchemy import Table, event, func, insert, select
+
+from asyncstore.entities import Span, SpanStatus
+from asyncstore.schema import experiments
+
+if TYPE_CHECKING:
+    from asyncstore import AsyncStore
+
+T = TypeVar("T")
+
+# --- backends and what they can do ---------------------------------------------------------
+
+BACKENDS = ("sqlite", "postgresql", "mysql")
+"""Every backend the suite knows, in the order the ``backend`` fixture runs them."""
+
+CAPABILITIES: dict[str, frozenset[str]] = {
+    # server: a networked server whose sessions an admin connection can kill and count.
+    # transactional_ddl: CREATE/ALTER/DROP roll back with the transaction around them.
+    "sqlite": frozenset({"transactional_ddl"}),
+    "postgresql": frozenset({"server", "transactional_ddl"}),
+    "mysql": frozenset({"server"}),
+}
+"""What each backend offers that some tests need."""
+
+
+def backends_with(*needs: str) -> list[str]:
+    """The backends that offer every capability in ``needs``."""
+    unknown = set(needs) - set().union(*CAPABILITIES.values())
+    if unknown:
+        raise ValueError(f"unknown capabilities {sorted(unknown)}; known: {sorted(set().union(*CAPABILITIES.values()))}")
+    return [name for name in BACKENDS if CAPABILITIES[name] >= set(needs)]
+
+
+def _on(backends: list[str]) -> pytest.MarkDecorator:
+    return pytest.mark.parametrize("backend", backends, indirect=True)
+
+
+needs_server = _on(backends_with("server"))
+"""Run on backends with a server process whose sessions can be killed (SQLite's analogue
+is a killed process, tested on its own)."""
+needs_transactional_ddl = _on(backends_with("transactional_ddl"))
+"""Run on backends whose DDL is transactional, so a killed migration leaves whole revisions."""
+sqlite_only = _on(["sqlite"])
+"""SQLite's own file-level behaviour: locking, busy timeout, unenforced VARCHAR lengths."""
+mysql_only = _on(["mysql"])
+"""MySQL/MariaDB's own behaviour (``wait_timeout``)."""
+
+
+# --- spans and experiments -------------------------------------------------------------------
+
+T0 = 1_700_000_000_000_000_000
+"""A fixed epoch time in nanoseconds, for span times."""
+MS = 1_000_000
+"""Nanoseconds per millisecond."""
+_span_ids = itertools.count(1)
+
+
+async def make_experiment(store: AsyncStore, name: str | None = None) -> int:
+    """Insert an experiment row directly (the experiments repository is not needed)."""
+    async with store.uow.transaction() as conn:
+        result = await conn.execute(
+            insert(experiments).values(name=name or f"exp-{uuid.uuid4().hex[:8]}", lifecycle_stage="active")
+        )
+        return int(result.inserted_primary_key[0])
+
+
+def new_trace_id() -> str:
+    """A fresh MLflow-style trace id."""
+    return "tr-" + uuid.uuid4().hex
+
+
+def new_span_id() -> str:
+    """A fresh 16-hex span id."""
+    return f"{next(_span_ids):016x}"
+
+
+def make_span(trace_id: str, span_id: str | None = None, **fields: object) -> Span:
+    """A finished OK span with some content, overridable field by field."""
+    values: dict[str, object] = {
+        "trace_id": trace_id,
+        "span_id": span_id or new_span_id(),
+        "name": "step",
+        "start_time_unix_nano": T0,
+        "end_time_unix_nano": T0 + 5 * MS,
+        "status": SpanStatus.OK,
+        "attributes": {"k": "v", "n": 1},
+    }
+    values.update(fields)
+    return Span(**values)  # type: ignore[arg-type]
+
+
+# --- counting what the store did ---------------------------------------------------------------
+
+
+async def count_rows(store: AsyncStore, table: Table, *where: Any) -> int:
+    """``SELECT count(*)`` of ``table`` (optionally filtered) through the store's own unit of work."""
+
+    async def read(conn: Any) -> int:
+        return int(await conn.scalar(select(func.count()).select_from(table).where(*where)))
+
+    return int(await store.uow.run(read, write=False))
+
+
+@contextlib.contextmanager
+def count_statements(store: AsyncStore) -> Iterator[list[str]]:
+    """Collect the SQL of every statement the store's engine executes inside the block."""
+    seen: list[str] = []
+
+    def listener(conn: Any, cursor: Any, statement: str, *args: Any) -> None:
+        seen.append(statement)
+
+    event.listen(store.engine.sync_engine, "before_cursor_execute", listener)
+    try:
+        yield seen
+    finally:
+        event.remove(store.engine.sync_engine, "before_cursor_execute", listener)
+
+
+RETRY_LOGGER = "asyncstore.uow"
+"""The logger on which the unit of work reports each retry of a transient failure."""
+
+
+class _Collect(logging.Handler):
+    def __init__(self, into: list[logging.LogRecord]) -> None:
+        super().__init__(logging.INFO)
+        self.into = into
+
+    def emit(self, record: logging.LogRecord) -> None:
+        if "transient failure" in record.getMessage():
+            self.into.append(record)
+
+
+@contextlib.contextmanager
+def transaction_retries() -> Iterator[list[logging.LogRecord]]:
+    """Collect the unit of work's retries of transient failures made inside the block.
+
+    Each retry is one INFO record "transient failure (…); retry n of m …" on
+    :data:`RETRY_LOGGER`; the logger's level is lowered to INFO for the block if needed,
+    which changes nothing but what is logged.
+    """
+    found: list[logging.LogRecord] = []
+    logger = logging.getLogger(RETRY_LOGGER)
+    handler = _Collect(found)
+    level = logger.level
+    if not logger.isEnabledFor(logging.INFO):
+        logger.setLevel(logging.INFO)
+    logger.addHandler(handler)
+    try:
+        yield found
+    finally:
+        logger.removeHandler(handler)
+        logger.setLevel(level)
+
+
+# --- ports and polling ---------------------------------------------------------------------------
+
+
+def closed_port() -> int:
+    """A TCP port on 127.0.0.1 that nothing listens on (at the moment of the call)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+async def eventually(read: Callable[[], Awaitable[T]], want: T, seconds: float = 10.0, interval: float = 0.05) -> T:
+    """Poll ``read`` until it returns ``want`` or ``seconds`` pass; return the last value read.
+
+    For server state that changes on its own shortly after an event (a session the
+    server closes after its socket went away), where there is nothing to await. The
+    caller asserts the result, so a timeout fails the test with the value last seen.
+    """
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + seconds
+    value = await read()
+    while value != want and loop.time() < deadline:
+        await asyncio.sleep(interval)
+        value = await read()
+    return value
+
+
+README = Path(__file__).resolve().parent.parent / "README.md"
+
+
+def readme_row(starts_with: str) -> str:
+    """The one README table row whose first cell starts with ``starts_with``."""
+    rows = [line for line in README.read_text(encoding="utf-8").splitlines() if line.startswith(f"| {starts_with}")]
+    assert len(rows) == 1, f"README has {len(rows)} table rows starting with {starts_with!r}"
+    return rows[0]
