@@ -201,8 +201,6 @@ def _create_engine(config: StoreConfig) -> AsyncEngine:
     connect_args: dict[str, Any] = {}
     if backend is Backend.SQLITE:
         _check_sqlite_version()
-        if not is_sqlite_memory(url) and url.database:
-            os.makedirs(os.path.dirname(os.path.abspath(url.database)) or ".", exist_ok=True)
         # sqlite3's own timeout is the busy timeout, in seconds.
         connect_args["timeout"] = config.sqlite_busy_timeout_ms / 1000
     elif backend is Backend.POSTGRESQL:
@@ -226,6 +224,8 @@ def _create_engine(config: StoreConfig) -> AsyncEngine:
         write_lock=asyncio.Lock() if backend is Backend.SQLITE else None,
         serialize_all=memory,
     )
+    if backend is Backend.SQLITE and not memory and url.database:
+        _install_sqlite_parent_dir(engine, url.database)
     _install_connect_retry(engine, config)
     if backend is Backend.SQLITE:
         _install_sqlite_setup(engine, wal=not memory, busy_timeout_ms=config.sqlite_busy_timeout_ms)
@@ -261,6 +261,21 @@ def _check_sqlite_version() -> None:
             f"{'.'.join(map(str, MIN_SQLITE_VERSION))} or newer (RETURNING, generated columns); "
             "use a Python built against a newer SQLite"
         )
+
+
+def _install_sqlite_parent_dir(engine: AsyncEngine, database: str) -> None:
+    """Create the SQLite file's folder on the first connection, not when the engine is built.
+
+    An engine that never connects, or one used only by the read-only calls (which open
+    the file through :func:`create_readonly_engine`), then leaves no folder behind
+    for a mistyped path. The listener returns None, so the connect-retry listener
+    registered after it still makes the connection.
+    """
+    folder = os.path.dirname(os.path.abspath(database)) or "."
+
+    @event.listens_for(engine.sync_engine, "do_connect")
+    def _make_folder(dialect: Dialect, conn_rec: ConnectionPoolEntry, cargs: Any, cparams: Any) -> None:
+        os.makedirs(folder, exist_ok=True)
 
 
 def _install_connect_retry(engine: AsyncEngine, config: StoreConfig) -> None:

@@ -131,6 +131,13 @@ async def test_library_reads_create_no_sqlite_file(tmp_path: Path) -> None:
         await migrate.verify(engine)
     assert list(tmp_path.iterdir()) == []
 
+    in_missing_folder = tmp_path / "typo" / "x.db"  # the engine makes its folder only on connect
+    engine = get_engine(f"sqlite:///{in_missing_folder}")
+    assert await migrate.current_revision(engine) is None
+    with pytest.raises(SchemaOutOfDate, match=f"no database at {in_missing_folder}"):
+        await migrate.verify(engine)
+    assert list(tmp_path.iterdir()) == []
+
     empty = tmp_path / "empty.db"
     empty.touch()
     engine = get_engine(f"sqlite:///{empty}")  # a read-write engine: its connections switch to WAL
