@@ -46,6 +46,7 @@ from sqlalchemy import (
 )
 from sqlalchemy.engine import make_url
 from sqlalchemy.ext.asyncio import AsyncEngine
+from typing_extensions import assert_never
 
 from asyncstore.bench.data import metric_batch, span_batch
 from asyncstore.bench.database import ScratchDatabase
@@ -157,8 +158,8 @@ class RawDriver:
                 # The store's isolation level, so that replayed reads and claims behave alike.
                 init_command="SET SESSION TRANSACTION ISOLATION LEVEL READ COMMITTED",
             )
-        else:  # pragma: no cover - exhaustive
-            raise AssertionError(self.backend)
+        else:
+            assert_never(self.backend)
 
     async def write(self, table: str, columns: Sequence[str], rows: Sequence[tuple[Any, ...]]) -> None:
         """Write one batch into ``table`` in one transaction."""

@@ -13,7 +13,7 @@ from __future__ import annotations
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
-from sqlalchemy import ColumnElement, and_, exists, func, or_, select
+from sqlalchemy import ColumnElement, and_, asc, desc, exists, func, or_, select
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from asyncstore import filters as f
@@ -127,7 +127,7 @@ async def search_traces(
             conditions.append(or_(key > k, and_(key == k, rid_col > rid)))
         else:
             conditions.append(or_(key < k, and_(key == k, rid_col < rid)))
-    direction = (lambda c: c.asc()) if order.ascending else (lambda c: c.desc())
+    direction = asc if order.ascending else desc
     stmt = (
         select(trace_info.c.request_id, key)
         .where(*conditions)

@@ -13,6 +13,7 @@ from __future__ import annotations
 import random
 import uuid
 from collections.abc import Iterable, Mapping, Sequence
+from types import SimpleNamespace
 from typing import Any
 
 from sqlalchemy import delete, insert, select, tuple_, update
@@ -152,7 +153,7 @@ class RunRepository:
             await conn.execute(
                 insert(run_tags), [{"run_uuid": run_id, "key": k, "value": v} for k, v in sorted(pairs.items())]
             )
-            info = run_info(_RowLike(values))
+            info = run_info(SimpleNamespace(**values))
             return Run(info, RunData(tags=dict(pairs)))
 
         return await self._uow.run(fn)
@@ -460,13 +461,6 @@ class RunRepository:
             return Page([Run(run_info(r), data[r.run_uuid]) for r in rows], token)
 
         return await self._uow.run(fn, write=False)
-
-
-class _RowLike:
-    """Attribute access over a dict, to build a RunInfo from inserted values."""
-
-    def __init__(self, values: Mapping[str, Any]) -> None:
-        self.__dict__.update(values)
 
 
 def _history_position(position: Mapping[str, Any]) -> tuple[int, int, float, bool]:

@@ -10,20 +10,22 @@ MLflow: real values first, then NaN, then missing; ties by ``start_time DESC`` a
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from typing import Any
+from typing import Any, Protocol
 
 from sqlalchemy import (
     BigInteger,
+    BindParameter,
     Boolean,
     CompoundSelect,
     Integer,
-    Row,
     Select,
     String,
     and_,
     any_,
+    asc,
     bindparam,
     case,
+    desc,
     exists,
     literal_column,
     null,
@@ -64,7 +66,22 @@ ATTRIBUTE_COLUMNS: Mapping[str, str] = {
 _STRING_ATTRIBUTES = frozenset({"run_id", "run_name", "status", "user_id", "artifact_uri"})
 
 
-def run_info(row: Row[Any]) -> RunInfo:
+class RunRow(Protocol):
+    """What :func:`run_info` reads: a ``runs`` row, or the values of one just inserted."""
+
+    run_uuid: str
+    experiment_id: int
+    name: str | None
+    user_id: str | None
+    status: str
+    start_time: int | None
+    end_time: int | None
+    lifecycle_stage: str
+    artifact_uri: str | None
+    deleted_time: int | None
+
+
+def run_info(row: RunRow) -> RunInfo:
     """A :class:`RunInfo` from a ``runs`` row."""
     return RunInfo(
         run_id=row.run_uuid,
@@ -81,7 +98,7 @@ def run_info(row: Row[Any]) -> RunInfo:
 
 
 _KIND_METRIC, _KIND_PARAM, _KIND_TAG = 0, 1, 2
-_RUN_IDS = bindparam("run_ids", expanding=True)
+_RUN_IDS: BindParameter[str] = bindparam("run_ids", expanding=True)
 _PG_RUN_IDS = bindparam("run_ids", type_=ARRAY(String))
 
 
@@ -202,7 +219,7 @@ def search_query(
     orders: Sequence[f.OrderBy],
 ) -> Select[Any]:
     """The search statement: runs rows, filtered and ordered, without LIMIT/OFFSET."""
-    conditions = [runs.c.experiment_id.in_(list(experiment_ids))]
+    conditions: list[ColumnElement[bool]] = [runs.c.experiment_id.in_(list(experiment_ids))]
     lifecycle = view_condition(view, runs.c.lifecycle_stage)
     if lifecycle is not None:
         conditions.append(lifecycle)
@@ -211,7 +228,7 @@ def search_query(
     order_cols: list[Any] = []
     seen: set[str] = set()
     for i, order in enumerate(orders):
-        direction = (lambda c: c.asc()) if order.ascending else (lambda c: c.desc())
+        direction = asc if order.ascending else desc
         if order.entity == "metric":
             lm = latest_metrics.alias(f"order_lm_{i}")
             source = source.outerjoin(lm, and_(lm.c.run_uuid == runs.c.run_uuid, lm.c.key == order.key))
