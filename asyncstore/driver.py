@@ -45,6 +45,10 @@ try:  # SQLAlchemy 2.1 renamed await_only to await_
 except ImportError:  # pragma: no cover - SQLAlchemy 2.0
     from sqlalchemy.util import await_only as _await
 
+greenlet_await = _await
+"""Await a coroutine from sync code running in SQLAlchemy's greenlet (event listeners,
+``do_connect``): SQLAlchemy's ``await_`` (``await_only`` before 2.1)."""
+
 T = TypeVar("T")
 
 _STATS = "raw driver call"

@@ -28,14 +28,10 @@ from sqlalchemy.pool import ConnectionPoolEntry
 from sqlalchemy.util import asbool, greenlet_spawn
 
 from asyncstore.config import Backend, StoreConfig, is_sqlite_memory
+from asyncstore.driver import greenlet_await
 from asyncstore.errors import ConfigurationError, DatabaseConnectError, InternalError, InvalidState
 from asyncstore.retry import Backoff, retrying
 from asyncstore.translate import connect_failure_is_transient, translate
-
-try:  # SQLAlchemy 2.1 renamed await_only to await_
-    from sqlalchemy.util import await_ as _await
-except ImportError:  # pragma: no cover - SQLAlchemy 2.0
-    from sqlalchemy.util import await_only as _await
 
 log = logging.getLogger(__name__)
 
@@ -282,8 +278,9 @@ def _install_connect_retry(engine: AsyncEngine, config: StoreConfig) -> None:
     """Retry failed connection attempts with exponential backoff (:func:`retrying`).
 
     SQLAlchemy calls ``do_connect`` inside its greenlet: the retry loop is awaited
-    on the event loop (``_await``) and each attempt runs the driver's connect in a
-    greenlet of its own, so every wait is an ``await``, never a blocking sleep.
+    on the event loop (:data:`~asyncstore.driver.greenlet_await`) and each attempt
+    runs the driver's connect in a greenlet of its own, so every wait is an
+    ``await``, never a blocking sleep.
     Permanent failures (credentials, unknown database) are raised at once.
     """
     backoff = Backoff(base=config.connect_backoff, cap=_MAX_BACKOFF)
@@ -300,7 +297,7 @@ def _install_connect_retry(engine: AsyncEngine, config: StoreConfig) -> None:
                 delay,
             )
 
-        return _await(
+        return greenlet_await(
             retrying(
                 lambda: greenlet_spawn(dialect.connect, *cargs, **cparams),
                 retries=config.connect_retries,
