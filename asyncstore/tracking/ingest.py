@@ -20,9 +20,10 @@ per backend, with constant SQL text and bound parameters only, sent through
   Bind/Execute per row. The history insert and the latest-metrics upsert, guarded by
   ``ON CONFLICT ... DO UPDATE ... WHERE (new rank) > (stored rank)``, are one
   statement (a data-modifying CTE): one round trip for all the metrics of a batch.
-  Measured (``asyncstore bench --workload log_batch``): within ~15% of asyncpg COPY into an identical
-  ``metrics`` table; the rest of the gap to COPY into a bare table is the table's
-  own cost (the per-row foreign-key check on ``run_uuid`` and the history index).
+  Measured (``asyncstore bench --workload log_batch``, "raw, same table"): about
+  two thirds of the throughput of asyncpg COPY into an identical ``metrics`` table;
+  the rest of the gap to COPY into a bare table is the table's own cost (the
+  per-row foreign-key check on ``run_uuid`` and the history index).
 * SQLite: ``executemany`` of a one-row statement (sqlite3 loops in C); the
   latest-metrics upsert has the same guard, with SQLite's row values.
 * MySQL/MariaDB: ``executemany`` of a one-row ``INSERT ... ON DUPLICATE KEY UPDATE``,
