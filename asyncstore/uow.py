@@ -84,8 +84,9 @@ class UnitOfWork:
         connection that died) before COMMIT was sent rolled everything back, so the
         whole transaction is run again, at most ``transaction_retries`` times with
         jittered exponential backoff. A failure during COMMIT leaves the outcome
-        unknown; it is retried only when the caller says ``idempotent=True`` (running
-        it twice has the same effect as once, e.g. upserts).
+        unknown; it is retried only when running the call twice has the same effect
+        as once: a read-only call (``write=False``) always, a write when the caller
+        says ``idempotent=True`` (e.g. upserts).
 
         Only database errors (driver or SQLAlchemy) are translated; any other exception
         ``fn`` raises (a ``StoreError`` on purpose, a bug) rolls back and propagates as is.
@@ -94,8 +95,8 @@ class UnitOfWork:
             StoreError: the translated error once retries are exhausted or not allowed.
         """
         # Whether running the call again is harmless even if the failed attempt's COMMIT
-        # took effect: an idempotent call (a read-only one would be too).
-        replay_safe = idempotent
+        # took effect: a read-only call, or an idempotent write.
+        replay_safe = idempotent or not write
         progress = _Progress()
 
         async def attempt() -> T:

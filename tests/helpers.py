@@ -10,6 +10,7 @@ never from one another.
 * Span and experiment factories (:func:`make_span`, :func:`make_experiment`, …).
 * Counting what the store did: rows (:func:`count_rows`), SQL statements
   (:func:`count_statements`), transaction retries (:func:`transaction_retries`).
+* One call of every read-only kind (:func:`read_calls`).
 * :func:`closed_port`, :func:`eventually`, :func:`readme_row`.
 """
 
@@ -19,16 +20,17 @@ import asyncio
 import contextlib
 import itertools
 import logging
+import secrets
 import socket
 import uuid
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 
 import pytest
 from sqlalchemy import Table, event, func, insert, select
 
-from asyncstore.entities import Span, SpanStatus
+from asyncstore.entities import Metric, NewJob, Param, RunTag, Span, SpanStatus
 from asyncstore.schema import experiments
 
 if TYPE_CHECKING:
@@ -207,6 +209,53 @@ async def eventually(read: Callable[[], Awaitable[T]], want: T, seconds: float =
 
 
 README = Path(__file__).resolve().parent.parent / "README.md"
+
+
+# --- read-only calls ---------------------------------------------------------------------------
+
+
+async def read_calls(store: AsyncStore) -> dict[str, Callable[[], Awaitable[Any]]]:
+    """One call of each kind of read-only call (``get*``, ``search*``, ``list``, ``count*``), on data made here."""
+    name = secrets.token_hex(4)
+    exp = await store.experiments.create("reads-" + name)
+    run = await store.runs.create(exp, run_name="read-me")
+    run_id = run.info.run_id
+    await store.runs.log_batch(
+        run_id, [Metric("loss", 1.0 / (s + 1), 1_000 + s, s) for s in range(5)], [Param("lr", "0.1")], [RunTag("t", "v")]
+    )
+    trace_id = "tr-" + secrets.token_hex(16)
+    root, t0 = secrets.token_hex(8), 1_700_000_000_000_000_000
+    await store.spans.log_spans(exp, [
+        Span(trace_id, root, "root", t0, t0 + 9_000_000, status=SpanStatus.OK),
+        Span(trace_id, secrets.token_hex(8), "child", t0 + 1, t0 + 5, parent_span_id=root),
+    ])
+    [job] = await store.jobs.create_many([NewJob("reads.job", {"n": 1})])
+    return {
+        "experiments.get": lambda: store.experiments.get(exp),
+        "experiments.get_by_name": lambda: store.experiments.get_by_name("reads-" + name),
+        "experiments.search": lambda: store.experiments.search(),
+        "runs.get": lambda: store.runs.get(run_id),
+        "runs.search": lambda: store.runs.search([exp], "metrics.loss < 2", order_by=["metrics.loss DESC"]),
+        "runs.get_metric_history": lambda: store.runs.get_metric_history(run_id, "loss"),
+        "traces.get": lambda: store.traces.get(trace_id),
+        "traces.get_info": lambda: store.traces.get_info(trace_id),
+        "spans.get_spans": lambda: store.spans.get_spans(trace_id),
+        "traces.search": lambda: store.traces.search([exp]),
+        "spans.search_spans": lambda: store.spans.search_spans(exp, name="child"),
+        "jobs.get": lambda: store.jobs.get(job.job_id),
+        "jobs.list": lambda: _all(store.jobs.list(job_name="reads.job")),
+        "jobs.count_by_status": lambda: store.jobs.count_by_status("reads.job"),
+    }
+
+
+async def _all(jobs: AsyncIterator[Any]) -> list[Any]:
+    return [job async for job in jobs]
+
+
+def comparable(value: Any) -> Any:
+    """Pages compare by their items (their tokens differ per call only if the data changed)."""
+    items = getattr(value, "items", None)
+    return list(items) if items is not None and not callable(items) else value
 
 
 def readme_row(starts_with: str) -> str:

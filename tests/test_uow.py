@@ -10,7 +10,7 @@ from typing import Any
 
 import pytest
 import sqlalchemy.exc as sa_exc
-from sqlalchemy import func, insert, select, text, update
+from sqlalchemy import event, func, insert, select, text, update
 from sqlalchemy.ext.asyncio import AsyncConnection
 from sqlalchemy.engine import make_url
 
@@ -29,7 +29,7 @@ from asyncstore import (
 from asyncstore.schema import experiment_tags, experiments
 from asyncstore.uow import UnitOfWork
 from tests.faults import admin
-from tests.helpers import count_rows, needs_server, sqlite_only
+from tests.helpers import count_rows, needs_server, read_calls, sqlite_only
 
 
 def _experiment(name: str | None = None, **values: Any) -> Any:
@@ -294,3 +294,32 @@ async def test_cancelled_tasks_leave_no_connection_and_no_rows(store: AsyncStore
     await store.uow.run(lambda c: c.execute(_experiment("afterwards")))
     assert await _count(store) == 1
     assert store.engine.sync_engine.pool.checkedout() == 0
+
+
+async def test_read_only_calls_send_nothing_but_reads(store: AsyncStore, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A call the unit of work runs with ``write=False`` is retried even when its COMMIT
+    failed, which is safe only because it changes nothing: every statement of every
+    read-only call is a SELECT (or the transaction's own BEGIN on SQLite)."""
+    reads = await read_calls(store)
+    writing: dict[int, bool] = {}
+    begin = UnitOfWork._begin
+
+    async def recording_begin(self: UnitOfWork, conn: AsyncConnection, write: bool) -> None:
+        writing[id(conn.sync_connection)] = write
+        await begin(self, conn, write)
+
+    monkeypatch.setattr(UnitOfWork, "_begin", recording_begin)
+    sent: list[tuple[str, str]] = []
+
+    def record(conn: Any, cursor: Any, statement: str, *args: Any) -> None:
+        if writing.get(id(conn)) is False:
+            sent.append((current, statement.lstrip().split(None, 1)[0].upper()))
+
+    event.listen(store.engine.sync_engine, "before_cursor_execute", record)
+    try:
+        for current, read in reads.items():
+            await read()
+    finally:
+        event.remove(store.engine.sync_engine, "before_cursor_execute", record)
+    assert {name for name, _ in sent} == set(reads)  # every call ran in a read-only transaction
+    assert {verb for _, verb in sent} <= {"SELECT", "WITH", "BEGIN"}, sent
