@@ -1,4 +1,5 @@
-"""The only place that talks to a driver connection directly.
+"""The only place that talks to a driver connection directly, besides the adapter in
+:mod:`asyncstore.sqlite_dbapi` (which SQLAlchemy itself calls for every SQLite statement).
 
 A few statements are faster sent straight to the driver than through SQLAlchemy:
 PostgreSQL's ``COPY`` (asyncpg's ``copy_records_to_table``) and SQLite's

@@ -27,6 +27,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 from sqlalchemy.pool import ConnectionPoolEntry
 from sqlalchemy.util import asbool, greenlet_spawn
 
+from asyncstore import sqlite_dbapi
 from asyncstore.config import Backend, StoreConfig, is_sqlite_memory
 from asyncstore.driver import greenlet_await
 from asyncstore.errors import ConfigurationError, DatabaseConnectError, InternalError, InvalidState
@@ -199,6 +200,7 @@ def _create_engine(config: StoreConfig) -> AsyncEngine:
         _check_sqlite_version()
         # sqlite3's own timeout is the busy timeout, in seconds.
         connect_args["timeout"] = config.sqlite_busy_timeout_ms / 1000
+        kwargs["module"] = sqlite_dbapi.DBAPI  # one trip into aiosqlite's thread per statement
     elif backend is Backend.POSTGRESQL:
         connect_args["server_settings"] = {"application_name": "asyncstore"}
     elif backend is Backend.MYSQL:
@@ -374,6 +376,7 @@ def create_readonly_engine(config: StoreConfig) -> AsyncEngine:
         echo=config.echo,
         poolclass=sqlalchemy.pool.NullPool,
         connect_args={"timeout": config.sqlite_busy_timeout_ms / 1000},
+        module=sqlite_dbapi.DBAPI,
     )
     _states[engine.sync_engine] = EngineState(
         config=config, backend=Backend.SQLITE, write_lock=asyncio.Lock(), serialize_all=False
