@@ -362,8 +362,14 @@ URI: Setting[str] = Setting(
 SETTINGS: dict[str, Setting[Any]] = {
     s.keyword: s
     for s in (
-        _setting("pool_size", _int(minimum=0), 10, "connections kept in the pool"),
-        _setting("max_overflow", _int(minimum=-1), 10, "extra connections allowed beyond pool_size under load"),
+        # SQLite: every connection is a thread of aiosqlite's, and the threads contend for
+        # the GIL with the event loop; a few serve a web app's readers best, and a
+        # connection opened under load (overflow) costs a thread and its set-up each
+        # time. Measured with `asyncstore bench --workload mixed` (README, Performance).
+        _setting("pool_size", _int(minimum=0), 10, "connections kept in the pool", sqlite=4),
+        _setting(
+            "max_overflow", _int(minimum=-1), 10, "extra connections allowed beyond pool_size under load", sqlite=0
+        ),
         _setting(
             "pool_timeout", _float(minimum=0.0), 30.0,
             "seconds a caller waits for a free connection before TEMPORARILY_UNAVAILABLE",
