@@ -10,6 +10,7 @@ else, and connects with bounded retry and exponential backoff.
 from __future__ import annotations
 
 import asyncio
+import collections
 import dataclasses
 import logging
 import os
@@ -53,6 +54,11 @@ class EngineState:
     instead of spinning in SQLite's busy handler. None on server databases."""
     serialize_all: bool
     """In-memory SQLite: every transaction (reads too) shares the one connection."""
+    write_queue: collections.deque[Any] = dataclasses.field(default_factory=collections.deque)
+    """SQLite: grouped write calls waiting for the next group commit (see
+    :meth:`asyncstore.uow.UnitOfWork.run_grouped`)."""
+    writer: asyncio.Task[None] | None = None
+    """SQLite: the task writing the queued groups while there are any."""
 
 
 _engines: dict[asyncio.AbstractEventLoop, dict[StoreConfig, AsyncEngine]] = {}

@@ -17,19 +17,22 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
-from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
-from typing import TypeVar
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
+from typing import Any, Generic, Protocol, TypeVar
 
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from asyncstore.config import Backend
 from asyncstore.engines import EngineState, engine_state
-from asyncstore.errors import ErrorCode, TemporarilyUnavailable
+from asyncstore.errors import ErrorCode, StoreError, TemporarilyUnavailable
 from asyncstore.retry import Backoff, retrying
 from asyncstore.translate import classify, is_database_error, translate
 
 T = TypeVar("T")
+I = TypeVar("I")
+I_contra = TypeVar("I_contra", contravariant=True)
 log = logging.getLogger(__name__)
 
 # The first retry waits about 40 ms (a deadlock victim usually wins on the next try),
@@ -124,6 +127,94 @@ class UnitOfWork:
                 raise  # StoreError raised on purpose, or a bug in fn: not ours to translate
             raise translate(exc, messages) from exc
 
+    async def run_grouped(
+        self,
+        write: GroupedWrite[I, T],
+        item: I,
+        *,
+        idempotent: bool = False,
+        messages: Mapping[ErrorCode, str] | None = None,
+    ) -> T:
+        """Run ``write(conn, [item])`` like :meth:`run`; on SQLite, together with the items queued beside it.
+
+        On a SQLite file every write waits for the process's write lock, and each of
+        its statements waits its turn in the event loop, which under load costs more
+        than the statement. Items that arrive while others are being written queue up;
+        one writer task hands everything queued (at most :data:`GROUP_MAX` items) to
+        ``write`` at once, in one transaction, so that a group of calls costs the
+        statements of one (group commit).
+
+        Each item keeps its own outcome: ``write`` returns one per item, in order,
+        either its result or the ``StoreError`` of a check it failed (its run is
+        deleted, a param differs), and an item that failed a check wrote nothing. Any
+        exception ``write`` raises rolls the group back and every item in it is run
+        again alone, through :meth:`run` with its retry rules, so one bad item costs
+        the others time, not their outcome. A result is returned only after the COMMIT
+        that made it durable. A caller cancelled while its item waits in the queue
+        takes it out; one cancelled while its group is being written leaves the item
+        to commit whole.
+
+        Server databases write in parallel and in-memory SQLite has one connection:
+        there every call is a group of one.
+        """
+        state = self.state
+        if state.write_lock is None or state.serialize_all:
+            one = functools.partial(_write_one, write, item)
+            return _outcome(await self.run(one, idempotent=idempotent, messages=messages))
+        queued: _Queued[I, T] = _Queued(write, item, idempotent, messages, asyncio.get_running_loop().create_future())
+        state.write_queue.append(queued)
+        if state.writer is None or state.writer.done():
+            state.writer = asyncio.ensure_future(self._write_groups())
+        return await queued.result
+
+    async def _write_groups(self) -> None:
+        """The writer task: write the queued items, group by group, until none is left."""
+        queue = self.state.write_queue
+        while queue:
+            write = queue[0].write
+            group: list[_Queued[Any, Any]] = []
+            while queue and len(group) < GROUP_MAX and queue[0].write == write:
+                queued = queue.popleft()
+                if not queued.result.done():  # a cancelled caller's item is dropped
+                    group.append(queued)
+            if not group:
+                continue
+            try:
+                await self._write_group(group)
+            except BaseException as exc:  # a bug, or the loop is closing: never strand the callers
+                failure = exc if isinstance(exc, Exception) else TemporarilyUnavailable("the store's writer was stopped")
+                for queued in group:
+                    queued.settle(failure)
+                raise
+
+    async def _write_group(self, group: list[_Queued[Any, Any]]) -> None:
+        write = group[0].write
+        if len(group) > 1:
+            try:
+                outcomes = await self.run(
+                    lambda conn: write(conn, [queued.item for queued in group]),
+                    idempotent=all(queued.idempotent for queued in group),
+                )
+            except Exception:
+                log.debug("a group of %d writes failed; writing each alone", len(group), exc_info=True)
+            else:
+                for queued, settled in zip(group, outcomes, strict=True):
+                    queued.settle(settled)
+                return
+        for queued in group:
+            if queued.result.done():
+                continue
+            outcome: Any
+            try:
+                [outcome] = await self.run(
+                    functools.partial(_write_one, write, queued.item),
+                    idempotent=queued.idempotent,
+                    messages=queued.messages,
+                )
+            except Exception as exc:
+                outcome = exc
+            queued.settle(outcome)
+
     @contextlib.asynccontextmanager
     async def _transaction(self, write: bool, progress: _Progress | None = None) -> AsyncIterator[AsyncConnection]:
         """The transaction itself, errors untranslated."""
@@ -190,6 +281,58 @@ class UnitOfWork:
             log.debug("rollback failed; discarding the connection", exc_info=True)
             if not self.state.serialize_all:  # never drop the only in-memory database
                 await conn.invalidate()
+
+
+GROUP_MAX = 64
+"""Most items one group commit of :meth:`UnitOfWork.run_grouped` writes."""
+
+
+class GroupedWrite(Protocol[I_contra, T]):
+    """A write that takes a list of items and returns one outcome per item (see :meth:`UnitOfWork.run_grouped`)."""
+
+    def __call__(self, conn: AsyncConnection, items: Sequence[I_contra], /) -> Awaitable[list[T | StoreError]]: ...
+
+
+def _write_one(write: GroupedWrite[I, T], item: I, conn: AsyncConnection) -> Awaitable[list[T | StoreError]]:
+    """``write`` of one item (a group of one)."""
+    return write(conn, [item])
+
+
+def _outcome(outcomes: list[T | StoreError]) -> T:
+    """The result of a group of one, or its error raised."""
+    [outcome] = outcomes
+    if isinstance(outcome, StoreError):
+        raise outcome
+    return outcome
+
+
+class _Queued(Generic[I, T]):
+    """An item of :meth:`UnitOfWork.run_grouped` waiting for its group, and its caller's future."""
+
+    __slots__ = ("idempotent", "item", "messages", "result", "write")
+
+    def __init__(
+        self,
+        write: GroupedWrite[I, T],
+        item: I,
+        idempotent: bool,
+        messages: Mapping[ErrorCode, str] | None,
+        result: asyncio.Future[T],
+    ) -> None:
+        self.write = write
+        self.item = item
+        self.idempotent = idempotent
+        self.messages = messages
+        self.result = result
+
+    def settle(self, outcome: T | Exception) -> None:
+        """Hand the item's result or error to its caller (unless the caller is gone)."""
+        if self.result.done():
+            return
+        if isinstance(outcome, Exception):
+            self.result.set_exception(outcome)
+        else:
+            self.result.set_result(outcome)
 
 
 class _Progress:

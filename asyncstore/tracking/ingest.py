@@ -35,6 +35,8 @@ per backend, with constant SQL text and bound parameters only, sent through
 
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
+
 from sqlalchemy import insert, select, update
 from sqlalchemy.ext.asyncio import AsyncConnection
 from typing_extensions import assert_never
@@ -107,63 +109,80 @@ ON DUPLICATE KEY UPDATE value = VALUES(value), timestamp = VALUES(timestamp), st
 """
 
 
-async def write_batch(conn: AsyncConnection, backend: Backend, run_id: str, batch: Batch) -> None:
-    """Write a validated batch to a run whose row the caller has locked.
+async def write_batches(
+    conn: AsyncConnection,
+    backend: Backend,
+    items: Sequence[tuple[str, Batch]],
+    stored: Mapping[tuple[str, str], str],
+) -> None:
+    """Write validated batches to runs whose rows the caller has locked, in one transaction.
 
-    Order: params (checked against the stored ones first, so a conflict writes
-    nothing), metrics, latest metrics, tags; rows in sorted key order. At most seven
-    statements, whatever the batch size.
-
-    Raises:
-        InvalidParameter: a param was logged before with a different value.
+    ``items`` are (run id, batch) pairs in call order: one log_batch call, or the
+    calls of a SQLite group commit. The caller has checked their params against the
+    ``stored`` ones (:func:`stored_params`) and against earlier items: a param logged
+    before (with the same value) is not written again. Order: params, metrics, latest
+    metrics, tags; rows in sorted key order. The params, metrics and latest metrics
+    of all items go in the same few statements (PostgreSQL: one metrics statement per
+    item); tags go per item, so an item's tags win over an earlier item's, as when
+    the calls run one after the other.
     """
-    if batch.params:
-        await _write_params(conn, run_id, batch.params)
-    if batch.metric_rows:
-        await _write_metrics(conn, backend, run_id, batch)
-    if batch.tags:
-        await conn.execute(
-            d.upsert(backend, run_tags, ("key", "run_uuid"), ("value",)),
-            [{"run_uuid": run_id, "key": k, "value": v} for k, v in sorted(batch.tags.items())],
-        )
-        if RUN_NAME_TAG in batch.tags:
-            await conn.execute(update(runs).where(runs.c.run_uuid == run_id).values(name=batch.tags[RUN_NAME_TAG]))
+    logged = set(stored)
+    new_params = []
+    for run_id, batch in items:
+        for key, value in sorted(batch.params.items()):
+            if (run_id, key) not in logged:
+                logged.add((run_id, key))
+                new_params.append({"run_uuid": run_id, "key": key, "value": value})
+    if new_params:
+        await conn.execute(insert(param_table), new_params)
+    if any(batch.metric_rows for _, batch in items):
+        await _write_metrics(conn, backend, [(run_id, batch) for run_id, batch in items if batch.metric_rows])
+    for run_id, batch in items:
+        if batch.tags:
+            await conn.execute(
+                d.upsert(backend, run_tags, ("key", "run_uuid"), ("value",)),
+                [{"run_uuid": run_id, "key": k, "value": v} for k, v in sorted(batch.tags.items())],
+            )
+            if RUN_NAME_TAG in batch.tags:
+                await conn.execute(update(runs).where(runs.c.run_uuid == run_id).values(name=batch.tags[RUN_NAME_TAG]))
 
 
-async def _write_params(conn: AsyncConnection, run_id: str, batch_params: dict[str, str]) -> None:
+async def stored_params(conn: AsyncConnection, items: Sequence[tuple[str, Batch]]) -> dict[tuple[str, str], str]:
+    """The stored values of the params the batches log, by (run id, key): one SELECT."""
+    wanted = {(run_id, key) for run_id, batch in items for key in batch.params}
+    if not wanted:
+        return {}
+    p = param_table.c
     found = await conn.execute(
-        select(param_table.c.key, param_table.c.value).where(
-            param_table.c.run_uuid == run_id, param_table.c.key.in_(sorted(batch_params))
+        select(p.run_uuid, p.key, p.value).where(
+            p.run_uuid.in_(sorted({run_id for run_id, _ in wanted})), p.key.in_(sorted({key for _, key in wanted}))
         )
     )
-    existing = {k: v for k, v in found}
-    for key, old in sorted(existing.items()):
-        if old != batch_params[key]:
-            t.invalid(
-                f"param {key!r} of run {run_id} was logged with value {old!r}; params are immutable, "
-                f"so the new value {batch_params[key]!r} is refused"
-            )
-    new = [{"run_uuid": run_id, "key": k, "value": v} for k, v in sorted(batch_params.items()) if k not in existing]
-    if new:
-        await conn.execute(insert(param_table), new)
+    return {(row.run_uuid, row.key): row.value for row in found if (row.run_uuid, row.key) in wanted}
 
 
-async def _write_metrics(conn: AsyncConnection, backend: Backend, run_id: str, batch: Batch) -> None:
-    latest = sorted(batch.latest.items())
+async def _write_metrics(conn: AsyncConnection, backend: Backend, items: Sequence[tuple[str, Batch]]) -> None:
     if backend is Backend.POSTGRESQL:
-        history = [list(c) for c in zip(*batch.metric_rows)]
-        winners = [[k for k, _ in latest], [r[1] for _, r in latest], [r[0] for _, r in latest],
-                   [r[2] for _, r in latest], [r[3] for _, r in latest]]
-        await conn.exec_driver_sql(PG_METRICS_AND_LATEST, (run_id, *history, *winners))
+        for run_id, batch in items:
+            latest = sorted(batch.latest.items())
+            history = [list(c) for c in zip(*batch.metric_rows)]
+            winners = [[k for k, _ in latest], [r[1] for _, r in latest], [r[0] for _, r in latest],
+                       [r[2] for _, r in latest], [r[3] for _, r in latest]]
+            await conn.exec_driver_sql(PG_METRICS_AND_LATEST, (run_id, *history, *winners))
     elif backend is Backend.SQLITE:
-        await conn.exec_driver_sql(SQLITE_METRICS, [(*row, run_id) for row in batch.metric_rows])
-        await conn.exec_driver_sql(SQLITE_LATEST, [(k, r[1], r[0], r[2], r[3], run_id) for k, r in latest])
+        await conn.exec_driver_sql(SQLITE_METRICS, [(*row, run_id) for run_id, batch in items for row in batch.metric_rows])
+        await conn.exec_driver_sql(
+            SQLITE_LATEST,
+            [(k, r[1], r[0], r[2], r[3], run_id) for run_id, batch in items for k, r in sorted(batch.latest.items())],
+        )
     elif backend is Backend.MYSQL:
-        await conn.exec_driver_sql(MYSQL_METRICS, [(*row, run_id) for row in batch.metric_rows])
-        current = await _stored_latest(conn, run_id, [k for k, _ in latest])
-        winners = [(k, r[1], r[0], r[2], r[3], run_id) for k, r in latest if k not in current or r > current[k]]
-        if winners:
-            await conn.exec_driver_sql(MYSQL_LATEST, winners)
+        await conn.exec_driver_sql(MYSQL_METRICS, [(*row, run_id) for run_id, batch in items for row in batch.metric_rows])
+        for run_id, batch in items:
+            latest = sorted(batch.latest.items())
+            current = await _stored_latest(conn, run_id, [k for k, _ in latest])
+            winners = [(k, r[1], r[0], r[2], r[3], run_id) for k, r in latest if k not in current or r > current[k]]
+            if winners:
+                await conn.exec_driver_sql(MYSQL_LATEST, winners)
     else:  # pragma: no cover - Backend is exhaustive
         assert_never(backend)
 
@@ -177,4 +196,4 @@ async def _stored_latest(conn: AsyncConnection, run_id: str, keys: list[str]) ->
     return {r.key: (r.step, r.timestamp or 0, r.value, bool(r.is_nan)) for r in found}
 
 
-__all__ = ["write_batch"]
+__all__ = ["stored_params", "write_batches"]

@@ -35,7 +35,7 @@ from asyncstore.entities import (
     RunTag,
     ViewType,
 )
-from asyncstore.errors import InvalidState, NotFound
+from asyncstore.errors import InvalidState, NotFound, StoreError
 from asyncstore.paging import (
     Page,
     decode_offset,
@@ -54,7 +54,7 @@ from asyncstore.schema import (
 from asyncstore.schema import metrics as metric_table
 from asyncstore.schema import tags as run_tags
 from asyncstore.tracking.batch import RUN_NAME_TAG, Batch
-from asyncstore.tracking.ingest import write_batch
+from asyncstore.tracking.ingest import stored_params, write_batches
 from asyncstore.tracking.search import load_run_data, run_info, search_query
 from asyncstore.uow import UnitOfWork
 
@@ -247,14 +247,9 @@ class RunRepository:
 
     async def _lock(self, conn: AsyncConnection, run_id: str) -> Any:
         """Lock the run row (not the experiment's) and read both lifecycle stages."""
-        experiment_stage = (
-            select(experiments.c.lifecycle_stage)
-            .where(experiments.c.experiment_id == runs.c.experiment_id)
-            .scalar_subquery()
-        )
         row = (
             await conn.execute(
-                select(runs.c.lifecycle_stage, experiment_stage.label("experiment_stage"))
+                select(runs.c.lifecycle_stage, _experiment_stage().label("experiment_stage"))
                 .where(runs.c.run_uuid == run_id)
                 .with_for_update()
             )
@@ -265,10 +260,22 @@ class RunRepository:
 
     async def _lock_active(self, conn: AsyncConnection, run_id: str, action: str) -> None:
         row = await self._lock(conn, run_id)
-        if row.lifecycle_stage != LifecycleStage.ACTIVE.value:
-            raise InvalidState(f"cannot {action} run {run_id}: it is deleted; restore it first")
-        if row.experiment_stage != LifecycleStage.ACTIVE.value:
-            raise InvalidState(f"cannot {action} run {run_id}: its experiment is deleted")
+        _check_active(run_id, row, action)
+
+    async def _lock_runs(self, conn: AsyncConnection, run_ids: Sequence[str]) -> dict[str, Any]:
+        """Lock several run rows (in id order) and read both lifecycle stages of each, by run id."""
+        if len(run_ids) == 1:
+            try:
+                return {run_ids[0]: await self._lock(conn, run_ids[0])}
+            except NotFound:
+                return {}
+        found = await conn.execute(
+            select(runs.c.run_uuid, runs.c.lifecycle_stage, _experiment_stage().label("experiment_stage"))
+            .where(runs.c.run_uuid.in_(run_ids))
+            .order_by(runs.c.run_uuid)
+            .with_for_update()
+        )
+        return {row.run_uuid: row for row in found}
 
     # --- params, metrics, tags --------------------------------------------------------
 
@@ -327,11 +334,40 @@ class RunRepository:
         if batch.empty:
             await self._uow.run(lambda conn: self._lock_active(conn, run_id, "log to"), write=False)
             return
-        await self._uow.run(lambda conn: self._write_batch(conn, run_id, batch), idempotent=True)
+        await self._uow.run_grouped(self._write_batches, (run_id, batch), idempotent=True)
 
-    async def _write_batch(self, conn: AsyncConnection, run_id: str, batch: Batch) -> None:
-        await self._lock_active(conn, run_id, "log to")
-        await write_batch(conn, self._uow.backend, run_id, batch)
+    async def _write_batches(self, conn: AsyncConnection, items: Sequence[tuple[str, Batch]]) -> list[StoreError | None]:
+        """Write log_batch calls in one transaction: one call, or a SQLite group commit's.
+
+        Each call is checked first, in call order: its run exists and is active, and
+        its params were not logged before, by an earlier call in the group included,
+        with other values. A call that fails a check gets its error and writes
+        nothing; the others are written together (:func:`write_batches`).
+        """
+        stages = await self._lock_runs(conn, sorted({run_id for run_id, _ in items}))
+        stored = await stored_params(conn, items)
+        logged = dict(stored)
+        outcomes: list[StoreError | None] = []
+        ok: list[tuple[str, Batch]] = []
+        for run_id, batch in items:
+            try:
+                _check_active(run_id, stages.get(run_id), "log to")
+                for key, value in sorted(batch.params.items()):
+                    old = logged.get((run_id, key))
+                    if old is not None and old != value:
+                        t.invalid(
+                            f"param {key!r} of run {run_id} was logged with value {old!r}; params are immutable, "
+                            f"so the new value {value!r} is refused"
+                        )
+            except StoreError as exc:
+                outcomes.append(exc)
+                continue
+            logged.update(((run_id, key), value) for key, value in batch.params.items())
+            outcomes.append(None)
+            ok.append((run_id, batch))
+        if ok:
+            await write_batches(conn, self._uow.backend, ok, stored)
+        return outcomes
 
     # --- metric history -------------------------------------------------------------------
 
@@ -471,6 +507,25 @@ def _history_position(position: Mapping[str, Any]) -> tuple[int, int, float, boo
     except (KeyError, TypeError):
         t.invalid("page_token is damaged; pass the next_page_token of a previous page unchanged")
     return step, ts, float(value), is_nan
+
+
+def _experiment_stage() -> Any:
+    """The lifecycle stage of a run's experiment, as a scalar subquery of a runs query."""
+    return (
+        select(experiments.c.lifecycle_stage)
+        .where(experiments.c.experiment_id == runs.c.experiment_id)
+        .scalar_subquery()
+    )
+
+
+def _check_active(run_id: str, row: Any, action: str) -> None:
+    """Refuse to ``action`` a run that is missing (``row`` None), deleted, or in a deleted experiment."""
+    if row is None:
+        raise NotFound(f"no run with id {run_id!r}")
+    if row.lifecycle_stage != LifecycleStage.ACTIVE.value:
+        raise InvalidState(f"cannot {action} run {run_id}: it is deleted; restore it first")
+    if row.experiment_stage != LifecycleStage.ACTIVE.value:
+        raise InvalidState(f"cannot {action} run {run_id}: its experiment is deleted")
 
 
 __all__ = ["RunRepository", "generate_run_name"]
