@@ -30,6 +30,7 @@ from asyncstore.bench.measure import (
     fan_out,
     measure,
     measure_all,
+    mixed_load,
     percentile,
 )
 from asyncstore.bench.options import SCALE_QUERIES
@@ -103,7 +104,7 @@ def test_small_bench_on_sqlite_reports_every_workload_and_figure(
         assert entry["unit"] == spec.unit and entry["description"] == spec.description
         assert entry["concurrency"] == spec.concurrency
         assert entry["items_per_repetition"] == spec.size(SMALL) > 0
-        _check_figures(entry["asyncstore"], latency=spec.name == "get_run")
+        _check_figures(entry["asyncstore"], latency=spec.name in ("get_run", "mixed"))
         assert entry["asyncstore"]["items"] == entry["items_per_repetition"]
         assert "mlflow" not in entry and "ratio_mlflow" not in entry
         if spec.raw:
@@ -129,6 +130,17 @@ def test_small_bench_on_sqlite_reports_every_workload_and_figure(
     for name in ("log_batch", "log_spans"):
         assert _positive(result["workloads"][name]["ratio_raw_fk"]), name
     assert all("naive" not in entry for entry in result["workloads"].values())  # only with --job-workers
+    # mixed: reads and writes of the mixed phase and the reads alone, each with its figures.
+    mixed = result["workloads"]["mixed"]
+    parts = mixed["asyncstore"]["parts"]
+    assert set(parts) == {"reads", "writes", "reads_alone"}
+    for figures in parts.values():
+        assert _positive(figures["throughput"]) and figures["p50_ms"] <= figures["p99_ms"], figures
+    # Reads and writes share the mixed phase's seconds: their rates are in the 4:1 ratio of their calls.
+    assert parts["reads"]["throughput"] / parts["writes"]["throughput"] == pytest.approx(4.0)
+    assert mixed["read_p99_mixed_over_alone"] == round(parts["reads"]["p99_ms"] / parts["reads_alone"]["p99_ms"], 2)
+    assert "reads_alone" in printed and "read_p99_mixed_over_alone" in printed
+    assert all(key not in mixed for key in ("writes_x_mlflow", "read_p99_of_mlflow", "write_p99_of_mlflow"))
     # The scratch SQLite file and its temporary directory are gone.
     scratch_file = Path(make_url(result["database"]).database or "")
     assert scratch_file.name == "store.db" and not scratch_file.parent.exists()
@@ -446,6 +458,43 @@ def test_ratios_table_and_plot_series() -> None:
     assert plot.series(result) == {
         "asyncstore": [900.0, 50.0], "mlflow": [100.0, None], "raw": [1000.0, None]
     }
+
+
+def test_mixed_goals_are_ratios_of_the_parts_of_both_systems() -> None:
+    def parts(reads_p99: float, writes: float, writes_p99: float, alone_p99: float) -> dict[str, Any]:
+        return {"throughput": 10.0, "parts": {
+            "reads": {"throughput": 4 * writes, "p50_ms": 1.0, "p99_ms": reads_p99},
+            "writes": {"throughput": writes, "p50_ms": 1.0, "p99_ms": writes_p99},
+            "reads_alone": {"throughput": 5 * writes, "p50_ms": 1.0, "p99_ms": alone_p99},
+        }}
+
+    result = _result(mixed={"unit": "calls/s", "description": "d", "asyncstore": parts(30.0, 120.0, 50.0, 20.0),
+                            "mlflow": parts(300.0, 20.0, 400.0, 250.0)})
+    report.add_ratios(result["workloads"])
+    entry = result["workloads"]["mixed"]
+    assert (entry["read_p99_mixed_over_alone"], entry["writes_x_mlflow"]) == (1.5, 6.0)
+    assert (entry["read_p99_of_mlflow"], entry["write_p99_of_mlflow"]) == (0.1, 0.12)
+    text = report.table(result)
+    assert "writes 120/s (p50 1.0 / p99 50.0 ms)" in text and "writes_x_mlflow 6.00" in text
+
+
+async def test_mixed_load_makes_the_reads_alone_then_one_write_in_five() -> None:
+    made: list[tuple[str, int]] = []
+
+    async def call(kind: str, i: int) -> None:
+        made.append((kind, i))
+        await asyncio.sleep(0)
+
+    outcome = await mixed_load(
+        lambda i: call("read", i), lambda i: call("write", i), calls=50, concurrency=4, write_every=5
+    )
+    alone, mixed = made[:40], made[40:]
+    assert alone == [("read", i) for i in range(40)]
+    assert sorted(i for kind, i in mixed if kind == "write") == list(range(4, 50, 5))
+    assert sorted(i for kind, i in mixed if kind == "read") == [i for i in range(50) if i % 5 != 4]
+    assert outcome.items == 50 and outcome.seconds is not None
+    assert {name: part.calls for name, part in outcome.parts.items()} == {"reads": 40, "writes": 10, "reads_alone": 40}
+    assert sorted(outcome.latencies or []) == sorted(outcome.parts["reads"].latencies + outcome.parts["writes"].latencies)
 
 
 def test_json_file_name_and_content(tmp_path: Path) -> None:

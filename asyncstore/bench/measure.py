@@ -21,6 +21,22 @@ from typing import Any, Protocol
 
 
 @dataclasses.dataclass
+class Part:
+    """One kind of call in a repetition that mixes kinds (the ``mixed`` workload's reads and writes).
+
+    Attributes:
+        calls: calls of this kind made.
+        seconds: wall-clock seconds of the phase they were made in (shared by the
+            kinds of one phase).
+        latencies: seconds per call.
+    """
+
+    calls: int
+    seconds: float
+    latencies: list[float]
+
+
+@dataclasses.dataclass
 class Outcome:
     """What one timed repetition did.
 
@@ -28,11 +44,17 @@ class Outcome:
         items: units of work done (runs, metrics, calls, spans, searches, jobs).
         latencies: seconds per call, for workloads that report p50/p99.
         extra: counters worth reporting (e.g. claims lost to races).
+        parts: per kind of call, its own throughput and latencies (reported beside
+            the totals).
+        seconds: the seconds ``items`` took when the repetition also did something
+            else (the ``mixed`` workload's read-only phase); None: the whole repetition.
     """
 
     items: int
     latencies: list[float] | None = None
     extra: dict[str, float] = dataclasses.field(default_factory=dict)
+    parts: dict[str, Part] = dataclasses.field(default_factory=dict)
+    seconds: float | None = None
 
 
 class Workload(Protocol):
@@ -63,6 +85,8 @@ class Figures:
         p50_ms, p99_ms: median over repetitions of each repetition's latency
             percentiles, in milliseconds (latency workloads only).
         extra: per-counter sums over the recorded repetitions.
+        parts: per kind of call (:class:`Part`), the median over repetitions of its
+            ``throughput`` (calls per second), ``p50_ms`` and ``p99_ms``.
         setup_seconds: how long the untimed setup took (filling the database).
     """
 
@@ -73,6 +97,7 @@ class Figures:
     p50_ms: float | None = None
     p99_ms: float | None = None
     extra: dict[str, float] = dataclasses.field(default_factory=dict)
+    parts: dict[str, dict[str, float]] = dataclasses.field(default_factory=dict)
     setup_seconds: float | None = None
 
     def to_json(self) -> dict[str, Any]:
@@ -105,9 +130,12 @@ class _Tally:
     p50s: list[float] = dataclasses.field(default_factory=list)
     p99s: list[float] = dataclasses.field(default_factory=list)
     extra: dict[str, float] = dataclasses.field(default_factory=dict)
+    parts: dict[str, dict[str, list[float]]] = dataclasses.field(default_factory=dict)
     items: int = 0
 
     def add(self, outcome: Outcome, elapsed: float) -> float:
+        if outcome.seconds is not None:
+            elapsed = outcome.seconds
         rate = outcome.items / elapsed if elapsed > 0 else 0.0
         self.throughputs.append(rate)
         self.seconds.append(elapsed)
@@ -117,6 +145,11 @@ class _Tally:
             self.p99s.append(percentile(outcome.latencies, 99) * 1000)
         for key, value in outcome.extra.items():
             self.extra[key] = self.extra.get(key, 0.0) + value
+        for name, part in outcome.parts.items():
+            tally = self.parts.setdefault(name, {"throughput": [], "p50_ms": [], "p99_ms": []})
+            tally["throughput"].append(part.calls / part.seconds if part.seconds > 0 else 0.0)
+            tally["p50_ms"].append(percentile(part.latencies, 50) * 1000)
+            tally["p99_ms"].append(percentile(part.latencies, 99) * 1000)
         return rate
 
     def figures(self) -> Figures:
@@ -128,6 +161,10 @@ class _Tally:
             p50_ms=statistics.median(self.p50s) if self.p50s else None,
             p99_ms=statistics.median(self.p99s) if self.p99s else None,
             extra=self.extra,
+            parts={
+                name: {figure: statistics.median(values) for figure, values in tally.items()}
+                for name, tally in self.parts.items()
+            },
             setup_seconds=round(self.setup_seconds, 3),
         )
 
@@ -240,3 +277,51 @@ async def fan_out(count: int, concurrency: int, call: Callable[[int], Awaitable[
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
         raise
+
+
+async def mixed_load(
+    read: Callable[[int], Awaitable[Any]],
+    write: Callable[[int], Awaitable[Any]],
+    *,
+    calls: int,
+    concurrency: int,
+    write_every: int,
+) -> Outcome:
+    """The ``mixed`` workload's repetition, for any system: reads alone, then reads and writes.
+
+    First ``concurrency`` callers make only reads (as many as the mixed phase will
+    make); then the same callers make ``calls`` calls of which every
+    ``write_every``-th is a write. The outcome's items and seconds are the mixed
+    phase's; its parts are ``reads`` and ``writes`` of the mixed phase and
+    ``reads_alone`` of the first.
+    """
+    reads_alone: list[float] = []
+    reads: list[float] = []
+    writes: list[float] = []
+    read_calls = calls - calls // write_every
+
+    async def alone(i: int) -> None:
+        await timed(lambda: read(i), reads_alone)
+
+    async def mixed(i: int) -> None:
+        if i % write_every == write_every - 1:
+            await timed(lambda: write(i), writes)
+        else:
+            await timed(lambda: read(i), reads)
+
+    started = time.perf_counter()
+    await fan_out(read_calls, concurrency, alone)
+    alone_seconds = time.perf_counter() - started
+    started = time.perf_counter()
+    await fan_out(calls, concurrency, mixed)
+    seconds = time.perf_counter() - started
+    return Outcome(
+        calls,
+        latencies=reads + writes,
+        seconds=seconds,
+        parts={
+            "reads": Part(len(reads), seconds, reads),
+            "writes": Part(len(writes), seconds, writes),
+            "reads_alone": Part(len(reads_alone), alone_seconds, reads_alone),
+        },
+    )

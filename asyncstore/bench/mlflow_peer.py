@@ -32,11 +32,14 @@ from typing import Any
 
 from asyncstore.bench.data import SpanRow, metric_batch, span_batch
 from asyncstore.bench.database import ScratchDatabase
-from asyncstore.bench.measure import Outcome, fan_out, timed
+from asyncstore.bench.measure import Outcome, fan_out, mixed_load, timed
 from asyncstore.bench.scale import (
     GET_RUN_CONCURRENCY,
     JOB_WORKERS,
     METRIC_BATCH,
+    MIXED_CONCURRENCY,
+    MIXED_METRICS,
+    MIXED_WRITE_EVERY,
     SEARCH_CONCURRENCY,
     SPAN_BATCH,
     WRITE_CONCURRENCY,
@@ -44,6 +47,7 @@ from asyncstore.bench.scale import (
 )
 from asyncstore.bench.workloads import (
     JOB_NAME,
+    MIXED_WRITE_RUNS,
     RUN_SEARCHES,
     SEARCH_PAGE,
     SETUP_CONCURRENCY,
@@ -55,6 +59,8 @@ from asyncstore.bench.workloads import (
 
 INSTALL_HINT = "pip install 'asyncstore[bench]'  (or: pip install mlflow)"
 _CLAIM_CANDIDATES = 16  # PENDING jobs a worker reads before trying to claim one
+_MLFLOW_POOL = {"MLFLOW_SQLALCHEMYSTORE_POOL_SIZE": "10", "MLFLOW_SQLALCHEMYSTORE_MAX_OVERFLOW": "10"}
+"""MLflow's engine pool in every workload (see :meth:`MlflowPeer._open`)."""
 
 
 def _now_ms() -> int:
@@ -104,10 +110,22 @@ class MlflowPeer:
         for name in ("alembic", "mlflow"):  # keep the migration chatter off the terminal
             logging.getLogger(name).setLevel(logging.WARNING)
         artifacts = os.path.join(os.path.dirname(self.scratch.name) if self.scratch.tempdir else ".", "mlartifacts")
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            self.tracking = SqlAlchemyStore(self.scratch.sync_uri(), artifacts)
-            self.jobs = SqlAlchemyJobStore(self.scratch.sync_uri())
+        # MLflow's default pool (5 connections + 10 overflow) makes the callers of the
+        # mixed workload (64 threads) time out waiting for a connection: MLflow gets
+        # 10 + 10, asyncstore's default pool on a server database.
+        saved = {name: os.environ.get(name) for name in _MLFLOW_POOL}
+        os.environ.update(_MLFLOW_POOL)
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                self.tracking = SqlAlchemyStore(self.scratch.sync_uri(), artifacts)
+                self.jobs = SqlAlchemyJobStore(self.scratch.sync_uri())
+        finally:
+            for name, value in saved.items():
+                if value is None:
+                    os.environ.pop(name, None)
+                else:
+                    os.environ[name] = value
 
     async def close(self) -> None:
         """Dispose MLflow's engines (it caches them per URI) so the database can be dropped."""
@@ -393,6 +411,37 @@ class ClaimJobs(_MlflowWorkload):
         return Outcome(done, extra={"lost_claims": lost})
 
 
+class Mixed(_MlflowWorkload):
+    """Reads alone, then ``get_run`` and ``log_batch`` of 100 metrics at 4:1, from 64 callers on 64 threads."""
+
+    threads = MIXED_CONCURRENCY
+
+    async def setup(self) -> None:
+        """The experiment, the runs read and the runs written."""
+        await super().setup()
+        self.read_ids = await self._filled_runs(self.scale.get_run_pool)
+        self.write_ids = []
+        for i in range(MIXED_WRITE_RUNS):
+            run = await self.call(self.store.create_run, self.experiment_id, "bench", _now_ms(), [], f"training-{i}")
+            self.write_ids.append(run.info.run_id)
+
+    async def run(self, rep: int) -> Outcome:
+        """One repetition of :func:`~asyncstore.bench.measure.mixed_load`."""
+        from mlflow.entities import Metric
+
+        async def read(i: int) -> None:
+            await self.call(self.store.get_run, self.read_ids[(i * 31 + rep) % len(self.read_ids)])
+
+        async def write(i: int) -> None:
+            rows = metric_batch(rep, i, self.scale.mixed_calls, size=MIXED_METRICS)
+            metrics = [Metric(m.key, m.value, m.timestamp, m.step) for m in rows]
+            await self.call(self.store.log_batch, self.write_ids[i % len(self.write_ids)], metrics, [], [])
+
+        return await mixed_load(
+            read, write, calls=self.scale.mixed_calls, concurrency=MIXED_CONCURRENCY, write_every=MIXED_WRITE_EVERY
+        )
+
+
 MLFLOW_WORKLOADS: dict[str, type[_MlflowWorkload]] = {
     "create_runs": CreateRuns,
     "log_batch": LogBatch,
@@ -401,4 +450,5 @@ MLFLOW_WORKLOADS: dict[str, type[_MlflowWorkload]] = {
     "log_spans": LogSpans,
     "search_traces": SearchTraces,
     "claim_jobs": ClaimJobs,
+    "mixed": Mixed,
 }

@@ -115,6 +115,36 @@ def add_ratios(workloads: Mapping[str, dict[str, Any]]) -> None:
             value = ratio(ours, _throughput(entry.get(peer)))
             if value is not None:
                 entry[f"ratio_{peer}"] = value
+        entry.update(_part_ratios(entry))
+
+
+PART_RATIOS: dict[str, tuple[str, str, str, str, str]] = {
+    # name: (system, part, figure) over (system, part, figure), the mixed workload's goals.
+    "read_p99_mixed_over_alone": ("asyncstore", "reads", "p99_ms", "reads_alone", "asyncstore"),
+    "writes_x_mlflow": ("asyncstore", "writes", "throughput", "writes", "mlflow"),
+    "read_p99_of_mlflow": ("asyncstore", "reads", "p99_ms", "reads", "mlflow"),
+    "write_p99_of_mlflow": ("asyncstore", "writes", "p99_ms", "writes", "mlflow"),
+}
+"""Ratios between the parts (kinds of call) of a workload that reports them (``mixed``):
+name -> (system, part, figure, other part, other system); the figure is the same on both sides."""
+
+
+def _part_ratios(entry: Mapping[str, Any]) -> dict[str, float]:
+    found = {}
+    for name, (system, part, figure, other_part, other_system) in PART_RATIOS.items():
+        mine = _part(entry.get(system), part, figure)
+        theirs = _part(entry.get(other_system), other_part, figure)
+        value = ratio(mine, theirs)
+        if value is not None:
+            found[name] = value
+    return found
+
+
+def _part(figures: Any, part: str, figure: str) -> float | None:
+    if not isinstance(figures, Mapping):
+        return None
+    value = figures.get("parts", {}).get(part, {}).get(figure)
+    return float(value) if isinstance(value, (int, float)) else None
 
 
 def _throughput(figures: Any) -> float | None:
@@ -187,7 +217,7 @@ def table(result: Mapping[str, Any]) -> str:
 
 
 def _extras(entry: Mapping[str, Any]) -> str:
-    """The counters of a workload's systems (lost claims, memory) for its footnote."""
+    """The counters (lost claims, memory) and kinds of call of a workload's systems for its footnote."""
     parts = []
     for system, figures in entry.items():
         if isinstance(figures, Mapping) and figures.get("extra"):
@@ -195,6 +225,15 @@ def _extras(entry: Mapping[str, Any]) -> str:
                                  for k, v in figures["extra"].items())
             throughput = f"{format_rate(figures['throughput'])} {entry['unit']}, " if system == "naive" else ""
             parts.append(f"{system}: {throughput}{counters}")
+        if isinstance(figures, Mapping) and figures.get("parts"):
+            kinds = ", ".join(
+                f"{name} {format_rate(f['throughput'])}/s (p50 {f['p50_ms']:.1f} / p99 {f['p99_ms']:.1f} ms)"
+                for name, f in figures["parts"].items()
+            )
+            parts.append(f"{system}: {kinds}")
+    ratios = [f"{name} {entry[name]:.2f}" for name in PART_RATIOS if name in entry]
+    if ratios:
+        parts.append(", ".join(ratios))
     return f" [{'; '.join(parts)}]" if parts else ""
 
 

@@ -24,6 +24,12 @@ WRITE_CONCURRENCY = 8
 """Concurrent callers creating runs (several clients starting runs at once)."""
 SEARCH_CONCURRENCY = 4
 """Concurrent callers of run and trace search (dashboards refreshing)."""
+MIXED_CONCURRENCY = 64
+"""Concurrent callers of the ``mixed`` workload (a busy web app's in-flight requests)."""
+MIXED_METRICS = 100
+"""Metrics per ``log_batch`` call of the ``mixed`` workload (a training step's report)."""
+MIXED_WRITE_EVERY = 5
+"""One call in this many is a write in the ``mixed`` workload (reads to writes 4:1)."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -44,6 +50,7 @@ class Scale:
         searched_traces: traces in the experiment that trace search scans.
         trace_searches: trace-search calls per repetition.
         jobs: jobs claimed and finished per repetition.
+        mixed_calls: calls (reads and writes) of the ``mixed`` workload per repetition.
     """
 
     name: str
@@ -59,22 +66,23 @@ class Scale:
     searched_traces: int
     trace_searches: int
     jobs: int
+    mixed_calls: int
 
 
 SCALES: dict[str, Scale] = {
     "small": Scale(
         name="small", warmup=1, repetitions=3, runs_created=50, metric_batches=4,
         get_run_calls=320, get_run_pool=50, searched_runs=1000, run_searches=8,
-        span_batches=4, searched_traces=500, trace_searches=8, jobs=160,
+        span_batches=4, searched_traces=500, trace_searches=8, jobs=160, mixed_calls=640,
     ),
     "medium": Scale(
         name="medium", warmup=1, repetitions=5, runs_created=300, metric_batches=20,
         get_run_calls=3200, get_run_pool=200, searched_runs=1000, run_searches=40,
-        span_batches=20, searched_traces=2000, trace_searches=40, jobs=1000,
+        span_batches=20, searched_traces=2000, trace_searches=40, jobs=1000, mixed_calls=3200,
     ),
     "large": Scale(
         name="large", warmup=1, repetitions=5, runs_created=2000, metric_batches=100,
         get_run_calls=20000, get_run_pool=1000, searched_runs=10000, run_searches=100,
-        span_batches=100, searched_traces=10000, trace_searches=100, jobs=10000,
+        span_batches=100, searched_traces=10000, trace_searches=100, jobs=10000, mixed_calls=20000,
     ),
 }

@@ -19,11 +19,14 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 from asyncstore.bench.data import SpanRow, metric_batch, span_batch
-from asyncstore.bench.measure import Outcome, fan_out, timed
+from asyncstore.bench.measure import Outcome, fan_out, mixed_load, timed
 from asyncstore.bench.scale import (
     GET_RUN_CONCURRENCY,
     JOB_WORKERS,
     METRIC_BATCH,
+    MIXED_CONCURRENCY,
+    MIXED_METRICS,
+    MIXED_WRITE_EVERY,
     SEARCH_CONCURRENCY,
     SPAN_BATCH,
     SPANS_PER_TRACE,
@@ -57,6 +60,8 @@ TRACE_SEARCHES: tuple[tuple[str, list[str]], ...] = (
     ("", ["timestamp_ms DESC"]),
 )
 JOB_NAME = "bench.noop"
+MIXED_WRITE_RUNS = 16
+"""Runs the ``mixed`` workload's writes log to (runs in training), apart from the runs it reads."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -120,6 +125,9 @@ SPECS: tuple[Spec, ...] = (
          f"({SEARCH_CONCURRENCY} concurrent callers)", SEARCH_CONCURRENCY, lambda s: s.trace_searches, raw=True),
     Spec("claim_jobs", "jobs/s", f"claim + finish queued jobs with {JOB_WORKERS} concurrent workers",
          JOB_WORKERS, lambda s: s.jobs, raw=True),
+    Spec("mixed", "calls/s", f"a web app's load: get_run and log_batch of {MIXED_METRICS} metrics at "
+         f"{MIXED_WRITE_EVERY - 1}:1 ({MIXED_CONCURRENCY} concurrent callers), beside the same callers making only "
+         "the reads", MIXED_CONCURRENCY, lambda s: s.mixed_calls),
 )
 SPEC_BY_NAME = {spec.name: spec for spec in SPECS}
 
@@ -418,6 +426,38 @@ class ClaimJobs(_StoreWorkload):
         return Outcome(total, extra=dict(self.counts))
 
 
+class Mixed(_StoreWorkload):
+    """Reads alone, then reads and writes at 4:1, from 64 callers (:func:`~asyncstore.bench.measure.mixed_load`).
+
+    The reads are ``get_run`` of filled runs, as in ``get_run``; the writes are
+    ``log_batch`` calls of 100 metrics (a new step each) to other runs.
+    """
+
+    async def setup(self) -> None:
+        """The experiment, the runs read and the runs written."""
+        await super().setup()
+        self.read_ids = await self._filled_runs(self.scale.get_run_pool)
+        self.write_ids = [
+            (await self.store.runs.create(self.experiment_id, run_name=f"training-{i}")).info.run_id
+            for i in range(MIXED_WRITE_RUNS)
+        ]
+
+    async def run(self, rep: int) -> Outcome:
+        """One repetition of :func:`~asyncstore.bench.measure.mixed_load`."""
+
+        async def read(i: int) -> None:
+            await self.store.runs.get(self.read_ids[(i * 31 + rep) % len(self.read_ids)])
+
+        async def write(i: int) -> None:
+            rows = metric_batch(rep, i, self.scale.mixed_calls, size=MIXED_METRICS)
+            metrics = [Metric(m.key, m.value, m.timestamp, m.step) for m in rows]
+            await self.store.runs.log_batch(self.write_ids[i % len(self.write_ids)], metrics=metrics)
+
+        return await mixed_load(
+            read, write, calls=self.scale.mixed_calls, concurrency=self.spec.concurrency, write_every=MIXED_WRITE_EVERY
+        )
+
+
 STORE_WORKLOADS: dict[str, type[_StoreWorkload]] = {
     "create_runs": CreateRuns,
     "log_batch": LogBatch,
@@ -426,6 +466,7 @@ STORE_WORKLOADS: dict[str, type[_StoreWorkload]] = {
     "log_spans": LogSpans,
     "search_traces": SearchTraces,
     "claim_jobs": ClaimJobs,
+    "mixed": Mixed,
 }
 STORE_NAMES = {cls: name for name, cls in STORE_WORKLOADS.items()}
 
