@@ -25,7 +25,7 @@ import sqlalchemy.pool
 from sqlalchemy import event
 from sqlalchemy.engine import URL, Connection, Dialect, Engine
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
-from sqlalchemy.pool import ConnectionPoolEntry
+from sqlalchemy.pool import ConnectionPoolEntry, PoolResetState
 from sqlalchemy.util import asbool, greenlet_spawn
 
 from asyncstore import sqlite_dbapi
@@ -220,6 +220,7 @@ def _create_engine(config: StoreConfig) -> AsyncEngine:
         )
         if config.mysql_ssl_ca or config.mysql_ssl_cert:
             connect_args["ssl"] = _mysql_ssl_context(config)
+        kwargs["pool_reset_on_return"] = None  # _install_mysql_reset rolls back when needed
     engine = create_async_engine(url, connect_args=connect_args, **kwargs)
     memory = is_sqlite_memory(url)
     _states[engine.sync_engine] = EngineState(
@@ -233,6 +234,8 @@ def _create_engine(config: StoreConfig) -> AsyncEngine:
     _install_connect_retry(engine, config)
     if backend is Backend.SQLITE:
         _install_sqlite_setup(engine, wal=not memory, busy_timeout_ms=config.sqlite_busy_timeout_ms)
+    if backend is Backend.MYSQL:
+        _install_mysql_reset(engine)
     log.debug("created engine for %s", config.safe_uri)
     return engine
 
@@ -314,6 +317,28 @@ def _install_connect_retry(engine: AsyncEngine, config: StoreConfig) -> None:
                 on_retry=log_retry,
             )
         )
+
+
+def _install_mysql_reset(engine: AsyncEngine) -> None:
+    """MySQL: a connection returned to the pool is rolled back only if a transaction is open on it.
+
+    SQLAlchemy's pool rolls back every connection it gets back, and aiomysql sends
+    that ROLLBACK to the server even right after a COMMIT: a round trip per
+    transaction, and on a session the server killed after its COMMIT, a failed
+    rollback that the pool logs as an error. Every server reply says whether a
+    transaction is open (``SERVER_STATUS_IN_TRANS``, read by aiomysql's
+    ``get_transaction_status``); the pool's own reset is off for MySQL engines and
+    this one rolls back only then. A connection that died after its COMMIT goes back
+    to the pool and is replaced at its next checkout (``pool_pre_ping``) or, failing
+    that, by the unit of work's retry.
+    """
+
+    @event.listens_for(engine.sync_engine, "reset")
+    def _reset(dbapi_connection: Any, conn_rec: ConnectionPoolEntry, state: PoolResetState) -> None:
+        if state.transaction_was_reset or state.terminate_only or not state.asyncio_safe:
+            return
+        if dbapi_connection._connection.get_transaction_status():
+            dbapi_connection.rollback()
 
 
 def _install_sqlite_setup(engine: AsyncEngine, *, wal: bool, busy_timeout_ms: int) -> None:

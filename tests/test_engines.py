@@ -23,7 +23,7 @@ from asyncstore.errors import ConfigurationError
 from asyncstore.config import StoreConfig
 from asyncstore.uow import UnitOfWork
 from tests import dbadmin
-from tests.helpers import closed_port
+from tests.helpers import closed_port, mysql_only
 
 PASSWORD = "n0t-Th3-pw"
 
@@ -250,3 +250,33 @@ async def test_too_old_sqlite_is_a_clear_error(tmp_path: Path, monkeypatch: pyte
         get_engine(f"sqlite:///{tmp_path}/old.db")
     with pytest.raises(InternalError, match="too old"):
         create_engine(StoreConfig.load(f"sqlite:///{tmp_path}/old.db"))
+
+
+@mysql_only
+async def test_mysql_connections_are_rolled_back_on_return_only_inside_a_transaction(
+    store: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The pool's reset sends ROLLBACK only when the server says a transaction is open."""
+    import aiomysql
+
+    rollbacks: list[bool] = []
+    real = aiomysql.Connection.rollback
+
+    async def counted(self: Any) -> None:
+        rollbacks.append(self.get_transaction_status())
+        await real(self)
+
+    monkeypatch.setattr(aiomysql.Connection, "rollback", counted)
+    exp = await store.experiments.create("reset")
+    await store.experiments.get(exp)  # a read, committed: nothing to roll back
+    await store.experiments.set_tag(exp, "k", "v")  # a write, committed: nothing to roll back
+    assert rollbacks == []
+
+    conn = await store.engine.connect()  # a transaction left open on the driver connection
+    raw = await conn.get_raw_connection()
+    async with raw.driver_connection.cursor() as cursor:
+        await cursor.execute("START TRANSACTION")
+        await cursor.execute("UPDATE experiments SET name = 'changed' WHERE experiment_id = %s", (int(exp),))
+    await conn.close()  # the pool's reset rolls it back
+    assert rollbacks == [True]
+    assert (await store.experiments.get(exp)).name == "reset"
