@@ -33,7 +33,7 @@ from asyncstore.config import Backend, StoreConfig, is_sqlite_memory
 from asyncstore.driver import greenlet_await
 from asyncstore.errors import ConfigurationError, DatabaseConnectError, InternalError, InvalidState
 from asyncstore.retry import Backoff, retrying
-from asyncstore.translate import connect_failure_is_transient, translate
+from asyncstore.translate import connect_failure_is_transient, mark_connect_failure, translate
 
 log = logging.getLogger(__name__)
 
@@ -308,15 +308,19 @@ def _install_connect_retry(engine: AsyncEngine, config: StoreConfig) -> None:
                 delay,
             )
 
-        return greenlet_await(
-            retrying(
-                lambda: greenlet_spawn(dialect.connect, *cargs, **cparams),
-                retries=config.connect_retries,
-                backoff=backoff,
-                should_retry=connect_failure_is_transient,
-                on_retry=log_retry,
+        try:
+            return greenlet_await(
+                retrying(
+                    lambda: greenlet_spawn(dialect.connect, *cargs, **cparams),
+                    retries=config.connect_retries,
+                    backoff=backoff,
+                    should_retry=connect_failure_is_transient,
+                    on_retry=log_retry,
+                )
             )
-        )
+        except Exception as exc:
+            mark_connect_failure(exc)  # the unit of work does not retry it again
+            raise
 
 
 def _install_mysql_reset(engine: AsyncEngine) -> None:

@@ -211,6 +211,23 @@ def connect_failure_is_transient(exc: BaseException) -> bool:
     return found.kind is TemporarilyUnavailable
 
 
+_CONNECT_FAILURE = "asyncstore_connect_failure"
+
+
+def mark_connect_failure(exc: BaseException) -> None:
+    """Mark ``exc`` as the end of the engine's own connect retries (see :func:`is_connect_failure`)."""
+    setattr(exc, _CONNECT_FAILURE, True)
+
+
+def is_connect_failure(exc: BaseException) -> bool:
+    """Whether ``exc`` (or what it wraps) ended the engine's connect retries.
+
+    Such a failure was already retried with backoff while connecting; a connection
+    that was made and then died while SQLAlchemy set it up was not.
+    """
+    return any(getattr(err, _CONNECT_FAILURE, False) for err in _chain(exc))
+
+
 def is_database_error(exc: BaseException) -> bool:
     """Whether ``exc`` comes from the database layer (driver or SQLAlchemy) and so is translated.
 

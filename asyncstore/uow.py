@@ -28,7 +28,7 @@ from asyncstore.config import Backend
 from asyncstore.engines import EngineState, engine_state
 from asyncstore.errors import ErrorCode, StoreError, TemporarilyUnavailable
 from asyncstore.retry import Backoff, retrying
-from asyncstore.translate import classify, is_database_error, translate
+from asyncstore.translate import classify, is_connect_failure, is_database_error, translate
 
 T = TypeVar("T")
 I = TypeVar("I")
@@ -351,18 +351,18 @@ class _Progress:
     def may_retry(self, exc: Exception, *, replay_safe: bool) -> bool:
         """Whether the attempt that raised ``exc`` may be run again.
 
-        Only a transient database failure, after the connection was made (a failed
-        connect was already retried with backoff by the engine), and before COMMIT was
-        sent unless the call is ``replay_safe`` (the outcome of an interrupted COMMIT
-        is unknown: running a write again could duplicate it).
+        Only a transient database failure; before the connection was handed over,
+        unless connecting itself failed (the engine already retried that, with its
+        own backoff), so a connection that died while it was being set up is replaced;
+        after, before COMMIT was sent unless the call is ``replay_safe`` (the outcome
+        of an interrupted COMMIT is unknown: running a write again could duplicate it).
         """
         found = classify(exc) if is_database_error(exc) else None
-        return (
-            found is not None
-            and found.retryable
-            and self.connected
-            and (replay_safe or not self.committing)
-        )
+        if found is None or not found.retryable:
+            return False
+        if not self.connected:
+            return not is_connect_failure(exc)  # nothing was sent yet
+        return replay_safe or not self.committing
 
 
 async def _uncancellable(aw: Awaitable[None]) -> None:

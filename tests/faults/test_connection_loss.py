@@ -11,15 +11,17 @@ from __future__ import annotations
 
 import asyncio
 import time
+from typing import Any
 
 import pytest
 from sqlalchemy import event, insert, select, text
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from asyncstore import AsyncStore, TemporarilyUnavailable
+from asyncstore.driver import greenlet_await
 from asyncstore.schema import experiment_tags, experiments
 from tests.faults import admin
-from tests.helpers import count_rows, mysql_only, needs_server
+from tests.helpers import count_rows, mysql_only, needs_server, transaction_retries
 
 ROWS = 40
 
@@ -164,3 +166,35 @@ async def test_mariadb_wait_timeout_drops_idle_connections(migrated_uri: str) ->
         await store.uow.run(lambda c: _insert_batch(c, "after-idle"))
         assert await _batch_count(store, "before-idle") == (ROWS, ROWS)
         assert await _batch_count(store, "after-idle") == (ROWS, ROWS)
+
+
+@needs_server
+@pytest.mark.parametrize("write", [False, True], ids=["read", "write"])
+async def test_killed_while_being_set_up_is_replaced(migrated_uri: str, write: bool) -> None:
+    """Promise: a new connection that the server kills after the connect succeeded,
+    while SQLAlchemy sets it up (before the call has it), is replaced by a retry, for
+    a write too (nothing of the call was sent yet); the connect itself is not retried
+    a second time."""
+    async with AsyncStore.open(migrated_uri, pool_size=1, max_overflow=0) as store:
+        killed: list[int] = []
+
+        def kill_the_first(dbapi_connection: Any, record: Any) -> None:
+            if killed:
+                return
+            cursor = dbapi_connection.cursor()
+            cursor.execute(admin.SESSION_ID_SQL[store.backend])
+            killed.append(int(cursor.fetchone()[0]))
+            greenlet_await(admin.kill_session(migrated_uri, killed[0]))
+            cursor.execute("SELECT 1")  # the set-up's next round trip meets the dead connection
+
+        event.listen(store.engine.sync_engine, "connect", kill_the_first)
+        await store.engine.dispose()  # the next call connects anew
+        with transaction_retries() as retries:
+            if write:
+                exp = await store.experiments.create("set-up")
+            else:
+                exp = None
+                assert (await store.experiments.search()).items == []
+        assert killed and len(retries) == 1
+        if exp is not None:
+            assert (await store.experiments.get(exp)).name == "set-up"
