@@ -11,7 +11,7 @@ never from one another.
 * Counting what the store did: rows (:func:`count_rows`), SQL statements
   (:func:`count_statements`), transaction retries (:func:`transaction_retries`).
 * One call of every read-only kind (:func:`read_calls`).
-* :func:`closed_port`, :func:`eventually`, :func:`readme_row`.
+* :func:`closed_port`, :func:`eventually`, :func:`readme_row`, :func:`readme_python`.
 """
 
 from __future__ import annotations
@@ -20,6 +20,7 @@ import asyncio
 import contextlib
 import itertools
 import logging
+import re
 import secrets
 import socket
 import uuid
@@ -256,6 +257,14 @@ def comparable(value: Any) -> Any:
     """Pages compare by their items (their tokens differ per call only if the data changed)."""
     items = getattr(value, "items", None)
     return list(items) if items is not None and not callable(items) else value
+
+
+def readme_python(heading: str) -> str:
+    """The first ```python block of the README's section ``## heading``."""
+    section = README.read_text(encoding="utf-8").split(f"\n## {heading}\n", 1)[1]
+    match = re.search(r"```python\n(.*?)```", section, re.S)
+    assert match is not None, f"README's {heading} section has no python block"
+    return match.group(1)
 
 
 def readme_row(starts_with: str) -> str:

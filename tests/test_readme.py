@@ -8,21 +8,12 @@ import subprocess
 import sys
 from pathlib import Path
 
-README = Path(__file__).resolve().parent.parent / "README.md"
-
-
-def quickstart_source() -> str:
-    """The first ```python block after the '## Quickstart' heading."""
-    text = README.read_text(encoding="utf-8")
-    section = text.split("\n## Quickstart\n", 1)[1]
-    match = re.search(r"```python\n(.*?)```", section, re.S)
-    assert match is not None, "README's Quickstart section has no python block"
-    return match.group(1)
+from tests.helpers import readme_python
 
 
 def test_quickstart_runs_as_printed(db_uri: str, tmp_path: Path) -> None:
     script = tmp_path / "quickstart.py"
-    script.write_text(quickstart_source(), encoding="utf-8")
+    script.write_text(readme_python("Quickstart"), encoding="utf-8")
     env = {**os.environ, "ASYNCSTORE_DATABASE_URI": db_uri}
     done = subprocess.run(
         [sys.executable, str(script)], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120
