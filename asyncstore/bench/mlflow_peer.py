@@ -30,6 +30,7 @@ import warnings
 from collections.abc import Callable
 from typing import Any
 
+from asyncstore.config import Backend
 from asyncstore.bench.data import SpanRow, metric_batch, span_batch
 from asyncstore.bench.database import ScratchDatabase
 from asyncstore.bench.measure import Outcome, fan_out, mixed_load, timed
@@ -59,8 +60,12 @@ from asyncstore.bench.workloads import (
 
 INSTALL_HINT = "pip install 'asyncstore[bench]'  (or: pip install mlflow)"
 _CLAIM_CANDIDATES = 16  # PENDING jobs a worker reads before trying to claim one
-_MLFLOW_POOL = {"MLFLOW_SQLALCHEMYSTORE_POOL_SIZE": "10", "MLFLOW_SQLALCHEMYSTORE_MAX_OVERFLOW": "10"}
-"""MLflow's engine pool in every workload (see :meth:`MlflowPeer._open`)."""
+_MLFLOW_POOL = {
+    Backend.SQLITE: {"MLFLOW_SQLALCHEMYSTORE_POOL_SIZE": "10", "MLFLOW_SQLALCHEMYSTORE_MAX_OVERFLOW": "10"},
+    Backend.POSTGRESQL: {"MLFLOW_SQLALCHEMYSTORE_POOL_SIZE": "32", "MLFLOW_SQLALCHEMYSTORE_MAX_OVERFLOW": "32"},
+    Backend.MYSQL: {"MLFLOW_SQLALCHEMYSTORE_POOL_SIZE": "32", "MLFLOW_SQLALCHEMYSTORE_MAX_OVERFLOW": "32"},
+}
+"""MLflow's engine pool in every workload, per backend (see :meth:`MlflowPeer._open`)."""
 
 
 def _now_ms() -> int:
@@ -111,10 +116,13 @@ class MlflowPeer:
             logging.getLogger(name).setLevel(logging.WARNING)
         artifacts = os.path.join(os.path.dirname(self.scratch.name) if self.scratch.tempdir else ".", "mlartifacts")
         # MLflow's default pool (5 connections + 10 overflow) makes the callers of the
-        # mixed workload (64 threads) time out waiting for a connection: MLflow gets
-        # 10 + 10, asyncstore's default pool on a server database.
-        saved = {name: os.environ.get(name) for name in _MLFLOW_POOL}
-        os.environ.update(_MLFLOW_POOL)
+        # mixed workload (64 threads) time out waiting for a connection, and so does
+        # 10 + 10 on PostgreSQL: on a server MLflow gets 32 + 32, a connection for
+        # every thread; on SQLite 10 + 10 (with more, its writers fail with
+        # "database is locked").
+        pool = _MLFLOW_POOL[self.scratch.backend]
+        saved = {name: os.environ.get(name) for name in pool}
+        os.environ.update(pool)
         try:
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")
