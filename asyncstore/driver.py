@@ -3,8 +3,8 @@
 
 A few statements are faster sent straight to the driver than through SQLAlchemy:
 PostgreSQL's ``COPY`` (asyncpg's ``copy_records_to_table``) and SQLite's
-``executemany`` (one hop into aiosqlite's thread per batch instead of three or four
-through SQLAlchemy's cursor adapter). :class:`Driver` makes those calls, inside the
+``executemany`` (the same one trip into aiosqlite's thread as through SQLAlchemy's
+adapter, :mod:`asyncstore.sqlite_dbapi`, without SQLAlchemy's statement execution). :class:`Driver` makes those calls, inside the
 transaction SQLAlchemy began on the same connection, and keeps them visible:
 
 * SQLAlchemy's own ``before_cursor_execute`` and ``after_cursor_execute`` events fire

@@ -60,12 +60,13 @@ from asyncstore.bench.workloads import (
 
 INSTALL_HINT = "pip install 'asyncstore[bench]'  (or: pip install mlflow)"
 _CLAIM_CANDIDATES = 16  # PENDING jobs a worker reads before trying to claim one
-_MLFLOW_POOL = {
-    Backend.SQLITE: {"MLFLOW_SQLALCHEMYSTORE_POOL_SIZE": "10", "MLFLOW_SQLALCHEMYSTORE_MAX_OVERFLOW": "10"},
-    Backend.POSTGRESQL: {"MLFLOW_SQLALCHEMYSTORE_POOL_SIZE": "32", "MLFLOW_SQLALCHEMYSTORE_MAX_OVERFLOW": "32"},
-    Backend.MYSQL: {"MLFLOW_SQLALCHEMYSTORE_POOL_SIZE": "32", "MLFLOW_SQLALCHEMYSTORE_MAX_OVERFLOW": "32"},
-}
-"""MLflow's engine pool in every workload, per backend (see :meth:`MlflowPeer._open`)."""
+
+
+def _mlflow_pool(backend: Backend) -> dict[str, str]:
+    """MLflow's engine pool in every workload, per backend (see :meth:`MlflowPeer._open`)."""
+    size = "10" if backend is Backend.SQLITE else "32"
+    return {"MLFLOW_SQLALCHEMYSTORE_POOL_SIZE": size, "MLFLOW_SQLALCHEMYSTORE_MAX_OVERFLOW": size}
+
 
 
 def _now_ms() -> int:
@@ -120,7 +121,7 @@ class MlflowPeer:
         # 10 + 10 on PostgreSQL: on a server MLflow gets 32 + 32, a connection for
         # every thread; on SQLite 10 + 10 (with more, its writers fail with
         # "database is locked").
-        pool = _MLFLOW_POOL[self.scratch.backend]
+        pool = _mlflow_pool(self.scratch.backend)
         saved = {name: os.environ.get(name) for name in pool}
         os.environ.update(pool)
         try:

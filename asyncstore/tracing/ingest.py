@@ -207,9 +207,9 @@ async def _copy_new_spans_pg(conn: AsyncConnection, experiment_id: int, batch: P
 async def _write_sqlite(conn: AsyncConnection, experiment_id: int, batch: PreparedBatch) -> None:
     """SQLite: straight to aiosqlite, inside the transaction SQLAlchemy began.
 
-    Each aiosqlite call is one hop to its worker thread; going through SQLAlchemy's
-    cursor adapter costs three or four hops per statement (cursor, execute, fetch,
-    close), which on a busy machine cost more than the inserts themselves.
+    Each aiosqlite call is one trip to its worker thread, as each statement sent
+    through SQLAlchemy is (:mod:`asyncstore.sqlite_dbapi`); this path also skips
+    SQLAlchemy's statement execution around the trip.
     """
     db = await Driver.of(conn)  # aiosqlite, in the BEGIN IMMEDIATE transaction
     if not db.in_transaction:  # pragma: no cover - guarded by UnitOfWork

@@ -247,13 +247,7 @@ class RunRepository:
 
     async def _lock(self, conn: AsyncConnection, run_id: str) -> Any:
         """Lock the run row (not the experiment's) and read both lifecycle stages."""
-        row = (
-            await conn.execute(
-                select(runs.c.lifecycle_stage, _experiment_stage().label("experiment_stage"))
-                .where(runs.c.run_uuid == run_id)
-                .with_for_update()
-            )
-        ).first()
+        row = (await self._lock_runs(conn, [run_id])).get(run_id)
         if row is None:
             raise NotFound(f"no run with id {run_id!r}")
         return row
@@ -263,12 +257,7 @@ class RunRepository:
         _check_active(run_id, row, action)
 
     async def _lock_runs(self, conn: AsyncConnection, run_ids: Sequence[str]) -> dict[str, Any]:
-        """Lock several run rows (in id order) and read both lifecycle stages of each, by run id."""
-        if len(run_ids) == 1:
-            try:
-                return {run_ids[0]: await self._lock(conn, run_ids[0])}
-            except NotFound:
-                return {}
+        """Lock run rows (in id order) and read both lifecycle stages of each, by run id (missing ones left out)."""
         found = await conn.execute(
             select(runs.c.run_uuid, runs.c.lifecycle_stage, _experiment_stage().label("experiment_stage"))
             .where(runs.c.run_uuid.in_(run_ids))
