@@ -311,7 +311,7 @@ def _float(*, minimum: float) -> Callable[[str, Any], float]:
             raise _bad(label, value, f"expected a number of seconds >= {minimum}")
         try:
             number = float(value) if isinstance(value, (int, float, str)) else None
-        except ValueError:
+        except (ValueError, OverflowError):  # not a number; an int beyond every double
             number = None
         if number is None or not number >= minimum or number == float("inf"):
             raise _bad(label, value, f"expected a finite number >= {minimum}")

@@ -149,11 +149,27 @@ def tag_pairs(kind: str, tags: Mapping[str, str] | Iterable[Any] | None, limit: 
 # --- metric values ------------------------------------------------------------------
 
 
+def as_double(value: object) -> float | None:
+    """``value`` as a double; None when it is not a number (a bool, a string) or is an
+    integer beyond every double (``float()`` of it raises OverflowError)."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return None
+    try:
+        return float(value)
+    except OverflowError:
+        return None
+
+
 def encode_metric(value: object, key: str) -> tuple[float, bool]:
     """Return the stored (value, is_nan) of a metric value (MLflow's encoding)."""
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
+    number = as_double(value)
+    if number is None:
+        if isinstance(value, int) and not isinstance(value, bool):
+            invalid(
+                f"metric {key!r} has an integer value of {value.bit_length()} bits, too large for a "
+                "double; metric values are doubles (finite ones at most about ±1.8e308)"
+            )
         invalid(f"metric {key!r} has value {value!r}; expected a number")
-    number = float(value)
     if math.isnan(number):
         return 0.0, True
     if math.isinf(number):

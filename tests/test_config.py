@@ -157,6 +157,7 @@ def test_bad_environment_value_names_variable_value_and_allowed(variable: str, v
         ("pool_size", "ten", "whole number"),
         ("pool_size", True, "whole number"),
         ("pool_timeout", -0.5, "finite number >= 0"),
+        ("pool_timeout", 10**400, "finite number >= 0"),  # an int beyond every double
         ("poolclass", "QueuePool", "NullPool"),
         ("echo", "loud", "true/false"),
     ],

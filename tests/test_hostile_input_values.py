@@ -202,12 +202,17 @@ async def test_nan_and_infinities(store: AsyncStore) -> None:
     """Promise: NaN, +inf and -inf metrics are stored and read back as such (latest value,
     history), extreme finite doubles (the next-to-largest, the smallest subnormal,
     2**53 + 1) are read back as the same numbers (not as infinities), the largest
-    double itself (MLflow's stored form of ±inf) is refused with INVALID_PARAMETER
-    before anything is written, and non-finite trace metrics are refused likewise."""
+    double itself (MLflow's stored form of ±inf) and an integer beyond every double (in a
+    metric or a search filter) are refused with INVALID_PARAMETER before anything is
+    written, and non-finite trace metrics are refused likewise."""
     exp = await store.experiments.create("nan")
     run_id = (await store.runs.create(exp)).info.run_id
     for largest in (1.7976931348623157e308, -1.7976931348623157e308):
         await _refused(store, store.runs.log_batch(run_id, metrics=[Metric("ok", 1.0, 1, 0), Metric("max", largest, 1, 0)]))
+    huge = await _refused(store, store.runs.log_batch(run_id, metrics=[Metric("ok", 1.0, 1, 0), Metric("i", 10**400, 1, 0)]))
+    assert "1329 bits, too large for a double" in str(huge)
+    refused = await _refused(store, store.runs.search([exp], "metrics.ok > " + "9" * 400))
+    assert "too large for a double" in str(refused)
     assert (await store.runs.get(run_id)).data.metrics == {}
     below_max = math.nextafter(1.7976931348623157e308, 0.0)
     values = [float("nan"), float("inf"), float("-inf"), below_max, -below_max,
@@ -222,7 +227,7 @@ async def test_nan_and_infinities(store: AsyncStore) -> None:
 
     trace_id = "tr-" + "e" * 32
     await store.traces.start(exp, trace_id=trace_id, timestamp_ms=1)
-    for bad in (float("nan"), float("inf"), float("-inf"), "1.0"):
+    for bad in (float("nan"), float("inf"), float("-inf"), "1.0", 10**400):
         await _refused(store, store.traces.set_metrics(trace_id, {"ok": 1.0, "bad": bad}))
     assert (await store.traces.get_info(trace_id)).metrics == {}
 

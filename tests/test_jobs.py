@@ -83,6 +83,7 @@ async def test_create_many_is_all_or_nothing(store: AsyncStore) -> None:
         (("n", {}, 0), "timeout 0"),
         (("n", {}, -1.0), "timeout"),
         (("n", {}, float("inf")), "finite"),
+        (("n", {}, 10**400), "finite"),  # an int beyond every double
         (("n", {}, True), "timeout True"),
     ],
 )

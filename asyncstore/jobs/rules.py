@@ -18,6 +18,7 @@ from typing import Any
 from asyncstore.config import JOB_BACKOFF_BASE, JOB_BACKOFF_CAP, JOB_MAX_RETRIES
 from asyncstore.entities import JobStatus
 from asyncstore.errors import InvalidParameter
+from asyncstore.rules import as_double
 from asyncstore.schema import JOB_NAME_MAX
 
 JOB_ID_MAX = 36
@@ -157,9 +158,10 @@ def timeout(value: Any) -> float | None:
     """Check a job timeout: None (no limit) or a finite number of seconds > 0."""
     if value is None:
         return None
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value <= 0:
+    seconds = as_double(value)
+    if seconds is None or not math.isfinite(seconds) or seconds <= 0:
         raise InvalidParameter(f"timeout {value!r} is not valid: expected None or a finite number of seconds > 0")
-    return float(value)
+    return seconds
 
 
 def seconds_ms(label: str, value: Any) -> int:

@@ -19,7 +19,7 @@ from asyncstore.config import Backend
 from asyncstore.dialect import upsert
 from asyncstore.entities import Page, Trace, TraceInfo, TraceState
 from asyncstore.errors import AlreadyExists, ErrorCode, InvalidParameter, NotFound
-from asyncstore.rules import experiment_id_of, now_ms
+from asyncstore.rules import as_double, experiment_id_of, now_ms
 from asyncstore.schema import (
     KEY_MAX,
     TAG_VALUE_MAX,
@@ -329,9 +329,10 @@ class TraceRepository:
         for key, value in metrics.items():
             if not isinstance(key, str) or not key or len(key) > KEY_MAX:
                 raise InvalidParameter(f"metric key {key!r} is not valid: expected 1 to {KEY_MAX} characters")
-            if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+            number = as_double(value)
+            if number is None or not math.isfinite(number):
                 raise InvalidParameter(f"metric {key!r} value {value!r} is not valid: expected a finite number")
-            rows.append({"request_id": trace_id, "key": key, "value": float(value)})
+            rows.append({"request_id": trace_id, "key": key, "value": number})
         await self._write_children(trace_metrics, trace_id, rows)
 
     async def _set_pairs(self, table: Any, trace_id: str, pairs: dict[str, str]) -> None:
