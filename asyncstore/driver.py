@@ -82,7 +82,10 @@ class Driver:
         sync = conn.sync_connection
         if raw.driver_connection is None or sync is None:  # pragma: no cover - the unit of work holds a live one
             raise InvalidState("no live database connection; run this inside a transaction")
-        return cls(sync, raw.driver_connection, backend_of(conn.engine.url))
+        backend = backend_of(conn.engine.url)
+        # SQLite: asyncstore's adapted connection (sqlite_dbapi.OneTripConnection), whose
+        # trips send a BEGIN that SQLAlchemy's transaction has held back.
+        return cls(sync, raw.dbapi_connection if backend is Backend.SQLITE else raw.driver_connection, backend)
 
     @property
     def in_transaction(self) -> bool:
@@ -97,19 +100,19 @@ class Driver:
         if self.backend is Backend.POSTGRESQL:
             call: Callable[[], Awaitable[Any]] = partial(self._driver.execute, statement, *parameters)
         else:
-            call = partial(_sqlite_execute, self._driver, statement, parameters)
+            call = partial(self._driver.trip, False, statement, parameters)
         await self._observed(statement, tuple(parameters), False, call)
 
     async def executemany(self, statement: str, rows: Sequence[Sequence[Any]]) -> None:
         """Run one statement once per row of ``rows`` (SQLite: one call into its thread)."""
         self._require(Backend.SQLITE)
-        await self._observed(statement, rows, True, partial(self._driver.executemany, statement, rows))
+        await self._observed(statement, rows, True, partial(self._driver.trip, True, statement, rows))
 
     async def fetchall(self, statement: str, parameters: Sequence[Any] = ()) -> list[tuple[Any, ...]]:
         """Run a query and return its rows (SQLite)."""
         self._require(Backend.SQLITE)
-        rows = await self._observed(
-            statement, tuple(parameters), False, partial(self._driver.execute_fetchall, statement, parameters)
+        _, rows, _, _ = await self._observed(
+            statement, tuple(parameters), False, partial(self._driver.trip, False, statement, parameters)
         )
         return [tuple(row) for row in rows]
 
@@ -190,10 +193,6 @@ def _consume(task: asyncio.Future[Any]) -> None:
     if not task.cancelled():
         task.exception()
 
-
-async def _sqlite_execute(driver: Any, statement: str, parameters: Sequence[Any]) -> None:
-    async with driver.execute(statement, parameters):
-        pass
 
 
 __all__ = ["Driver"]
