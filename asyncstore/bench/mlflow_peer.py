@@ -4,9 +4,10 @@ MLflow's ``SqlAlchemyStore`` (tracking) and ``SqlAlchemyJobStore`` (jobs) are
 synchronous and thread-bound, so an async web app calls them through a thread
 pool. Each workload here does exactly that: every store call goes through
 ``loop.run_in_executor`` on a pool with as many threads as the workload has
-concurrent callers, against a fresh database of the same kind (SQLite file,
+concurrent callers (the mixed workload on SQLite: as many as MLflow's pool has
+connections), against a fresh database of the same kind (SQLite file,
 PostgreSQL through psycopg2, MySQL through PyMySQL), with MLflow's default
-engine settings. The rows are the ones asyncstore writes (:mod:`asyncstore.bench.data`).
+engine settings but for the pool's size (:meth:`MlflowPeer._open`). The rows are the ones asyncstore writes (:mod:`asyncstore.bench.data`).
 
 MLflow's job store has no "claim the next job" call: jobs are handed out by an
 external queue and ``claim_job(job_id)`` is a conditional update of a known id.
@@ -62,10 +63,10 @@ INSTALL_HINT = "pip install 'asyncstore[bench]'  (or: pip install mlflow)"
 _CLAIM_CANDIDATES = 16  # PENDING jobs a worker reads before trying to claim one
 
 
-def _mlflow_pool(backend: Backend) -> dict[str, str]:
-    """MLflow's engine pool in every workload, per backend (see :meth:`MlflowPeer._open`)."""
-    size = "10" if backend is Backend.SQLITE else "32"
-    return {"MLFLOW_SQLALCHEMYSTORE_POOL_SIZE": size, "MLFLOW_SQLALCHEMYSTORE_MAX_OVERFLOW": size}
+def _mlflow_pool(backend: Backend) -> int:
+    """MLflow's engine pool in every workload, per backend: its size, and as many
+    connections again as overflow (see :meth:`MlflowPeer._open`)."""
+    return 10 if backend is Backend.SQLITE else 32
 
 
 
@@ -120,8 +121,10 @@ class MlflowPeer:
         # mixed workload (64 threads) time out waiting for a connection, and so does
         # 10 + 10 on PostgreSQL: on a server MLflow gets 32 + 32, a connection for
         # every thread; on SQLite 10 + 10 (with more, its writers fail with
-        # "database is locked").
-        pool = _mlflow_pool(self.scratch.backend)
+        # "database is locked"), and the mixed workload's callers share as many
+        # threads as that (Mixed.setup).
+        size = str(_mlflow_pool(self.scratch.backend))
+        pool = {"MLFLOW_SQLALCHEMYSTORE_POOL_SIZE": size, "MLFLOW_SQLALCHEMYSTORE_MAX_OVERFLOW": size}
         saved = {name: os.environ.get(name) for name in pool}
         os.environ.update(pool)
         try:
@@ -421,12 +424,17 @@ class ClaimJobs(_MlflowWorkload):
 
 
 class Mixed(_MlflowWorkload):
-    """Reads alone, then ``get_run`` and ``log_batch`` of 100 metrics at 4:1, from 64 callers on 64 threads."""
+    """Reads alone, then ``get_run`` and ``log_batch`` of 100 metrics at 4:1, from 64 callers.
 
-    threads = MIXED_CONCURRENCY
+    The callers share a thread for every connection of MLflow's pool (64 on a server,
+    20 on SQLite), as a threaded web app's handlers share its worker threads: with
+    more threads than connections, MLflow's calls on SQLite waited more than the
+    pool's 30 s for a connection and failed.
+    """
 
     async def setup(self) -> None:
         """The experiment, the runs read and the runs written."""
+        self.threads = min(MIXED_CONCURRENCY, 2 * _mlflow_pool(self.peer.scratch.backend))
         await super().setup()
         self.read_ids = await self._filled_runs(self.scale.get_run_pool)
         self.write_ids = []
