@@ -26,7 +26,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from asyncstore.config import Backend
 from asyncstore.engines import EngineState, engine_state
-from asyncstore.errors import ErrorCode, StoreError, TemporarilyUnavailable
+from asyncstore.errors import ErrorCode, InternalError, StoreError, TemporarilyUnavailable
 from asyncstore.retry import Backoff, retrying
 from asyncstore.translate import classify, is_connect_failure, is_database_error, translate
 
@@ -68,10 +68,10 @@ class UnitOfWork:
         try:
             async with self._transaction(write) as conn:
                 yield conn
+        except StoreError:
+            raise
         except Exception as exc:
-            if not is_database_error(exc):
-                raise
-            raise translate(exc, messages) from exc
+            raise _store_error(exc, messages) from exc
 
     async def run(
         self,
@@ -91,8 +91,10 @@ class UnitOfWork:
         as once: a read-only call (``write=False``) always, a write when the caller
         says ``idempotent=True`` (e.g. upserts).
 
-        Only database errors (driver or SQLAlchemy) are translated; any other exception
-        ``fn`` raises (a ``StoreError`` on purpose, a bug) rolls back and propagates as is.
+        A ``StoreError`` that ``fn`` raises on purpose rolls back and propagates as it
+        is; a database error (driver or SQLAlchemy) is translated into one; any other
+        exception (a bug, a row that cannot be decoded) becomes :class:`InternalError`
+        saying so, with the original as ``__cause__``: no bare exception reaches a caller.
 
         Raises:
             StoreError: the translated error once retries are exhausted or not allowed.
@@ -122,10 +124,10 @@ class UnitOfWork:
                 should_retry=lambda exc: progress.may_retry(exc, replay_safe=replay_safe),
                 on_retry=log_retry,
             )
+        except StoreError:
+            raise  # raised on purpose (NotFound, InvalidParameter, ...), or translated already
         except Exception as exc:
-            if not is_database_error(exc):
-                raise  # StoreError raised on purpose, or a bug in fn: not ours to translate
-            raise translate(exc, messages) from exc
+            raise _store_error(exc, messages) from exc
 
     async def run_grouped(
         self,
@@ -363,6 +365,19 @@ class _Progress:
         if not self.connected:
             return not is_connect_failure(exc)  # nothing was sent yet
         return replay_safe or not self.committing
+
+
+def _store_error(exc: Exception, messages: Mapping[ErrorCode, str] | None) -> StoreError:
+    """The ``StoreError`` a caller gets for ``exc``, which is not one: a database error
+    translated, anything else an :class:`InternalError` that names it as a bug."""
+    if is_database_error(exc):
+        return translate(exc, messages)
+    detail = str(exc)
+    if len(detail) > 300:
+        detail = detail[:300] + "…"
+    return InternalError(
+        f"unexpected error inside asyncstore ({type(exc).__name__}: {detail}); this is a bug, please report it"
+    )
 
 
 async def _uncancellable(aw: Awaitable[None]) -> None:

@@ -14,7 +14,7 @@ import pytest
 from sqlalchemy import func, insert, select, text
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from asyncstore import AsyncStore, Metric
+from asyncstore import AsyncStore, InternalError, Metric
 from asyncstore.driver import Driver
 from asyncstore.schema import experiments
 from asyncstore.sqlite_dbapi import _run
@@ -88,7 +88,7 @@ async def test_a_held_back_begin_still_holds_the_first_statement_and_a_driver_ca
         return len(await driver.fetchall("SELECT name FROM experiments"))
 
     async with AsyncStore.open(migrated_uri) as store:
-        with pytest.raises(RuntimeError, match="undo"):
+        with pytest.raises(InternalError, match="undo"):
             await store.uow.run(insert_both_then_fail)
         assert await store.uow.run(
             lambda conn: conn.scalar(select(func.count()).select_from(experiments)), write=False

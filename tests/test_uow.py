@@ -62,18 +62,21 @@ async def test_commit_on_success_and_rollback_on_any_error(store: AsyncStore) ->
         await conn.execute(_experiment("rolled-back"))
         raise RuntimeError("boom")
 
-    # Not a database error: rolled back, then raised as it is (a StoreError raised on
-    # purpose inside fn stays itself, a bug is not disguised as a database failure).
-    with pytest.raises(RuntimeError, match="boom"):
+    # Not a database error: rolled back; a StoreError raised on purpose inside fn stays
+    # itself, and a bug reaches the caller as INTERNAL saying it is one (not as a
+    # database failure), with the original exception as its cause.
+    with pytest.raises(InternalError, match=r"unexpected error inside asyncstore \(RuntimeError: boom\); this is a bug") as info:
         await store.uow.run(half_then_fail)
+    assert isinstance(info.value.__cause__, RuntimeError)
     with pytest.raises(NotFound, match="on purpose"):
         async with store.uow.transaction() as conn:
             await conn.execute(_experiment("rolled-back-too"))
             raise NotFound("on purpose")
-    with pytest.raises(KeyError):  # the no-retry form behaves the same
+    with pytest.raises(InternalError, match=r"\(KeyError: 'x'\)") as info:  # the no-retry form behaves the same
         async with store.uow.transaction() as conn:
             await conn.execute(_experiment("also-rolled-back"))
             raise KeyError("x")
+    assert isinstance(info.value.__cause__, KeyError)
     names = await store.uow.run(lambda c: c.scalars(select(experiments.c.name)), write=False)
     assert list(names) == ["kept"]
 
