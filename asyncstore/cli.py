@@ -193,7 +193,10 @@ class _Engine:
 async def _describe(engine: AsyncEngine, config: StoreConfig) -> tuple[str | None, str]:
     current = await migrate.current_revision(engine)
     head = migrate.head_revision()
-    if current is None:
+    unknown = migrate.foreign(current)
+    if unknown is not None:
+        state = unknown
+    elif current is None:
         state = "none (an empty database)"
     else:
         state = f"{current} (head)" if current == head else f"{current} (head is {head})"
@@ -233,7 +236,7 @@ async def _db_check(args: argparse.Namespace) -> int:
     if current == migrate.head_revision():
         print(line)
         return EXIT_OK
-    print(f"{line}: out of date, run `asyncstore db upgrade`")
+    print(line if migrate.foreign(current) else f"{line}: out of date, run `asyncstore db upgrade`")
     return EXIT_OUT_OF_DATE
 
 

@@ -110,6 +110,9 @@ async def verify(engine: AsyncEngine) -> None:
     head = head_revision()
     if current != head:
         path = sqlite_file(engine.url)
+        unknown = foreign(current)
+        if unknown is not None:
+            raise SchemaOutOfDate(f"the database {engine_state(engine).config.safe_uri} is at revision {unknown}")
         if current is not None:
             found = current
         elif path is not None and not os.path.isfile(path):
@@ -176,6 +179,19 @@ async def _run_locked(engine: AsyncEngine, fn: Callable[[Connection], Any]) -> N
 def _known_revisions() -> list[str]:
     script = ScriptDirectory.from_config(alembic_config())
     return [rev.revision for rev in reversed(list(script.walk_revisions()))]
+
+
+def foreign(revision: str | None) -> str | None:
+    """None when ``revision`` is None or one of asyncstore's; else ``revision`` with a
+    note that says what that means (for "... is at revision <this>")."""
+    known = _known_revisions()
+    if revision is None or revision in known:
+        return None
+    return (
+        f"{revision}, which is not one of asyncstore's ({', '.join(known)}): another program "
+        "(MLflow, for one) or a newer asyncstore manages this schema, and `asyncstore db "
+        "upgrade` cannot migrate it"
+    )
 
 
 async def _check_foreign_keys(conn: AsyncConnection) -> None:

@@ -139,3 +139,37 @@ def test_a_new_subcommand_plugs_in_with_one_registrar(monkeypatch: pytest.Monkey
     monkeypatch.setattr(cli, "SUBCOMMANDS", [*cli.SUBCOMMANDS, add_hello_command])
     assert cli.main(["hello", "bench"]) == 3
     assert capsys.readouterr().out == "hello bench\n"
+
+
+def test_a_revision_asyncstore_does_not_know_is_named_as_such(
+    migrated_uri: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A database whose Alembic revision is not asyncstore's (MLflow's head here) is not
+    called out of date with advice that leads nowhere: `db check`, `db current` and
+    opening a store say whose it may be and that `asyncstore db upgrade` cannot migrate it."""
+    import asyncio
+
+    from sqlalchemy import text
+
+    from asyncstore import AsyncStore, SchemaOutOfDate
+
+    async def set_revision(revision: str) -> None:
+        async with AsyncStore.open(migrated_uri) as store:
+            await store.uow.run(
+                lambda conn: conn.execute(text("UPDATE alembic_version SET version_num = :r"), {"r": revision})
+            )
+
+    async def open_store() -> None:
+        async with AsyncStore.open(migrated_uri):
+            pass
+
+    asyncio.run(set_revision("dc11669786a5"))
+    cmd = InProcess(capsys)
+    note = "dc11669786a5, which is not one of asyncstore's (0001_initial, "
+    check = cmd("db", "check", migrated_uri)
+    assert check.returncode == 1 and note in check.stdout and "cannot migrate it" in check.stdout, check
+    assert "run `asyncstore db upgrade`" not in check.stdout
+    current = cmd("db", "current", migrated_uri)
+    assert current.returncode == 0 and note in current.stdout
+    with pytest.raises(SchemaOutOfDate, match=r"is at revision dc11669786a5, which is not one of asyncstore's"):
+        asyncio.run(open_store())
