@@ -76,7 +76,14 @@ def head_revision() -> str:
 
 
 async def upgrade(engine: AsyncEngine, revision: str = "head") -> None:
-    """Upgrade the database to ``revision`` under the migration lock."""
+    """Upgrade the database to ``revision`` under the migration lock.
+
+    Raises:
+        SchemaOutOfDate: the database is at a revision that is not asyncstore's.
+    """
+    unknown = foreign(await current_revision(engine))
+    if unknown is not None:
+        raise SchemaOutOfDate(f"the database {_config_of(engine).safe_uri} is at revision {unknown}")
     await _run_locked(engine, lambda conn: command.upgrade(alembic_config(conn), revision))
 
 

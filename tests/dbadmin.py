@@ -92,12 +92,17 @@ def check_server(backend: str) -> str | None:
     return None
 
 
-def create_database(backend: str, name: str) -> str:
-    """Create an empty database and return its URI."""
+def create_database(backend: str, name: str, *, server_collation: bool = False) -> str:
+    """Create an empty database and return its URI.
+
+    MySQL: with asyncstore's binary collation, or with ``server_collation`` the
+    server's default (as a database made for MLflow has it).
+    """
     if backend == "postgresql":
         asyncio.run(_pg(f'CREATE DATABASE "{name}"'))
     else:
-        asyncio.run(_my([f"CREATE DATABASE `{name}` CHARACTER SET utf8mb4 COLLATE utf8mb4_bin"]))
+        collation = "" if server_collation else " CHARACTER SET utf8mb4 COLLATE utf8mb4_bin"
+        asyncio.run(_my([f"CREATE DATABASE `{name}`{collation}"]))
     return _with_database(backend, name)
 
 
