@@ -81,9 +81,7 @@ async def upgrade(engine: AsyncEngine, revision: str = "head") -> None:
     Raises:
         SchemaOutOfDate: the database is at a revision that is not asyncstore's.
     """
-    unknown = foreign(await current_revision(engine))
-    if unknown is not None:
-        raise SchemaOutOfDate(f"the database {_config_of(engine).safe_uri} is at revision {unknown}")
+    _refuse_foreign(engine, await current_revision(engine))
     await _run_locked(engine, lambda conn: command.upgrade(alembic_config(conn), revision))
 
 
@@ -117,9 +115,7 @@ async def verify(engine: AsyncEngine) -> None:
     head = head_revision()
     if current != head:
         path = sqlite_file(engine.url)
-        unknown = foreign(current)
-        if unknown is not None:
-            raise SchemaOutOfDate(f"the database {engine_state(engine).config.safe_uri} is at revision {unknown}")
+        _refuse_foreign(engine, current)
         if current is not None:
             found = current
         elif path is not None and not os.path.isfile(path):
@@ -199,6 +195,13 @@ def foreign(revision: str | None) -> str | None:
         "(MLflow, for one) or a newer asyncstore manages this schema, and `asyncstore db "
         "upgrade` cannot migrate it"
     )
+
+
+def _refuse_foreign(engine: AsyncEngine, revision: str | None) -> None:
+    """Raise SCHEMA_OUT_OF_DATE when ``revision`` is not one of asyncstore's (:func:`foreign`)."""
+    unknown = foreign(revision)
+    if unknown is not None:
+        raise SchemaOutOfDate(f"the database {_config_of(engine).safe_uri} is at revision {unknown}")
 
 
 async def _check_foreign_keys(conn: AsyncConnection) -> None:
