@@ -268,6 +268,9 @@ class JobStatus(enum.IntEnum):
     FAILED     3  failed for good (terminal)
     TIMEOUT    4  ran past its own timeout (terminal)
     CANCELED   5  canceled before it finished (terminal)
+    NEEDS_RECOVERY
+              6  MLflow's: its executor lost track of a RUNNING job; MLflow's
+                 server re-queues it on its next start (asyncstore only reads it)
     ========= === ==========================================================
     """
 
@@ -277,6 +280,7 @@ class JobStatus(enum.IntEnum):
     FAILED = 3
     TIMEOUT = 4
     CANCELED = 5
+    NEEDS_RECOVERY = 6
 
     def __str__(self) -> str:
         return self.name
@@ -284,7 +288,7 @@ class JobStatus(enum.IntEnum):
     @property
     def is_terminal(self) -> bool:
         """Whether the job is done for good (no transition leaves it except ``reset``)."""
-        return self not in (JobStatus.PENDING, JobStatus.RUNNING)
+        return self not in (JobStatus.PENDING, JobStatus.RUNNING, JobStatus.NEEDS_RECOVERY)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -304,7 +308,7 @@ class Job:
             only moves ``lease_expires_at``, so for a RUNNING job this is when it started.
         lease_expires_at: for a claimed RUNNING job, when its worker's lease runs out.
         next_attempt_at: when a PENDING job may be claimed (later than creation after
-            a retry's backoff).
+            a retry's backoff); None for a job MLflow created, claimable at once.
     """
 
     job_id: str
@@ -317,7 +321,7 @@ class Job:
     creation_time: int
     last_update_time: int
     lease_expires_at: int | None
-    next_attempt_at: int
+    next_attempt_at: int | None
 
 
 @dataclasses.dataclass(frozen=True)

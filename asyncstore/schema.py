@@ -4,16 +4,26 @@ This module *describes* the schema; the Alembic revisions under ``migrations/``
 create it, and a test proves that the two agree on every backend. Change both
 together (a new revision, never an edit of a released one).
 
-Differences from MLflow, each on purpose:
+Every table that MLflow 3.17 also has takes MLflow's column names, types,
+nullability and limits (revision ``0003_mlflow_3_17_columns``), so that
+``INSERT INTO mlflow_db.t SELECT ... FROM asyncstore_db.t`` copies a table. The
+differences that remain, each on purpose:
 
 * ``experiments.name`` is ``VARCHAR(500)`` (MLflow: 256) so the 500-character limit
-  that asyncstore validates can be stored.
-* ``jobs.job_name`` is MLflow's ``function_fullname``; ``lease_expires_at`` and
-  ``next_attempt_at`` (epoch ms) make the table a real queue.
-* ``trace_metrics`` holds numeric metrics per trace.
+  that asyncstore validates can be stored; wider, never narrower.
+* Foreign keys cascade on delete (MLflow's do not): deleting an experiment or a
+  trace cannot leave orphans behind. Only stricter.
+* Server defaults on ``lifecycle_stage``, ``status``, ``source_type`` and the metric
+  ``step``/``is_nan`` columns (MLflow sets them in Python): a row inserted by plain
+  SQL gets MLflow's values.
+* Extra indexes for the queries asyncstore runs (run search, metric history, span
+  search, claiming jobs, listing jobs); MLflow's analytics indexes on ``spans``
+  (cost covers) and ``trace_info`` (timestamp, request id) are not created.
 * On MySQL/MariaDB every table uses ``utf8mb4`` with a binary NO PAD collation, so
   keys that differ only by case or by trailing spaces are different keys (as on
-  PostgreSQL and SQLite) and 4-byte UTF-8 is stored as it is.
+  PostgreSQL and SQLite) and 4-byte UTF-8 is stored as it is. MLflow's tables use
+  the server's default collation (case-insensitive): in an MLflow database the
+  keys compare as MLflow's do.
 """
 
 from __future__ import annotations
@@ -30,6 +40,7 @@ from sqlalchemy import (
     ForeignKey,
     Index,
     Integer,
+    JSON,
     MetaData,
     PrimaryKeyConstraint,
     String,
@@ -91,6 +102,12 @@ TRACE_ID_MAX = 50
 SPAN_ID_MAX = 50
 SPAN_TYPE_MAX = 500
 JOB_NAME_MAX = 500
+WORKSPACE_MAX = 63
+DEFAULT_WORKSPACE = "default"
+"""MLflow's workspace for rows written without one (``experiments``, ``jobs``)."""
+TRACE_NAME_MAX = 4096
+SESSION_ID_MAX = 250
+MODEL_NAME_MAX = 500
 
 LIFECYCLE_STAGES = ("active", "deleted")
 RUN_STATUSES = ("SCHEDULED", "FAILED", "FINISHED", "RUNNING", "KILLED")
@@ -98,6 +115,12 @@ SOURCE_TYPES = ("NOTEBOOK", "JOB", "LOCAL", "UNKNOWN", "PROJECT")
 
 LongText = Text().with_variant(mysql.LONGTEXT(), "mysql", "mariadb")
 Double = Float(precision=53)
+
+
+def _workspace() -> Column[str]:
+    return Column(
+        "workspace", String(WORKSPACE_MAX), nullable=False, server_default=text(f"'{DEFAULT_WORKSPACE}'")
+    )
 
 
 def _in(column: str, values: tuple[str, ...]) -> str:
@@ -113,8 +136,9 @@ experiments = Table(
     Column("lifecycle_stage", String(32), server_default="active"),
     Column("creation_time", BigInteger),
     Column("last_update_time", BigInteger),
+    _workspace(),
     PrimaryKeyConstraint("experiment_id", name="experiment_pk"),
-    UniqueConstraint("name"),
+    UniqueConstraint("workspace", "name"),
     CheckConstraint(_in("lifecycle_stage", LIFECYCLE_STAGES), name="lifecycle_stage"),
     **MYSQL_TABLE_ARGS,
 )
@@ -123,7 +147,7 @@ experiment_tags = Table(
     "experiment_tags",
     metadata,
     Column("key", String(KEY_MAX), nullable=False),
-    Column("value", String(EXPERIMENT_TAG_VALUE_MAX)),
+    Column("value", Text),  # MLflow's type; the validated limit is EXPERIMENT_TAG_VALUE_MAX
     Column(
         "experiment_id",
         Integer,
@@ -235,9 +259,23 @@ trace_info = Table(
     Column("client_request_id", String(50)),
     Column("request_preview", String(TRACE_PREVIEW_MAX)),
     Column("response_preview", String(TRACE_PREVIEW_MAX)),
+    # MLflow's denormalised copies of what the spans say, for its trace analytics.
+    Column("db_payload_generation", Integer, nullable=False, server_default=text("0")),
+    Column("trace_name", String(TRACE_NAME_MAX)),
+    Column("session_id", String(SESSION_ID_MAX)),
+    Column("input_tokens", BigInteger),
+    Column("output_tokens", BigInteger),
+    Column("total_tokens", BigInteger),
+    Column("cache_read_input_tokens", BigInteger),
+    Column("cache_creation_input_tokens", BigInteger),
+    Column("cache_creation_input_tokens_above_1hr", BigInteger),
+    Column("input_cost", Double),
+    Column("output_cost", Double),
+    Column("total_cost", Double),
     PrimaryKeyConstraint("request_id", name="trace_info_pk"),
     Index("index_trace_info_experiment_id_timestamp_ms", "experiment_id", "timestamp_ms"),
     Index("index_trace_info_client_request_id", "client_request_id"),
+    Index("index_trace_info_experiment_id_session_id", "experiment_id", "session_id"),
     **MYSQL_TABLE_ARGS,
 )
 
@@ -311,6 +349,11 @@ spans = Table(
         Computed("end_time_unix_nano - start_time_unix_nano", persisted=True),
     ),
     Column("content", LongText, nullable=False),
+    Column("input_cost", Double),
+    Column("output_cost", Double),
+    Column("total_cost", Double),
+    Column("model_name", String(MODEL_NAME_MAX)),
+    Column("model_provider", String(MODEL_NAME_MAX)),
     PrimaryKeyConstraint("trace_id", "span_id", name="spans_pk"),
     Index("index_spans_experiment_id", "experiment_id"),
     Index("index_spans_experiment_id_status_type", "experiment_id", "status", "type"),
@@ -333,10 +376,21 @@ jobs = Table(
     Column("retry_count", Integer, nullable=False, server_default=text("0")),
     Column("last_update_time", BigInteger, nullable=False),
     Column("lease_expires_at", BigInteger),
-    Column("next_attempt_at", BigInteger, nullable=False, server_default=text("0")),
+    # NULL: claimable now (never retried); else the epoch ms of the next attempt.
+    Column("next_attempt_at", BigInteger),
+    _workspace(),
+    # MLflow's job bookkeeping, which asyncstore keeps as MLflow writes it.
+    Column("creator", String(255)),
+    Column("executor_backend", String(255)),
+    Column("status_message", Text),
+    Column("status_details", JSON),
+    Column("progress", JSON),
+    Column("progress_updated_at", BigInteger),
+    Column("scoped_permissions", JSON),
+    Column("token_hash", String(64)),
     PrimaryKeyConstraint("id", name="jobs_pk"),
-    # MLflow's index: jobs of one name by status, oldest first.
-    Index("index_jobs_name_status_creation_time", "job_name", "status", "creation_time"),
+    # MLflow's index: jobs of one name by workspace and status, oldest first.
+    Index("index_jobs_name_status_creation_time", "job_name", "workspace", "status", "creation_time"),
     # Claiming: PENDING jobs whose next attempt is due, oldest first.
     Index("index_jobs_status_next_attempt_at", "status", "next_attempt_at", "creation_time"),
     # Requeueing: RUNNING jobs whose lease has expired.

@@ -22,7 +22,11 @@ async def _running(store: AsyncStore, name: str = "work", **params: object) -> J
 def test_status_integers_are_mlflow_s_and_fixed() -> None:
     assert {s.name: int(s) for s in JobStatus} == {
         "PENDING": 0, "RUNNING": 1, "SUCCEEDED": 2, "FAILED": 3, "TIMEOUT": 4, "CANCELED": 5,
+        "NEEDS_RECOVERY": 6,
     }
+    from mlflow.entities._job_status import JobStatus as MlflowJobStatus
+
+    assert {s.name: int(s) for s in JobStatus} == {s.name: s.to_int() for s in MlflowJobStatus}
     assert [s for s in JobStatus if s.is_terminal] == [
         JobStatus.SUCCEEDED, JobStatus.FAILED, JobStatus.TIMEOUT, JobStatus.CANCELED,
     ]

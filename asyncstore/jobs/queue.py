@@ -215,7 +215,10 @@ class JobRepository:
         async def fn(conn: AsyncConnection) -> builtins.list[Job]:
             rows = await job_sql.claim(conn, self._backend, names, count, lease_ms)
             claimed = [job_sql.to_job(row) for row in rows]
-            return sorted(claimed, key=lambda j: (j.next_attempt_at, j.creation_time, j.job_id))
+            # Jobs MLflow created (next_attempt_at NULL) first, as SQLite and MySQL sort them.
+            return sorted(
+                claimed, key=lambda j: (j.next_attempt_at is not None, j.next_attempt_at, j.creation_time, j.job_id)
+            )
 
         return await self._uow.run(fn)
 

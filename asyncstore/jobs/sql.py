@@ -22,6 +22,7 @@ from sqlalchemy import (
     cast,
     func,
     literal_column,
+    or_,
     select,
     update,
 )
@@ -106,21 +107,24 @@ async def update_one(conn: AsyncConnection, backend: Backend, stmt: Update, job_
 # create, pushed into the future by a retry's backoff), then creation_time, then id.
 # It is exactly the index index_jobs_status_next_attempt_at (status, next_attempt_at,
 # creation_time), so a claimer reads the first `limit` due rows of that index and
-# stops: it never scans, let alone locks, the rest of the queue.
+# stops: it never scans, let alone locks, the rest of the queue. A NULL
+# next_attempt_at (a job MLflow created) is due; it sorts where the backend sorts
+# NULLs in the index (first on SQLite and MySQL, last on PostgreSQL), so the index
+# still gives the order.
 
 
 def _candidates(backend: Backend, job_names: Sequence[str] | None, limit: int) -> Select[Any]:
     """The ids of the oldest due PENDING jobs::
 
         SELECT id FROM jobs
-        WHERE status = 0 /* PENDING */ AND next_attempt_at <= <now_ms>
+        WHERE status = 0 /* PENDING */
+          AND (next_attempt_at <= <now_ms> OR next_attempt_at IS NULL)
           [AND job_name IN (:names)]
         ORDER BY next_attempt_at, creation_time, id
         LIMIT :limit
     """
-    query = select(jobs.c.id).where(
-        jobs.c.status == int(JobStatus.PENDING), jobs.c.next_attempt_at <= now_ms(backend)
-    )
+    due = or_(jobs.c.next_attempt_at <= now_ms(backend), jobs.c.next_attempt_at.is_(None))
+    query = select(jobs.c.id).where(jobs.c.status == int(JobStatus.PENDING), due)
     if job_names is not None:
         query = query.where(jobs.c.job_name.in_(job_names))
     return query.order_by(jobs.c.next_attempt_at, jobs.c.creation_time, jobs.c.id).limit(limit)
@@ -150,7 +154,7 @@ async def claim(
       WHERE clause, so a row claimed and committed meanwhile is not taken again::
 
           WITH candidates AS (
-              SELECT id FROM jobs WHERE status = 0 AND next_attempt_at <= <now>
+              SELECT id FROM jobs WHERE status = 0 AND <due>
               ORDER BY next_attempt_at, creation_time, id LIMIT :limit
               FOR UPDATE SKIP LOCKED)
           UPDATE jobs SET status = 1, lease_expires_at = <now> + :lease_ms, ...
@@ -162,7 +166,7 @@ async def claim(
       (skipping rows locked by other claimers) until COMMIT; the UPDATE repeats the
       ``status = 0`` guard; the last SELECT reads the rows back::
 
-          SELECT id FROM jobs WHERE status = 0 AND next_attempt_at <= <now>
+          SELECT id FROM jobs WHERE status = 0 AND <due>
           ORDER BY next_attempt_at, creation_time, id LIMIT :limit
           FOR UPDATE SKIP LOCKED;
           UPDATE jobs SET status = 1, ... WHERE id IN (:ids) AND status = 0;
@@ -292,5 +296,5 @@ def to_job(row: Any) -> Job:
         creation_time=int(row.creation_time),
         last_update_time=int(row.last_update_time),
         lease_expires_at=None if row.lease_expires_at is None else int(row.lease_expires_at),
-        next_attempt_at=int(row.next_attempt_at),
+        next_attempt_at=None if row.next_attempt_at is None else int(row.next_attempt_at),
     )

@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
-from sqlalchemy import Row, case, delete, exists, insert, select, update
+from sqlalchemy import Row, and_, case, delete, exists, insert, select, update
 from sqlalchemy.ext.asyncio import AsyncConnection
 from sqlalchemy.sql import ColumnElement
 
@@ -23,6 +23,7 @@ from asyncstore.errors import ErrorCode, InvalidState, NotFound
 from asyncstore.paging import Page, decode_offset, encode_token, fingerprint
 from asyncstore.schema import (
     ARTIFACT_LOCATION_MAX,
+    DEFAULT_WORKSPACE,
     EXPERIMENT_NAME_MAX,
     EXPERIMENT_TAG_VALUE_MAX,
     experiment_tags,
@@ -147,7 +148,12 @@ class ExperimentRepository:
         """
         name = _check_name(name)
         return await self._uow.run(
-            lambda conn: self._load(conn, experiments.c.name == name, f"name {name!r}"), write=False
+            lambda conn: self._load(
+                conn,
+                and_(experiments.c.name == name, experiments.c.workspace == DEFAULT_WORKSPACE),
+                f"name {name!r}",
+            ),
+            write=False,
         )
 
     async def _load(self, conn: AsyncConnection, where: ColumnElement[bool], what: str) -> Experiment:
@@ -191,7 +197,8 @@ class ExperimentRepository:
         query_id = fingerprint("experiments", view.value, filter_string or "", list(order_by))
         offset = decode_offset(page_token, query_id)
         backend = self._uow.backend
-        conditions = [c for c in (view_condition(view, experiments.c.lifecycle_stage),) if c is not None]
+        conditions = [experiments.c.workspace == DEFAULT_WORKSPACE]
+        conditions += [c for c in (view_condition(view, experiments.c.lifecycle_stage),) if c is not None]
         for clause in clauses:
             conditions.append(self._condition(clause))
         order_cols: list[Any] = []

@@ -1,4 +1,4 @@
--- revision 0002_job_queue; regenerate with: python -m tests.schema_snapshots --update
+-- revision 0003_mlflow_3_17_columns; regenerate with: python -m tests.schema_snapshots --update
 
 CREATE TABLE `alembic_version` (
   `version_num` varchar(32) NOT NULL,
@@ -7,7 +7,7 @@ CREATE TABLE `alembic_version` (
 
 CREATE TABLE `experiment_tags` (
   `key` varchar(250) NOT NULL,
-  `value` varchar(5000) DEFAULT NULL,
+  `value` text DEFAULT NULL,
   `experiment_id` int(11) NOT NULL,
   PRIMARY KEY (`key`,`experiment_id`),
   KEY `index_experiment_tags_experiment_id` (`experiment_id`),
@@ -21,8 +21,9 @@ CREATE TABLE `experiments` (
   `lifecycle_stage` varchar(32) DEFAULT 'active',
   `creation_time` bigint(20) DEFAULT NULL,
   `last_update_time` bigint(20) DEFAULT NULL,
+  `workspace` varchar(63) NOT NULL DEFAULT 'default',
   PRIMARY KEY (`experiment_id`),
-  UNIQUE KEY `uq_experiments_name` (`name`),
+  UNIQUE KEY `uq_experiments_workspace_name` (`workspace`,`name`),
   CONSTRAINT `ck_experiments_lifecycle_stage` CHECK (`lifecycle_stage` in ('active','deleted'))
 ) ENGINE=InnoDB DEFAULT CHARSET=utf8mb4 COLLATE=utf8mb4_nopad_bin;
 
@@ -37,12 +38,21 @@ CREATE TABLE `jobs` (
   `retry_count` int(11) NOT NULL DEFAULT 0,
   `last_update_time` bigint(20) NOT NULL,
   `lease_expires_at` bigint(20) DEFAULT NULL,
-  `next_attempt_at` bigint(20) NOT NULL DEFAULT 0,
+  `next_attempt_at` bigint(20) DEFAULT NULL,
+  `workspace` varchar(63) NOT NULL DEFAULT 'default',
+  `creator` varchar(255) DEFAULT NULL,
+  `executor_backend` varchar(255) DEFAULT NULL,
+  `status_message` text DEFAULT NULL,
+  `status_details` longtext CHARACTER SET utf8mb4 COLLATE utf8mb4_bin DEFAULT NULL CHECK (json_valid(`status_details`)),
+  `progress` longtext CHARACTER SET utf8mb4 COLLATE utf8mb4_bin DEFAULT NULL CHECK (json_valid(`progress`)),
+  `progress_updated_at` bigint(20) DEFAULT NULL,
+  `scoped_permissions` longtext CHARACTER SET utf8mb4 COLLATE utf8mb4_bin DEFAULT NULL CHECK (json_valid(`scoped_permissions`)),
+  `token_hash` varchar(64) DEFAULT NULL,
   PRIMARY KEY (`id`),
   KEY `index_jobs_creation_time_id` (`creation_time`,`id`),
-  KEY `index_jobs_name_status_creation_time` (`job_name`,`status`,`creation_time`),
   KEY `index_jobs_status_next_attempt_at` (`status`,`next_attempt_at`,`creation_time`),
-  KEY `index_jobs_status_lease_expires_at` (`status`,`lease_expires_at`)
+  KEY `index_jobs_status_lease_expires_at` (`status`,`lease_expires_at`),
+  KEY `index_jobs_name_status_creation_time` (`job_name`,`workspace`,`status`,`creation_time`)
 ) ENGINE=InnoDB DEFAULT CHARSET=utf8mb4 COLLATE=utf8mb4_nopad_bin;
 
 CREATE TABLE `latest_metrics` (
@@ -114,6 +124,11 @@ CREATE TABLE `spans` (
   `end_time_unix_nano` bigint(20) DEFAULT NULL,
   `duration_ns` bigint(20) GENERATED ALWAYS AS (`end_time_unix_nano` - `start_time_unix_nano`) STORED,
   `content` longtext NOT NULL,
+  `input_cost` double DEFAULT NULL,
+  `output_cost` double DEFAULT NULL,
+  `total_cost` double DEFAULT NULL,
+  `model_name` varchar(500) DEFAULT NULL,
+  `model_provider` varchar(500) DEFAULT NULL,
   PRIMARY KEY (`trace_id`,`span_id`),
   KEY `index_spans_experiment_id` (`experiment_id`),
   KEY `index_spans_experiment_id_duration` (`experiment_id`,`duration_ns`),
@@ -142,9 +157,22 @@ CREATE TABLE `trace_info` (
   `client_request_id` varchar(50) DEFAULT NULL,
   `request_preview` varchar(1000) DEFAULT NULL,
   `response_preview` varchar(1000) DEFAULT NULL,
+  `db_payload_generation` int(11) NOT NULL DEFAULT 0,
+  `trace_name` varchar(4096) DEFAULT NULL,
+  `session_id` varchar(250) DEFAULT NULL,
+  `input_tokens` bigint(20) DEFAULT NULL,
+  `output_tokens` bigint(20) DEFAULT NULL,
+  `total_tokens` bigint(20) DEFAULT NULL,
+  `cache_read_input_tokens` bigint(20) DEFAULT NULL,
+  `cache_creation_input_tokens` bigint(20) DEFAULT NULL,
+  `cache_creation_input_tokens_above_1hr` bigint(20) DEFAULT NULL,
+  `input_cost` double DEFAULT NULL,
+  `output_cost` double DEFAULT NULL,
+  `total_cost` double DEFAULT NULL,
   PRIMARY KEY (`request_id`),
   KEY `index_trace_info_client_request_id` (`client_request_id`),
   KEY `index_trace_info_experiment_id_timestamp_ms` (`experiment_id`,`timestamp_ms`),
+  KEY `index_trace_info_experiment_id_session_id` (`experiment_id`,`session_id`),
   CONSTRAINT `fk_trace_info_experiment_id_experiments` FOREIGN KEY (`experiment_id`) REFERENCES `experiments` (`experiment_id`) ON DELETE CASCADE
 ) ENGINE=InnoDB DEFAULT CHARSET=utf8mb4 COLLATE=utf8mb4_nopad_bin;
 

@@ -1,28 +1,29 @@
--- revision 0002_job_queue; regenerate with: python -m tests.schema_snapshots --update
+-- revision 0003_mlflow_3_17_columns; regenerate with: python -m tests.schema_snapshots --update
 
 CREATE TABLE alembic_version (
 	version_num VARCHAR(32) NOT NULL,
 	CONSTRAINT alembic_version_pkc PRIMARY KEY (version_num)
 );
 
-CREATE TABLE experiment_tags (
+CREATE TABLE "experiment_tags" (
 	"key" VARCHAR(250) NOT NULL,
-	value VARCHAR(5000),
+	value TEXT,
 	experiment_id INTEGER NOT NULL,
 	CONSTRAINT experiment_tag_pk PRIMARY KEY ("key", experiment_id),
 	CONSTRAINT fk_experiment_tags_experiment_id_experiments FOREIGN KEY(experiment_id) REFERENCES experiments (experiment_id) ON DELETE CASCADE
 );
 
-CREATE TABLE experiments (
+CREATE TABLE "experiments" (
 	experiment_id INTEGER NOT NULL,
 	name VARCHAR(500) NOT NULL,
 	artifact_location VARCHAR(256),
 	lifecycle_stage VARCHAR(32) DEFAULT 'active',
 	creation_time BIGINT,
 	last_update_time BIGINT,
+	workspace VARCHAR(63) DEFAULT 'default' NOT NULL,
 	CONSTRAINT experiment_pk PRIMARY KEY (experiment_id),
 	CONSTRAINT ck_experiments_lifecycle_stage CHECK (lifecycle_stage IN ('active', 'deleted')),
-	CONSTRAINT uq_experiments_name UNIQUE (name)
+	CONSTRAINT uq_experiments_workspace_name UNIQUE (workspace, name)
 );
 
 CREATE TABLE "jobs" (
@@ -36,7 +37,16 @@ CREATE TABLE "jobs" (
 	retry_count INTEGER DEFAULT 0 NOT NULL,
 	last_update_time BIGINT NOT NULL,
 	lease_expires_at BIGINT,
-	next_attempt_at BIGINT DEFAULT 0 NOT NULL,
+	next_attempt_at BIGINT,
+	workspace VARCHAR(63) DEFAULT 'default' NOT NULL,
+	creator VARCHAR(255),
+	executor_backend VARCHAR(255),
+	status_message TEXT,
+	status_details JSON,
+	progress JSON,
+	progress_updated_at BIGINT,
+	scoped_permissions JSON,
+	token_hash VARCHAR(64),
 	CONSTRAINT jobs_pk PRIMARY KEY (id)
 );
 
@@ -103,7 +113,7 @@ CREATE TABLE spans (
 	start_time_unix_nano BIGINT NOT NULL,
 	end_time_unix_nano BIGINT,
 	duration_ns BIGINT GENERATED ALWAYS AS (end_time_unix_nano - start_time_unix_nano) STORED,
-	content TEXT NOT NULL,
+	content TEXT NOT NULL, input_cost FLOAT, output_cost FLOAT, total_cost FLOAT, model_name VARCHAR(500), model_provider VARCHAR(500),
 	CONSTRAINT spans_pk PRIMARY KEY (trace_id, span_id),
 	CONSTRAINT fk_spans_experiment_id_experiments FOREIGN KEY(experiment_id) REFERENCES experiments (experiment_id) ON DELETE CASCADE,
 	CONSTRAINT fk_spans_trace_id_trace_info FOREIGN KEY(trace_id) REFERENCES trace_info (request_id) ON DELETE CASCADE
@@ -117,7 +127,7 @@ CREATE TABLE tags (
 	CONSTRAINT fk_tags_run_uuid_runs FOREIGN KEY(run_uuid) REFERENCES runs (run_uuid) ON DELETE CASCADE
 );
 
-CREATE TABLE trace_info (
+CREATE TABLE "trace_info" (
 	request_id VARCHAR(50) NOT NULL,
 	experiment_id INTEGER NOT NULL,
 	timestamp_ms BIGINT NOT NULL,
@@ -126,6 +136,18 @@ CREATE TABLE trace_info (
 	client_request_id VARCHAR(50),
 	request_preview VARCHAR(1000),
 	response_preview VARCHAR(1000),
+	db_payload_generation INTEGER DEFAULT 0 NOT NULL,
+	trace_name VARCHAR(4096),
+	session_id VARCHAR(250),
+	input_tokens BIGINT,
+	output_tokens BIGINT,
+	total_tokens BIGINT,
+	cache_read_input_tokens BIGINT,
+	cache_creation_input_tokens BIGINT,
+	cache_creation_input_tokens_above_1hr BIGINT,
+	input_cost FLOAT,
+	output_cost FLOAT,
+	total_cost FLOAT,
 	CONSTRAINT trace_info_pk PRIMARY KEY (request_id),
 	CONSTRAINT fk_trace_info_experiment_id_experiments FOREIGN KEY(experiment_id) REFERENCES experiments (experiment_id) ON DELETE CASCADE
 );
@@ -158,7 +180,7 @@ CREATE INDEX index_experiment_tags_experiment_id ON experiment_tags (experiment_
 
 CREATE INDEX index_jobs_creation_time_id ON jobs (creation_time, id);
 
-CREATE INDEX index_jobs_name_status_creation_time ON jobs (job_name, status, creation_time);
+CREATE INDEX index_jobs_name_status_creation_time ON jobs (job_name, workspace, status, creation_time);
 
 CREATE INDEX index_jobs_status_lease_expires_at ON jobs (status, lease_expires_at);
 
@@ -187,6 +209,8 @@ CREATE INDEX index_spans_experiment_id_type_status ON spans (experiment_id, type
 CREATE INDEX index_tags_run_uuid ON tags (run_uuid);
 
 CREATE INDEX index_trace_info_client_request_id ON trace_info (client_request_id);
+
+CREATE INDEX index_trace_info_experiment_id_session_id ON trace_info (experiment_id, session_id);
 
 CREATE INDEX index_trace_info_experiment_id_timestamp_ms ON trace_info (experiment_id, timestamp_ms);
 

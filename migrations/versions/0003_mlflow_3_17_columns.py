@@ -1,0 +1,131 @@
+"""MLflow 3.17's columns on every table both schemas have.
+
+So that a table copies between an asyncstore database and an MLflow one with plain
+``INSERT ... SELECT``, and so that the same statements serve both:
+
+* ``experiments.workspace`` (NOT NULL, default ``'default'``), and names unique per
+  workspace instead of overall;
+* ``experiment_tags.value`` becomes ``TEXT``;
+* ``trace_info``: the trace name, session id, token counts and costs that MLflow
+  copies out of the spans, and ``db_payload_generation``; an index on
+  (experiment_id, session_id) as MLflow has;
+* ``spans``: costs, model name and provider;
+* ``jobs``: ``workspace`` and MLflow's bookkeeping columns (creator, executor backend,
+  status message and details, progress, scoped permissions, token hash);
+  ``next_attempt_at`` becomes nullable, NULL meaning "claimable now" as in MLflow
+  (asyncstore itself still writes the creation time); MLflow's ``index_jobs_name_status_creation_time`` with
+  its ``workspace`` column.
+
+Rows written at earlier revisions keep their values; the new columns are NULL (or
+their defaults). The downgrade drops them again (their values are lost).
+
+Revision ID: 0003_mlflow_3_17_columns
+Revises: 0002_job_queue
+Create Date: 2026-12-05
+"""
+
+from __future__ import annotations
+
+import sqlalchemy as sa
+from alembic import op
+
+revision = "0003_mlflow_3_17_columns"
+down_revision = "0002_job_queue"
+branch_labels = None
+depends_on = None
+
+_DEFAULT_WORKSPACE = sa.text("'default'")
+_Double = sa.Float(precision=53)
+_TRACE_INFO = (
+    ("db_payload_generation", sa.Integer(), False, sa.text("0")),
+    ("trace_name", sa.String(4096), True, None),
+    ("session_id", sa.String(250), True, None),
+    ("input_tokens", sa.BigInteger(), True, None),
+    ("output_tokens", sa.BigInteger(), True, None),
+    ("total_tokens", sa.BigInteger(), True, None),
+    ("cache_read_input_tokens", sa.BigInteger(), True, None),
+    ("cache_creation_input_tokens", sa.BigInteger(), True, None),
+    ("cache_creation_input_tokens_above_1hr", sa.BigInteger(), True, None),
+    ("input_cost", _Double, True, None),
+    ("output_cost", _Double, True, None),
+    ("total_cost", _Double, True, None),
+)
+_SPANS = (
+    ("input_cost", _Double),
+    ("output_cost", _Double),
+    ("total_cost", _Double),
+    ("model_name", sa.String(500)),
+    ("model_provider", sa.String(500)),
+)
+_JOBS = (
+    ("creator", sa.String(255)),
+    ("executor_backend", sa.String(255)),
+    ("status_message", sa.Text()),
+    ("status_details", sa.JSON()),
+    ("progress", sa.JSON()),
+    ("progress_updated_at", sa.BigInteger()),
+    ("scoped_permissions", sa.JSON()),
+    ("token_hash", sa.String(64)),
+)
+
+
+def upgrade() -> None:
+    with op.batch_alter_table("experiments") as batch:
+        batch.add_column(sa.Column("workspace", sa.String(63), nullable=False, server_default=_DEFAULT_WORKSPACE))
+        batch.drop_constraint("uq_experiments_name", type_="unique")
+        batch.create_unique_constraint("uq_experiments_workspace_name", ["workspace", "name"])
+    with op.batch_alter_table("experiment_tags") as batch:
+        batch.alter_column("value", type_=sa.Text(), existing_type=sa.String(5000), existing_nullable=True)
+    with op.batch_alter_table("trace_info") as batch:
+        for name, type_, nullable, default in _TRACE_INFO:
+            batch.add_column(sa.Column(name, type_, nullable=nullable, server_default=default))
+    op.create_index(
+        "index_trace_info_experiment_id_session_id", "trace_info", ["experiment_id", "session_id"], unique=False
+    )
+    with op.batch_alter_table("spans") as batch:
+        for name, type_ in _SPANS:
+            batch.add_column(sa.Column(name, type_, nullable=True))
+    op.drop_index("index_jobs_name_status_creation_time", table_name="jobs")
+    with op.batch_alter_table("jobs") as batch:
+        batch.add_column(sa.Column("workspace", sa.String(63), nullable=False, server_default=_DEFAULT_WORKSPACE))
+        for name, type_ in _JOBS:
+            batch.add_column(sa.Column(name, type_, nullable=True))
+        batch.alter_column(
+            "next_attempt_at", existing_type=sa.BigInteger(), nullable=True, server_default=None
+        )
+    op.create_index(
+        "index_jobs_name_status_creation_time",
+        "jobs",
+        ["job_name", "workspace", "status", "creation_time"],
+        unique=False,
+    )
+
+
+def downgrade() -> None:
+    op.drop_index("index_jobs_name_status_creation_time", table_name="jobs")
+    op.execute("UPDATE jobs SET next_attempt_at = 0 WHERE next_attempt_at IS NULL")
+    with op.batch_alter_table("jobs") as batch:
+        batch.alter_column(
+            "next_attempt_at", existing_type=sa.BigInteger(), nullable=False, server_default=sa.text("0")
+        )
+        for name, _ in reversed(_JOBS):
+            batch.drop_column(name)
+        batch.drop_column("workspace")
+    op.create_index(
+        "index_jobs_name_status_creation_time", "jobs", ["job_name", "status", "creation_time"], unique=False
+    )
+    # SQLite: ALTER TABLE DROP COLUMN (3.35+); a rebuilt copy could not insert into the
+    # generated duration_ns column.
+    with op.batch_alter_table("spans", recreate="never") as batch:
+        for name, _ in reversed(_SPANS):
+            batch.drop_column(name)
+    op.drop_index("index_trace_info_experiment_id_session_id", table_name="trace_info")
+    with op.batch_alter_table("trace_info") as batch:
+        for name, *_ in reversed(_TRACE_INFO):
+            batch.drop_column(name)
+    with op.batch_alter_table("experiment_tags") as batch:
+        batch.alter_column("value", type_=sa.String(5000), existing_type=sa.Text(), existing_nullable=True)
+    with op.batch_alter_table("experiments") as batch:
+        batch.drop_constraint("uq_experiments_workspace_name", type_="unique")
+        batch.create_unique_constraint("uq_experiments_name", ["name"])
+        batch.drop_column("workspace")
