@@ -190,17 +190,9 @@ class _Engine:
             await self.engine.dispose()
 
 
-async def _describe(engine: AsyncEngine, config: StoreConfig) -> tuple[str | None, str]:
-    current = await migrate.current_revision(engine)
-    head = migrate.head_revision()
-    unknown = migrate.foreign(current)
-    if unknown is not None:
-        state = unknown
-    elif current is None:
-        state = "none (an empty database)"
-    else:
-        state = f"{current} (head)" if current == head else f"{current} (head is {head})"
-    return current, f"{config.safe_uri} is at revision {state}"
+async def _describe(engine: AsyncEngine, config: StoreConfig) -> tuple[migrate.Found, str]:
+    found = await migrate.inspect_database(engine)
+    return found, migrate.describe(found, config.safe_uri)
 
 
 async def _migrate_to(args: argparse.Namespace, step: Callable[[AsyncEngine, str], Awaitable[None]]) -> int:
@@ -232,11 +224,12 @@ async def _db_current(args: argparse.Namespace) -> int:
 async def _db_check(args: argparse.Namespace) -> int:
     opened = _Engine(args.uri, read_only=True)
     async with opened as engine:
-        current, line = await _describe(engine, opened.config)
-    if current == migrate.head_revision():
+        found, line = await _describe(engine, opened.config)
+    if found.served:
         print(line)
         return EXIT_OK
-    print(line if migrate.foreign(current) else f"{line}: out of date, run `asyncstore db upgrade`")
+    out_of_date = found.kind in (migrate.Kind.EMPTY, migrate.Kind.ASYNCSTORE)
+    print(f"{line}: out of date, run `asyncstore db upgrade`" if out_of_date else line)
     return EXIT_OUT_OF_DATE
 
 

@@ -10,23 +10,28 @@ thread and no nested loop, so a web app may call it from its startup hook.
 
 from __future__ import annotations
 
+import dataclasses
+import enum
 import importlib.util
 import os
-from collections.abc import Callable
-from typing import Any
+from collections.abc import Awaitable, Callable
+from typing import Any, TypeVar
 
 from alembic import command
 from alembic.config import Config
 from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
 from alembic.util import CommandError
+from sqlalchemy import inspect as reflect
 from sqlalchemy import text
 from sqlalchemy.engine import URL, Connection
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
+from asyncstore import mlflow_schema
 from asyncstore.config import Backend, StoreConfig
 from asyncstore.driver import Driver
 from asyncstore.engines import create_engine, create_readonly_engine, engine_state, sqlite_file
+from asyncstore.schema import metadata
 from asyncstore.errors import (
     InternalError,
     InvalidParameter,
@@ -75,18 +80,55 @@ def head_revision() -> str:
     return heads[0]
 
 
+class Kind(enum.Enum):
+    """What kind of database a URI points at (:func:`inspect_database`)."""
+
+    EMPTY = "empty"
+    ASYNCSTORE = "asyncstore"
+    MLFLOW = "mlflow"
+    FOREIGN = "foreign"
+
+
+@dataclasses.dataclass(frozen=True)
+class Found:
+    """What :func:`inspect_database` found.
+
+    Attributes:
+        kind: empty, asyncstore's, MLflow's or another program's.
+        revision: the Alembic revision the database is at (None when empty).
+        missing: for an MLflow database, the ``table.column`` names asyncstore uses
+            that it lacks (empty when asyncstore can serve it).
+    """
+
+    kind: Kind
+    revision: str | None
+    missing: tuple[str, ...] = ()
+
+    @property
+    def served(self) -> bool:
+        """Whether asyncstore serves this database as it is (no migration to run)."""
+        if self.kind is Kind.ASYNCSTORE:
+            return self.revision == head_revision()
+        return self.kind is Kind.MLFLOW and not self.missing
+
+
 async def upgrade(engine: AsyncEngine, revision: str = "head") -> None:
     """Upgrade the database to ``revision`` under the migration lock.
 
     Raises:
-        SchemaOutOfDate: the database is at a revision that is not asyncstore's.
+        SchemaOutOfDate: the database is not asyncstore's (MLflow's, another program's).
     """
-    _refuse_foreign(engine, await current_revision(engine))
+    _refuse_foreign(engine, await inspect_database(engine))
     await _run_locked(engine, lambda conn: command.upgrade(alembic_config(conn), revision))
 
 
 async def downgrade(engine: AsyncEngine, revision: str) -> None:
-    """Downgrade the database to ``revision`` (``"base"`` drops every table)."""
+    """Downgrade the database to ``revision`` (``"base"`` drops every table).
+
+    Raises:
+        SchemaOutOfDate: the database is not asyncstore's (MLflow's, another program's).
+    """
+    _refuse_foreign(engine, await inspect_database(engine))
     await _run_locked(engine, lambda conn: command.downgrade(alembic_config(conn), revision))
 
 
@@ -97,42 +139,116 @@ async def current_revision(engine: AsyncEngine) -> str | None:
     through a read-only connection (a file that does not exist is an empty database,
     and is not created).
     """
+    return await _reading(engine, _read_revision, None)
+
+
+async def inspect_database(engine: AsyncEngine) -> Found:
+    """Which kind of database ``engine`` points at, at which revision; it only reads,
+    as :func:`current_revision` does.
+
+    A revision of asyncstore's makes it asyncstore's. Any other revision with MLflow's
+    tables makes it MLflow's: its tables are then reflected to find what asyncstore
+    would miss in them.
+    """
+    return await _reading(engine, _inspect, Found(Kind.EMPTY, None))
+
+
+_T = TypeVar("_T")
+
+
+async def _reading(engine: AsyncEngine, read: Callable[[AsyncEngine], Awaitable[_T]], absent: _T) -> _T:
+    """``read(engine)``; for a SQLite file through a read-only engine (``absent`` when
+    there is no file)."""
     path = sqlite_file(engine.url)
     if path is None:
-        return await _read_revision(engine)
+        return await read(engine)
     if not os.path.isfile(path):
-        return None
+        return absent
     reader = create_readonly_engine(_config_of(engine))
     try:
-        return await _read_revision(reader)
+        return await read(reader)
     finally:
         await reader.dispose()
 
 
 async def verify(engine: AsyncEngine) -> None:
-    """Raise SCHEMA_OUT_OF_DATE unless the database is at the head revision; it only reads."""
-    current = await current_revision(engine)
-    head = head_revision()
-    if current != head:
-        path = sqlite_file(engine.url)
-        _refuse_foreign(engine, current)
-        if current is not None:
-            found = current
-        elif path is not None and not os.path.isfile(path):
-            found = f"none (no database at {path})"
-        else:
-            found = "none (an empty database)"
-        raise SchemaOutOfDate(
-            f"the database {engine_state(engine).config.safe_uri} is at revision {found}, "
-            f"this asyncstore needs {head}: run `asyncstore db upgrade` "
-            "(or open the store with upgrade=True)"
-        )
+    """Raise SCHEMA_OUT_OF_DATE unless asyncstore serves the database as it is: an
+    asyncstore database at the head revision, or an MLflow database with every table
+    and column asyncstore uses. It only reads."""
+    found = await inspect_database(engine)
+    if found.served:
+        return
+    _refuse_foreign(engine, found)
+    path = sqlite_file(engine.url)
+    if found.revision is not None:
+        state = found.revision
+    elif path is not None and not os.path.isfile(path):
+        state = f"none (no database at {path})"
+    else:
+        state = "none (an empty database)"
+    raise SchemaOutOfDate(
+        f"the database {_config_of(engine).safe_uri} is at revision {state}, "
+        f"this asyncstore needs {head_revision()}: run `asyncstore db upgrade` "
+        "(or open the store with upgrade=True)"
+    )
+
+
+def describe(found: Found, safe_uri: str) -> str:
+    """One line that says what :func:`inspect_database` found (``db current``, ``db check``)."""
+    if found.kind is Kind.EMPTY:
+        return f"{safe_uri} is at revision none (an empty database)"
+    if found.kind is Kind.ASYNCSTORE:
+        head = head_revision()
+        state = "(head)" if found.revision == head else f"(head is {head})"
+        return f"{safe_uri} is an asyncstore database at revision {found.revision} {state}"
+    if found.kind is Kind.FOREIGN:
+        return f"{safe_uri} is at revision {foreign(found.revision)}"
+    line = (
+        f"{safe_uri} is an MLflow database at revision {found.revision} "
+        f"({mlflow_schema.release_of(str(found.revision))})"
+    )
+    if not found.missing:
+        return f"{line}: asyncstore serves it as it is, and never migrates it"
+    return f"{line}: {_mlflow_out_of_date(found, safe_uri)}"
+
+
+def _mlflow_out_of_date(found: Found, safe_uri: str) -> str:
+    shown = ", ".join(found.missing[:5]) + (f" and {len(found.missing) - 5} more" if len(found.missing) > 5 else "")
+    return (
+        f"it lacks {shown}, which asyncstore uses; asyncstore serves the databases of "
+        f"MLflow {mlflow_schema.SUPPORTED}: run `mlflow db upgrade {safe_uri}` with such an MLflow"
+    )
 
 
 async def _read_revision(engine: AsyncEngine) -> str | None:
     def read(conn: Connection) -> str | None:
         return MigrationContext.configure(conn).get_current_revision()
 
+    return await _run_read(engine, read)
+
+
+async def _inspect(engine: AsyncEngine) -> Found:
+    def read(conn: Connection) -> Found:
+        revision = MigrationContext.configure(conn).get_current_revision()
+        if revision is None:
+            return Found(Kind.EMPTY, None)
+        if revision in _known_revisions():
+            return Found(Kind.ASYNCSTORE, revision)
+        inspector = reflect(conn)
+        tables = set(inspector.get_table_names())
+        if not mlflow_schema.is_mlflow(tables):
+            return Found(Kind.FOREIGN, revision)
+        columns = {
+            table.name: {c["name"] for c in inspector.get_columns(table.name)}
+            for table in metadata.sorted_tables
+            if table.name in tables
+        }
+        return Found(Kind.MLFLOW, revision, tuple(mlflow_schema.missing_columns(columns)))
+
+    return await _run_read(engine, read)
+
+
+async def _run_read(engine: AsyncEngine, read: Callable[[Connection], _T]) -> _T:
     try:
         async with engine.connect() as conn:
             return await conn.run_sync(read)
@@ -197,11 +313,20 @@ def foreign(revision: str | None) -> str | None:
     )
 
 
-def _refuse_foreign(engine: AsyncEngine, revision: str | None) -> None:
-    """Raise SCHEMA_OUT_OF_DATE when ``revision`` is not one of asyncstore's (:func:`foreign`)."""
-    unknown = foreign(revision)
-    if unknown is not None:
-        raise SchemaOutOfDate(f"the database {_config_of(engine).safe_uri} is at revision {unknown}")
+def _refuse_foreign(engine: AsyncEngine, found: Found) -> None:
+    """Raise SCHEMA_OUT_OF_DATE when the database is not asyncstore's: another
+    program's (:func:`foreign`), or MLflow's, which asyncstore never migrates (and
+    serves only when it has what asyncstore uses)."""
+    uri = _config_of(engine).safe_uri
+    if found.kind is Kind.FOREIGN:
+        raise SchemaOutOfDate(f"the database {uri} is at revision {foreign(found.revision)}")
+    if found.kind is Kind.MLFLOW:
+        why = _mlflow_out_of_date(found, uri) if found.missing else "asyncstore serves it as it is"
+        raise SchemaOutOfDate(
+            f"the database {uri} is an MLflow database at revision {found.revision} "
+            f"({mlflow_schema.release_of(str(found.revision))}), whose schema only MLflow "
+            f"migrates: {why}"
+        )
 
 
 async def _check_foreign_keys(conn: AsyncConnection) -> None:

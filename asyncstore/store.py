@@ -103,8 +103,8 @@ class _Opening:
     async def _open(self) -> AsyncStore:
         engine = create_engine(self._config)
         try:
-            current = await migrate.current_revision(engine)
-            if current is None or (self._upgrade and current != migrate.head_revision()):
+            found = await migrate.inspect_database(engine)
+            if found.kind is migrate.Kind.EMPTY or (self._upgrade and found.kind is migrate.Kind.ASYNCSTORE):
                 await migrate.upgrade(engine)
             await migrate.verify(engine)
         except BaseException:

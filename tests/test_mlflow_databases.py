@@ -4,17 +4,22 @@ extra): what asyncstore says of them and that it leaves them as they are."""
 from __future__ import annotations
 
 import asyncio
+import math
 import uuid
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
+from sqlalchemy import text
 from sqlalchemy.engine import make_url
 
-from asyncstore import AsyncStore, SchemaOutOfDate
+from asyncstore import AsyncStore, Metric, Param, RunTag, SchemaOutOfDate, ViewType, migrate
 from asyncstore.bench.database import ScratchDatabase
 from asyncstore.bench.mlflow_peer import MlflowPeer
-from asyncstore.config import Backend
+from asyncstore.config import Backend, StoreConfig
+from asyncstore.engines import create_engine
+from asyncstore.rules import FLOAT_MAX
 from tests import dbadmin
 from tests.test_cli import InProcess
 
@@ -52,27 +57,181 @@ def mlflow_uri(backend: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) ->
             dbadmin.drop_database(backend, uri)
 
 
-def test_an_mlflow_database_is_named_and_left_as_it_is(
+def _mlflow_store(uri: str, backend: str) -> Any:
+    """MLflow 3.17's own ``SqlAlchemyStore`` on ``uri`` (through its sync driver)."""
+    from mlflow.store.tracking.sqlalchemy_store import SqlAlchemyStore
+
+    scratch = ScratchDatabase(backend=Backend(backend), url=make_url(uri), name=make_url(uri).database or "")
+    return SqlAlchemyStore(scratch.sync_uri(), "mlartifacts")
+
+
+def _revision(uri: str) -> str:
+    async def read() -> str | None:
+        engine = create_engine(StoreConfig.load(uri))
+        try:
+            return await migrate.current_revision(engine)
+        finally:
+            await engine.dispose()
+
+    return str(asyncio.run(read()))
+
+
+def test_an_mlflow_database_is_served_as_it_is_and_never_migrated(
     backend: str, mlflow_uri: str, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    """`db check`, `db current` and opening a store name MLflow's revision as not
-    asyncstore's, without advice that leads nowhere; `db upgrade` refuses it in one line
-    and changes nothing: MLflow's own store still opens the database afterwards."""
+    """`db check` and `db current` say it is an MLflow database that asyncstore serves;
+    a store opens on it (with upgrade=True too) without touching its schema; `db
+    upgrade` and `db downgrade` refuse it in one line. MLflow's own store, which
+    accepts nothing but its head, still opens it afterwards."""
     cmd = InProcess(capsys)
-    note = f"is at revision {MLFLOW_HEAD}, which is not one of asyncstore's"
+    note = f"is an MLflow database at revision {MLFLOW_HEAD} (MLflow 3.17): asyncstore serves it as it is"
     check = cmd("db", "check", mlflow_uri)
-    assert check.returncode == 1 and note in check.stdout and "cannot migrate it" in check.stdout, check
-    assert "run `asyncstore db upgrade`" not in check.stdout
+    assert check.returncode == 0 and note in check.stdout, check
     assert note in cmd("db", "current", mlflow_uri).stdout
+
+    async def open_store(upgrade: bool) -> str:
+        async with AsyncStore.open(mlflow_uri, upgrade=upgrade) as store:
+            return (await store.experiments.get("0")).name
+
+    assert asyncio.run(open_store(False)) == asyncio.run(open_store(True)) == "Default"
+    for argv in (("db", "upgrade", mlflow_uri), ("db", "downgrade", mlflow_uri, "base")):
+        refused = cmd(*argv)
+        assert refused.returncode == 2 and len(refused.stderr.strip().splitlines()) == 1, refused
+        assert "an MLflow database" in refused.stderr and "whose schema only MLflow migrates" in refused.stderr
+    assert _revision(mlflow_uri) == MLFLOW_HEAD
+    _mlflow_creates(mlflow_uri, backend)
+
+
+def test_an_mlflow_database_that_lacks_a_column_names_it_and_mlflow_s_upgrade(
+    backend: str, mlflow_uri: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """An MLflow database without a column asyncstore uses (an older MLflow's) is not
+    served: opening it and `db check` name the column, the MLflow releases asyncstore
+    serves and `mlflow db upgrade`."""
+
+    async def drop_column() -> None:
+        engine = create_engine(StoreConfig.load(mlflow_uri))
+        try:
+            async with engine.begin() as conn:
+                await conn.execute(text("ALTER TABLE jobs DROP COLUMN token_hash"))
+        finally:
+            await engine.dispose()
+
+    asyncio.run(drop_column())
+    wanted = ["lacks jobs.token_hash, which asyncstore uses", "MLflow 3.17", "run `mlflow db upgrade "]
 
     async def open_store() -> None:
         async with AsyncStore.open(mlflow_uri):
             pass
 
-    with pytest.raises(SchemaOutOfDate, match=note):
+    with pytest.raises(SchemaOutOfDate) as raised:
         asyncio.run(open_store())
-    upgrade = cmd("db", "upgrade", mlflow_uri)
-    assert upgrade.returncode == 2 and len(upgrade.stderr.strip().splitlines()) == 1, upgrade
-    assert note in upgrade.stderr and "cannot migrate it" in upgrade.stderr
-    assert note in cmd("db", "current", mlflow_uri).stdout
-    _mlflow_creates(mlflow_uri, backend)  # MLflow refuses any revision but its head: still its own
+    assert all(w in str(raised.value) for w in wanted), raised.value
+    check = InProcess(capsys)("db", "check", mlflow_uri)
+    assert check.returncode == 1 and all(w in check.stdout for w in wanted), check
+    assert "asyncstore db upgrade" not in check.stdout
+
+
+_ODD_VALUES = [1.5, float("nan"), float("inf"), float("-inf"), -0.25]
+
+
+def test_mlflow_writes_and_asyncstore_reads_equal(backend: str, mlflow_uri: str) -> None:
+    """Experiments, runs, params, metrics (NaN, ±inf, several steps), tags and a
+    deleted run, written by MLflow's store, read through asyncstore as MLflow reads them."""
+    from mlflow.entities import Metric as MMetric
+    from mlflow.entities import Param as MParam
+    from mlflow.entities import RunTag as MRunTag
+    from mlflow.entities import ViewType as MViewType
+
+    ml = _mlflow_store(mlflow_uri, backend)
+    exp_id = ml.create_experiment("written by mlflow", tags=[])
+    ml.set_experiment_tag(exp_id, __import__("mlflow").entities.ExperimentTag("team", "ml"))
+    run = ml.create_run(exp_id, user_id="ann", start_time=1000, tags=[MRunTag("t", "v")], run_name="r")
+    run_id = run.info.run_id
+    metrics = [MMetric("m", v, 2000 + i, i) for i, v in enumerate(_ODD_VALUES)]
+    ml.log_batch(run_id, metrics=metrics, params=[MParam("p", "1")], tags=[MRunTag("u", "w")])
+    ml.update_run_info(run_id, __import__("mlflow").entities.RunStatus.from_string("FINISHED"), 3000, None)
+    gone = ml.create_run(exp_id, user_id="bob", start_time=1100, tags=[], run_name="gone").info.run_id
+    ml.delete_run(gone)
+    expected_run = ml.get_run(run_id)
+    expected_history = ml.get_metric_history(run_id, "m")
+    expected_ids = [r.info.run_id for r in ml.search_runs([exp_id], "", MViewType.ALL)]
+    ml.engine.dispose()
+
+    async def read() -> None:
+        async with AsyncStore.open(mlflow_uri) as store:
+            exp = await store.experiments.get_by_name("written by mlflow")
+            assert (exp.experiment_id, exp.tags) == (exp_id, {"team": "ml"})
+            got = await store.runs.get(run_id)
+            assert (got.info.run_name, got.info.user_id, got.info.status.value, got.info.end_time) == (
+                "r", "ann", "FINISHED", 3000,
+            )
+            assert got.data.params == expected_run.data.params
+            assert got.data.tags == expected_run.data.tags
+            assert _same_floats(got.data.metrics, expected_run.data.metrics)
+            history = await store.runs.get_metric_history(run_id, "m")
+            assert [(m.step, m.timestamp) for m in history] == [(m.step, m.timestamp) for m in expected_history]
+            # The values logged; MLflow's own store reads ±inf back as the ±FLOAT_MAX it stores.
+            assert _same_floats({str(m.step): m.value for m in history}, _by_step(_ODD_VALUES))
+            assert _same_floats(
+                {str(m.step): m.value for m in expected_history}, _by_step(map(_as_mlflow_reads, _ODD_VALUES))
+            )
+            page = await store.runs.search([exp_id], view=ViewType.ALL)
+            assert [r.info.run_id for r in page.items] == expected_ids
+            assert (await store.runs.get(gone)).info.lifecycle_stage.value == "deleted"
+
+    asyncio.run(read())
+
+
+def test_asyncstore_writes_and_mlflow_reads_equal(backend: str, mlflow_uri: str) -> None:
+    """What asyncstore writes into an MLflow database (a run created without a user,
+    NaN and ±inf metrics, params, tags, a finished status) is what MLflow's store reads."""
+    from mlflow.entities import ViewType as MViewType
+
+    async def write() -> tuple[str, str]:
+        async with AsyncStore.open(mlflow_uri) as store:
+            exp_id = await store.experiments.create("written by asyncstore", tags={"team": "async"})
+            run = await store.runs.create(exp_id, run_name="a", start_time=1000, tags={"t": "v"})
+            await store.runs.log_batch(
+                run.run_id,
+                metrics=[Metric("m", v, 2000 + i, i) for i, v in enumerate(_ODD_VALUES)],
+                params=[Param("p", "1")],
+                tags=[RunTag("u", "w")],
+            )
+            await store.runs.update(run.run_id, status="FINISHED", end_time=3000)
+            return exp_id, run.run_id
+
+    exp_id, run_id = asyncio.run(write())
+    ml = _mlflow_store(mlflow_uri, backend)
+    try:
+        exp = ml.get_experiment_by_name("written by asyncstore")
+        assert (exp.experiment_id, exp.tags) == (exp_id, {"team": "async"})
+        got = ml.get_run(run_id)
+        assert (got.info.run_name, got.info.user_id, got.info.status, got.info.end_time) == (
+            "a", "unknown", "FINISHED", 3000,
+        )
+        assert got.data.params == {"p": "1"}
+        assert got.data.tags == {"t": "v", "u": "w", "mlflow.runName": "a"}
+        assert _same_floats(got.data.metrics, {"m": _ODD_VALUES[-1]})
+        history = ml.get_metric_history(run_id, "m")
+        assert [(m.step, m.timestamp) for m in history] == [(i, 2000 + i) for i in range(len(_ODD_VALUES))]
+        assert _same_floats({str(m.step): m.value for m in history}, _by_step(map(_as_mlflow_reads, _ODD_VALUES)))
+        assert [r.info.run_id for r in ml.search_runs([exp_id], "", MViewType.ALL)] == [run_id]
+    finally:
+        ml.engine.dispose()
+
+
+def _as_mlflow_reads(value: float) -> float:
+    """What MLflow's store reads back of a logged ``value``: ±inf is stored as ±FLOAT_MAX."""
+    return math.copysign(FLOAT_MAX, value) if math.isinf(value) else value
+
+
+def _by_step(values: Iterable[float]) -> dict[str, float]:
+    return {str(step): value for step, value in enumerate(values)}
+
+
+def _same_floats(a: dict[str, float], b: dict[str, float]) -> bool:
+    """Equal, NaN equal to NaN."""
+    return a.keys() == b.keys() and all(
+        (math.isnan(a[k]) and math.isnan(b[k])) or a[k] == b[k] for k in a
+    )

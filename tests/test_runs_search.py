@@ -286,6 +286,7 @@ async def _populate(store: AsyncStore, seed: int) -> tuple[str, list[FakeRun]]:
         )
         run = await store.runs.create(exp_id, run_name=fake.run_name, start_time=fake.start_time, user_id=fake.user_id)
         fake.run_id = run.run_id
+        fake.user_id = fake.user_id or "unknown"  # MLflow's user for a run created without one
         await store.runs.update(run.run_id, status=fake.status, end_time=fake.end_time)
         fake.metrics = {k: rng.choice(METRIC_VALUES) for k in ("m0", "m1") if rng.random() < 0.7}
         fake.params = {k: rng.choice(STRINGS) for k in ("k0", "k1") if rng.random() < 0.7}

@@ -26,6 +26,9 @@ MAX_ENTRIES_PER_BATCH = 1000
 RUN_NAME_TAG = "mlflow.runName"
 """MLflow keeps the run name in this tag too; setting the tag renames the run."""
 
+USER_TAG = "mlflow.user"
+"""The tag MLflow's client takes a run's user from."""
+
 _INT64_MIN, _INT64_MAX = -(2**63), 2**63 - 1
 MetricRow = tuple[str, int, int, float, bool]
 """A metric row as written: (key, timestamp, step, stored value, is_nan), the

@@ -53,7 +53,7 @@ from asyncstore.schema import (
 )
 from asyncstore.schema import metrics as metric_table
 from asyncstore.schema import tags as run_tags
-from asyncstore.tracking.batch import RUN_NAME_TAG, Batch
+from asyncstore.tracking.batch import RUN_NAME_TAG, USER_TAG, Batch
 from asyncstore.tracking.ingest import stored_params, write_batches
 from asyncstore.tracking.search import load_run_data, run_info, search_query
 from asyncstore.uow import UnitOfWork
@@ -104,7 +104,9 @@ class RunRepository:
             run_name: up to 250 characters; a readable name is generated when None.
             start_time: epoch ms; now when None.
             tags: initial tags (RunTag objects or a mapping).
-            user_id: who runs it.
+            user_id: who runs it; when None, the ``mlflow.user`` tag, else
+                ``"unknown"`` (what MLflow's client stores; MLflow cannot read a run
+                whose user is NULL).
 
         Raises:
             NotFound: no such experiment. InvalidState: the experiment is deleted.
@@ -122,6 +124,8 @@ class RunRepository:
         pairs[RUN_NAME_TAG] = run_name
         start = t.check_int("start_time", start_time, allow_none=True)
         user = t.check_string("user_id", user_id, USER_ID_MAX)
+        if user is None:
+            user = t.check_string("user_id (the mlflow.user tag)", pairs.get(USER_TAG, "unknown"), USER_ID_MAX)
 
         async def fn(conn: AsyncConnection) -> Run:
             run_id = uuid.uuid4().hex
