@@ -400,7 +400,32 @@ jobs = Table(
     **MYSQL_TABLE_ARGS,
 )
 
+# Links between entities (MLflow's table): a trace linked to a run is the row
+# (source_type 'trace', source_id <trace id>, destination_type 'run', destination_id
+# <run id>). No foreign keys: the two ends live in different tables.
+ENTITY_TYPE_MAX = 36
+ENTITY_ID_MAX = 36
+entity_associations = Table(
+    "entity_associations",
+    metadata,
+    Column("association_id", String(36), nullable=False),
+    Column("source_type", String(ENTITY_TYPE_MAX), nullable=False),
+    Column("source_id", String(ENTITY_ID_MAX), nullable=False),
+    Column("destination_type", String(ENTITY_TYPE_MAX), nullable=False),
+    Column("destination_id", String(ENTITY_ID_MAX), nullable=False),
+    Column("created_time", BigInteger),
+    PrimaryKeyConstraint(
+        "source_type", "source_id", "destination_type", "destination_id", name="entity_associations_pk"
+    ),
+    Index("index_entity_associations_association_id", "association_id"),
+    Index(
+        "index_entity_associations_reverse_lookup", "destination_type", "destination_id", "source_type", "source_id"
+    ),
+    **MYSQL_TABLE_ARGS,
+)
+
 __all__ = [
+    "entity_associations",
     "experiment_tags",
     "experiments",
     "jobs",

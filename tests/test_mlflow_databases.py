@@ -4,6 +4,7 @@ extra): what asyncstore says of them and that it leaves them as they are."""
 from __future__ import annotations
 
 import asyncio
+import json
 import math
 import uuid
 from collections.abc import Iterable, Iterator
@@ -235,3 +236,73 @@ def _same_floats(a: dict[str, float], b: dict[str, float]) -> bool:
     return a.keys() == b.keys() and all(
         (math.isnan(a[k]) and math.isnan(b[k])) or a[k] == b[k] for k in a
     )
+
+
+def _mlflow_jobs(uri: str, backend: str) -> Any:
+    from mlflow.store.jobs.sqlalchemy_store import SqlAlchemyJobStore
+
+    scratch = ScratchDatabase(backend=Backend(backend), url=make_url(uri), name=make_url(uri).database or "")
+    return SqlAlchemyJobStore(scratch.sync_uri())
+
+
+def test_jobs_both_ways(backend: str, mlflow_uri: str) -> None:
+    """A job MLflow created (next_attempt_at NULL) is read, claimed and finished
+    through asyncstore, and MLflow reads the result; a job asyncstore created is one
+    MLflow's job store reads."""
+    from mlflow.entities._job_status import JobStatus as MlflowJobStatus
+
+    ml = _mlflow_jobs(mlflow_uri, backend)
+    made_by_mlflow = ml.create_job("tests.train", '{"n": 1}', timeout=30.0, creator="ann")
+
+    async def work() -> str:
+        async with AsyncStore.open(mlflow_uri) as store:
+            job = await store.jobs.get(made_by_mlflow.job_id)
+            assert (job.job_name, job.params, job.timeout, job.status.name, job.next_attempt_at) == (
+                "tests.train", {"n": 1}, 30.0, "PENDING", None,
+            )
+            listed = [j.job_id async for j in store.jobs.list("tests.train")]
+            assert listed == [made_by_mlflow.job_id]
+            claimed = await store.jobs.claim(["tests.train"], limit=5)
+            assert [j.job_id for j in claimed] == [made_by_mlflow.job_id]
+            await store.jobs.finish(made_by_mlflow.job_id, '{"ok": true}')
+            return (await store.jobs.create("tests.eval", {"k": "v"}, timeout=5)).job_id
+
+    made_by_asyncstore = asyncio.run(work())
+    try:
+        done = ml.get_job(made_by_mlflow.job_id)
+        assert (done.status, done.result, done.creator) == (MlflowJobStatus.SUCCEEDED, '{"ok": true}', "ann")
+        new = ml.get_job(made_by_asyncstore)
+        assert (new.job_name, json.loads(new.params), new.timeout, new.status, new.retry_count, new.workspace) == (
+            "tests.eval", {"k": "v"}, 5.0, MlflowJobStatus.PENDING, 0, "default",
+        )
+    finally:
+        ml.engine.dispose()
+
+
+def test_trace_links_both_ways(backend: str, mlflow_uri: str) -> None:
+    """A trace asyncstore links to a run is found by MLflow's search_traces on that
+    run; a link MLflow made is read through asyncstore."""
+
+    async def link() -> tuple[str, str, str]:
+        async with AsyncStore.open(mlflow_uri) as store:
+            run = await store.runs.create("0", run_name="linked")
+            a = (await store.traces.start("0", timestamp_ms=1000)).trace_id
+            b = (await store.traces.start("0", timestamp_ms=2000)).trace_id
+            await store.traces.link_to_run([a], run.run_id)
+            return run.run_id, a, b
+
+    run_id, a, b = asyncio.run(link())
+    ml = _mlflow_store(mlflow_uri, backend)
+    try:
+        found, _ = ml.search_traces(["0"], filter_string=f"run_id = '{run_id}'")
+        assert [t.trace_id for t in found] == [a]
+        ml.link_traces_to_run([b], run_id)
+    finally:
+        ml.engine.dispose()
+
+    async def read() -> None:
+        async with AsyncStore.open(mlflow_uri) as store:
+            assert sorted(await store.traces.linked_trace_ids(run_id)) == sorted([a, b])
+            assert await store.traces.linked_run_ids(b) == [run_id]
+
+    asyncio.run(read())

@@ -14,7 +14,9 @@ So that a table copies between an asyncstore database and an MLflow one with pla
   status message and details, progress, scoped permissions, token hash);
   ``next_attempt_at`` becomes nullable, NULL meaning "claimable now" as in MLflow
   (asyncstore itself still writes the creation time); MLflow's ``index_jobs_name_status_creation_time`` with
-  its ``workspace`` column.
+  its ``workspace`` column;
+* MLflow's ``entity_associations`` table (links between traces, runs and other
+  entities).
 
 Rows written at earlier revisions keep their values; the new columns are NULL (or
 their defaults). The downgrade drops them again (their values are lost).
@@ -26,8 +28,12 @@ Create Date: 2026-12-05
 
 from __future__ import annotations
 
+from typing import Any
+
 import sqlalchemy as sa
 from alembic import op
+
+from asyncstore.schema import mysql_collation
 
 revision = "0003_mlflow_3_17_columns"
 down_revision = "0002_job_queue"
@@ -69,7 +75,31 @@ _JOBS = (
 )
 
 
+def _mysql_table_args() -> dict[str, Any]:
+    collate = mysql_collation(op.get_bind().dialect)
+    return {"mysql_charset": "utf8mb4", "mysql_collate": collate, "mysql_engine": "InnoDB"}
+
+
 def upgrade() -> None:
+    op.create_table(
+        "entity_associations",
+        sa.Column("association_id", sa.String(36), nullable=False),
+        sa.Column("source_type", sa.String(36), nullable=False),
+        sa.Column("source_id", sa.String(36), nullable=False),
+        sa.Column("destination_type", sa.String(36), nullable=False),
+        sa.Column("destination_id", sa.String(36), nullable=False),
+        sa.Column("created_time", sa.BigInteger(), nullable=True),
+        sa.PrimaryKeyConstraint(
+            "source_type", "source_id", "destination_type", "destination_id", name="entity_associations_pk"
+        ),
+        **_mysql_table_args(),
+    )
+    op.create_index("index_entity_associations_association_id", "entity_associations", ["association_id"])
+    op.create_index(
+        "index_entity_associations_reverse_lookup",
+        "entity_associations",
+        ["destination_type", "destination_id", "source_type", "source_id"],
+    )
     with op.batch_alter_table("experiments") as batch:
         batch.add_column(sa.Column("workspace", sa.String(63), nullable=False, server_default=_DEFAULT_WORKSPACE))
         batch.drop_constraint("uq_experiments_name", type_="unique")
@@ -102,6 +132,7 @@ def upgrade() -> None:
 
 
 def downgrade() -> None:
+    op.drop_table("entity_associations")
     op.drop_index("index_jobs_name_status_creation_time", table_name="jobs")
     op.execute("UPDATE jobs SET next_attempt_at = 0 WHERE next_attempt_at IS NULL")
     with op.batch_alter_table("jobs") as batch:

@@ -5,6 +5,18 @@ CREATE TABLE `alembic_version` (
   PRIMARY KEY (`version_num`)
 ) ENGINE=InnoDB DEFAULT CHARSET=utf8mb4 COLLATE=utf8mb4_bin;
 
+CREATE TABLE `entity_associations` (
+  `association_id` varchar(36) NOT NULL,
+  `source_type` varchar(36) NOT NULL,
+  `source_id` varchar(36) NOT NULL,
+  `destination_type` varchar(36) NOT NULL,
+  `destination_id` varchar(36) NOT NULL,
+  `created_time` bigint(20) DEFAULT NULL,
+  PRIMARY KEY (`source_type`,`source_id`,`destination_type`,`destination_id`),
+  KEY `index_entity_associations_association_id` (`association_id`),
+  KEY `index_entity_associations_reverse_lookup` (`destination_type`,`destination_id`,`source_type`,`source_id`)
+) ENGINE=InnoDB DEFAULT CHARSET=utf8mb4 COLLATE=utf8mb4_nopad_bin;
+
 CREATE TABLE `experiment_tags` (
   `key` varchar(250) NOT NULL,
   `value` text DEFAULT NULL,

@@ -5,6 +5,16 @@ CREATE TABLE alembic_version (
 	CONSTRAINT alembic_version_pkc PRIMARY KEY (version_num)
 );
 
+CREATE TABLE entity_associations (
+	association_id VARCHAR(36) NOT NULL,
+	source_type VARCHAR(36) NOT NULL,
+	source_id VARCHAR(36) NOT NULL,
+	destination_type VARCHAR(36) NOT NULL,
+	destination_id VARCHAR(36) NOT NULL,
+	created_time BIGINT,
+	CONSTRAINT entity_associations_pk PRIMARY KEY (source_type, source_id, destination_type, destination_id)
+);
+
 CREATE TABLE "experiment_tags" (
 	"key" VARCHAR(250) NOT NULL,
 	value TEXT,
@@ -175,6 +185,10 @@ CREATE TABLE trace_tags (
 	CONSTRAINT trace_tag_pk PRIMARY KEY ("key", request_id),
 	CONSTRAINT fk_trace_tags_request_id_trace_info FOREIGN KEY(request_id) REFERENCES trace_info (request_id) ON DELETE CASCADE
 );
+
+CREATE INDEX index_entity_associations_association_id ON entity_associations (association_id);
+
+CREATE INDEX index_entity_associations_reverse_lookup ON entity_associations (destination_type, destination_id, source_type, source_id);
 
 CREATE INDEX index_experiment_tags_experiment_id ON experiment_tags (experiment_id);
 
