@@ -29,6 +29,7 @@ from asyncstore.schema import (
     trace_request_metadata,
     trace_tags,
 )
+from asyncstore.tracing import links
 from asyncstore.tracing.delete import delete_traces
 from asyncstore.tracing.rows import check_trace_id
 from asyncstore.tracing.search import search_traces
@@ -399,6 +400,28 @@ class TraceRepository:
         return await search_traces(
             self._uow, experiment_ids, filter_string, order_by, max_results, page_token, load_infos
         )
+
+    async def link_to_run(self, trace_ids: Sequence[str], run_id: str) -> None:
+        """Link up to 100 traces to a run (MLflow's ``link_traces_to_run``: rows of
+        ``entity_associations``). Linking twice is a no-op.
+
+        Raises:
+            NotFound: no such run, or no such trace. InvalidParameter: more than 100
+                trace ids, or a malformed id.
+        """
+        await links.link_to_run(self._uow, trace_ids, run_id)
+
+    async def unlink_from_run(self, trace_ids: Sequence[str], run_id: str) -> int:
+        """Remove the links between up to 100 traces and a run; return how many there were."""
+        return await links.unlink_from_run(self._uow, trace_ids, run_id)
+
+    async def linked_run_ids(self, trace_id: str) -> list[str]:
+        """The runs a trace is linked to, in the order they were linked."""
+        return await links.linked_run_ids(self._uow, trace_id)
+
+    async def linked_trace_ids(self, run_id: str) -> list[str]:
+        """The traces linked to a run, in the order they were linked."""
+        return await links.linked_trace_ids(self._uow, run_id)
 
 
 def _start_upsert(backend: Backend) -> Any:
