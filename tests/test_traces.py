@@ -27,7 +27,11 @@ async def test_start_update_end_and_read_back(store: AsyncStore) -> None:
     assert info.experiment_id == str(exp)
     assert info.state is TraceState.IN_PROGRESS
     assert info.request_preview == "q" * 1000  # previews are cut, not refused
-    assert (info.tags, info.metadata, info.client_request_id) == ({"user": "ann"}, {"mlflow.source": "test"}, "req-1")
+    # MLflow's start_trace adds the infoFinalized metadata (and an artifact location tag
+    # when the experiment has an artifact location; this one has none).
+    assert (info.tags, info.metadata, info.client_request_id) == (
+        {"user": "ann"}, {"mlflow.source": "test", "mlflow.trace.infoFinalized": "true"}, "req-1"
+    )
     ended = await store.traces.end(info.trace_id, state="ERROR", execution_time_ms=42, response_preview="r")
     assert (ended.state, ended.execution_time_ms, ended.response_preview) == (TraceState.ERROR, 42, "r")
     updated = await store.traces.update(info.trace_id, request_preview="new")
@@ -55,9 +59,12 @@ async def test_start_completes_row_created_by_spans(store: AsyncStore) -> None:
     )
     # The earliest timestamp and the span-derived duration are kept; given fields are set.
     assert (info.timestamp_ms, info.execution_time_ms, info.state) == (T0 // MS, 7, TraceState.OK)
-    assert info.request_preview == "hello" and info.tags == {"a": "1"}
+    # log_spans tagged the trace as MLflow's does: its spans are in the tracking store.
+    located = {"mlflow.trace.spansLocation": "TRACKING_STORE"}
+    assert info.request_preview == "hello" and info.tags == {"a": "1", **located}
     again = await store.traces.start(exp, trace_id=tid, timestamp_ms=T0 // MS, tags={"b": "2"}, metadata={"m": "x"})
-    assert again.tags == {"a": "1", "b": "2"} and again.metadata == {"m": "x"}
+    assert again.tags == {"a": "1", "b": "2", **located}
+    assert again.metadata == {"m": "x", "mlflow.trace.infoFinalized": "true"}
     assert again.request_preview == "hello"  # not given: kept
     other = await make_experiment(store)
     with pytest.raises(AlreadyExists, match=f"experiment {exp}"):
@@ -76,7 +83,7 @@ async def test_tags_metadata_metrics(store: AsyncStore) -> None:
     await store.traces.set_metrics(tid, {"latency": 2.5})
     info = await store.traces.get_info(tid)
     assert info.tags == {"k": "v" * 8000}
-    assert info.metadata == {"a": "1", "b": "2"}
+    assert info.metadata == {"a": "1", "b": "2", "mlflow.trace.infoFinalized": "true"}
     assert info.metrics == {"latency": 2.5, "tokens": 10.0}
     with pytest.raises(InvalidParameter, match="8000"):
         await store.traces.set_tag(tid, "k", "v" * 8001)
@@ -133,7 +140,8 @@ async def test_delete_by_ids_and_by_age_in_bounded_chunks(store: AsyncStore, mon
     assert await store.traces.delete(exp, max_timestamp_ms=T0 // MS + 10_000) == 2
     assert await rows(store, trace_info) == 1  # the other experiment's trace
     assert await rows(store, spans) == 1
-    for table in (trace_tags, trace_request_metadata, trace_metrics):
+    assert await rows(store, trace_tags) == 1  # the other trace's mlflow.trace.spansLocation
+    for table in (trace_request_metadata, trace_metrics):
         assert await rows(store, table) == 0
     for bad in (
         {},

@@ -8,8 +8,12 @@ A batch is written with a bounded number of statements, whatever its size:
    trace row locks in sorted order, so concurrent ingesters on PostgreSQL and
    MySQL queue behind each other instead of deadlocking;
 2. one check that no trace of the batch belongs to another experiment
-   (:data:`FOREIGN_TRACE`, per chunk of ``TRACE_CHUNK`` trace ids);
-3. one upsert of the span rows (sorted by trace_id, span_id) per chunk of
+   (:data:`FOREIGN_TRACE`, per chunk of ``TRACE_CHUNK`` trace ids), which also reads
+   the experiment's artifact location;
+3. one upsert of the tags MLflow's ``log_spans`` writes (:mod:`asyncstore.tracing.keys`):
+   ``mlflow.trace.spansLocation`` = ``TRACKING_STORE`` on every trace of the batch, and
+   ``mlflow.artifactLocation`` on a trace that has none;
+4. one upsert of the span rows (sorted by trace_id, span_id) per chunk of
    ``SPAN_CHUNK`` spans: re-sent spans overwrite the stored row.
 
 Per backend, the fastest path measured by ``asyncstore bench --workload log_spans``
@@ -34,14 +38,19 @@ SQLAlchemy's statement events and ``echo`` still see them):
 
 from __future__ import annotations
 
+from typing import Any
+
 from asyncpg.exceptions import UniqueViolationError
+from sqlalchemy import case, literal_column
 from sqlalchemy.ext.asyncio import AsyncConnection
 from typing_extensions import assert_never
 
 from asyncstore.config import Backend
-from asyncstore.dialect import chunks
+from asyncstore.dialect import chunks, upsert
 from asyncstore.driver import Driver
 from asyncstore.errors import InvalidParameter, InvalidState
+from asyncstore.schema import trace_tags
+from asyncstore.tracing import keys
 from asyncstore.tracing.rows import PreparedBatch
 
 SPAN_CHUNK = 5000
@@ -129,26 +138,62 @@ ON DUPLICATE KEY UPDATE
 """
 
 # --- every backend ------------------------------------------------------------------
-# The first trace of a chunk of the batch's trace ids that belongs to another
-# experiment; {ids} is one placeholder per id, {experiment} the batch's experiment.
+# The experiment's artifact location, beside the first trace of a chunk of the batch's
+# trace ids that belongs to another experiment (NULLs when none does); {ids} is one
+# placeholder per id, {experiment} and {experiment2} the batch's experiment.
 FOREIGN_TRACE = """
-SELECT request_id, experiment_id FROM trace_info
-WHERE request_id IN ({ids}) AND experiment_id <> {experiment}
-LIMIT 1
+SELECT e.artifact_location, f.request_id, f.experiment_id
+FROM experiments e
+LEFT JOIN (
+    SELECT request_id, experiment_id FROM trace_info
+    WHERE request_id IN ({ids}) AND experiment_id <> {experiment}
+    LIMIT 1
+) f ON 1 = 1
+WHERE e.experiment_id = {experiment2}
 """
 
 
 def _foreign_trace_sql(backend: Backend, n: int) -> str:
-    """:data:`FOREIGN_TRACE` for ``n`` ids, in the placeholders of the backend's driver."""
+    """:data:`FOREIGN_TRACE` for ``n`` ids, in the placeholders of the backend's driver
+    (the experiment id is passed twice)."""
     if backend is Backend.POSTGRESQL:
-        marks = [f"${i}" for i in range(1, n + 2)]
+        marks = [f"${i}" for i in range(1, n + 3)]
     elif backend is Backend.SQLITE:
-        marks = ["?"] * (n + 1)
+        marks = ["?"] * (n + 2)
     elif backend is Backend.MYSQL:
-        marks = ["%s"] * (n + 1)
+        marks = ["%s"] * (n + 2)
     else:
         assert_never(backend)
-    return FOREIGN_TRACE.format(ids=", ".join(marks[:n]), experiment=marks[n])
+    return FOREIGN_TRACE.format(ids=", ".join(marks[:n]), experiment=marks[n], experiment2=marks[n + 1])
+
+
+def _tags_upsert(backend: Backend) -> Any:
+    """Insert the MLflow tags of :func:`_tag_rows`; on a conflict only the spans location
+    is overwritten (an artifact location, once set, stays what it is, as in MLflow)."""
+    return upsert(
+        backend,
+        trace_tags,
+        ["key", "request_id"],
+        [],
+        merge=lambda new: {
+            # The key as a literal in the SQL: a bound parameter in ON DUPLICATE KEY UPDATE
+            # defeats aiomysql's multi-row rewrite of executemany.
+            "value": case((new.key == literal_column(f"'{keys.SPANS_LOCATION}'"), new.value), else_=trace_tags.c.value)
+        },
+    )
+
+
+def _tag_rows(trace_ids: list[str], artifact_location: str | None) -> list[dict[str, str]]:
+    """The tags MLflow's ``log_spans`` writes for these traces, in primary-key order
+    (key, request_id), so concurrent ingesters lock them in the same order."""
+    rows: list[dict[str, str]] = []
+    if artifact_location is not None:
+        rows.extend(
+            {"key": keys.ARTIFACT_LOCATION, "value": keys.trace_artifact_location(artifact_location, t), "request_id": t}
+            for t in trace_ids
+        )
+    rows.extend({"key": keys.SPANS_LOCATION, "value": keys.TRACKING_STORE, "request_id": t} for t in trace_ids)
+    return rows
 
 
 async def write_batch(conn: AsyncConnection, backend: Backend, experiment_id: int, batch: PreparedBatch) -> None:
@@ -163,7 +208,8 @@ async def write_batch(conn: AsyncConnection, backend: Backend, experiment_id: in
         await _write_sqlite(conn, experiment_id, batch)
     elif backend is Backend.MYSQL:
         await conn.exec_driver_sql(MYSQL_TRACES, batch.trace_rows)
-        await _check_experiment(conn, backend, experiment_id, batch.trace_ids)
+        location = await _check_experiment(conn, backend, experiment_id, batch.trace_ids)
+        await conn.execute(_tags_upsert(backend), _tag_rows(batch.trace_ids, location))
         for chunk in chunks(batch.span_rows, SPAN_CHUNK):
             await conn.exec_driver_sql(MYSQL_SPANS, [(r[0], experiment_id, *r[1:]) for r in chunk])
     else:
@@ -176,7 +222,8 @@ async def _write_pg(conn: AsyncConnection, experiment_id: int, batch: PreparedBa
         PG_TRACES,
         (experiment_id, [r[0] for r in rows], [r[2] for r in rows], [r[3] for r in rows], [r[4] for r in rows]),
     )
-    await _check_experiment(conn, Backend.POSTGRESQL, experiment_id, batch.trace_ids)
+    location = await _check_experiment(conn, Backend.POSTGRESQL, experiment_id, batch.trace_ids)
+    await conn.execute(_tags_upsert(Backend.POSTGRESQL), _tag_rows(batch.trace_ids, location))
     if len(batch.span_rows) >= PG_COPY_MIN and await _copy_new_spans_pg(conn, experiment_id, batch):
         return
     for chunk in chunks(batch.span_rows, SPAN_CHUNK):
@@ -215,27 +262,36 @@ async def _write_sqlite(conn: AsyncConnection, experiment_id: int, batch: Prepar
     if not db.in_transaction:  # pragma: no cover - guarded by UnitOfWork
         raise InvalidState("log_spans must run inside a transaction")
     await db.executemany(SQLITE_TRACES, batch.trace_rows)
-    await _check_experiment(conn, Backend.SQLITE, experiment_id, batch.trace_ids, db)
+    location = await _check_experiment(conn, Backend.SQLITE, experiment_id, batch.trace_ids, db)
+    await conn.execute(_tags_upsert(Backend.SQLITE), _tag_rows(batch.trace_ids, location))
     for chunk in chunks(batch.span_rows, SPAN_CHUNK):
         await db.executemany(SQLITE_SPANS, [(r[0], experiment_id, *r[1:]) for r in chunk])
 
 
 async def _check_experiment(
     conn: AsyncConnection, backend: Backend, experiment_id: int, trace_ids: list[str], db: Driver | None = None
-) -> None:
+) -> str | None:
     """Refuse the batch if one of its traces belongs to another experiment.
 
     ``db``: send :data:`FOREIGN_TRACE` straight to the driver (SQLite's fast path)
     instead of through SQLAlchemy.
+
+    Returns:
+        The experiment's artifact location (None if it has none).
     """
+    location = None
     for chunk in chunks(trace_ids, TRACE_CHUNK):
-        sql, parameters = _foreign_trace_sql(backend, len(chunk)), (*chunk, experiment_id)
+        sql, parameters = _foreign_trace_sql(backend, len(chunk)), (*chunk, experiment_id, experiment_id)
         if db is not None:
             found = next(iter(await db.fetchall(sql, parameters)), None)
         else:
             found = (await conn.exec_driver_sql(sql, parameters)).first()
-        if found is not None:
+        if found is None:
+            continue
+        location = found[0]
+        if found[1] is not None:
             raise InvalidParameter(
-                f"trace {found[0]} belongs to experiment {found[1]}, not {experiment_id}: "
+                f"trace {found[1]} belongs to experiment {found[2]}, not {experiment_id}: "
                 "log its spans to the experiment it was started in; nothing in the batch was written"
             )
+    return location

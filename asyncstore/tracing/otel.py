@@ -14,6 +14,12 @@ Ids become MLflow's: ``tr-`` + the 32-hex OTel trace id, 16-hex span ids. The sp
 type comes from the ``mlflow.spanType`` attribute (MLflow stores it JSON-encoded) or
 OpenInference's ``openinference.span.kind``; attributes, events, status message,
 kind and resource go into the span's content.
+
+Attributes are taken as MLflow's OTLP ingestion stores them: a string attribute that
+is itself the JSON of a string, object or array (what MLflow's tracing SDK sets, e.g.
+``mlflow.spanInputs``) is decoded once, as MLflow's ``log_spans`` does
+(``sanitize_attributes``); ``mlflow.spanType`` and ``mlflow.traceRequestId`` become the
+span's ``span_type`` and ``trace_id`` and are not kept among the attributes.
 """
 
 from __future__ import annotations
@@ -25,6 +31,7 @@ from typing import TYPE_CHECKING, Any
 
 from asyncstore.entities import Span, SpanEvent, SpanStatus
 from asyncstore.errors import InvalidParameter
+from asyncstore.tracing.content import RESERVED_KEYS
 
 if TYPE_CHECKING:  # pragma: no cover
     from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import (
@@ -52,6 +59,28 @@ def _plain(value: Any) -> Any:
 
 def _attributes(attrs: Mapping[str, Any] | None) -> dict[str, Any]:
     return {str(k): _plain(v) for k, v in (attrs or {}).items()}
+
+
+def _unwrapped(value: Any) -> Any:
+    """A string holding the JSON of a string, object or array, decoded once (MLflow's
+    ``sanitize_attributes`` on OTLP input); any other value as it is."""
+    if isinstance(value, str) and value.lstrip()[:1] in ('"', "{", "["):
+        try:
+            decoded = json.loads(value)
+        except ValueError:
+            return value
+        if isinstance(decoded, (str, dict, list)):
+            return decoded
+    return value
+
+
+def _span_attributes(attrs: Mapping[str, Any] | None) -> tuple[dict[str, Any], str | None]:
+    """A span's attributes as MLflow stores them, and its span type."""
+    attributes = {str(k): _unwrapped(_plain(v)) for k, v in (attrs or {}).items()}
+    span_type = span_type_of(attributes)
+    for key in RESERVED_KEYS:
+        attributes.pop(key, None)
+    return attributes, span_type
 
 
 def span_type_of(attributes: Mapping[str, Any]) -> str | None:
@@ -84,7 +113,7 @@ def from_readable_span(span: ReadableSpan) -> Span:
     ctx = span.context
     if ctx is None or span.start_time is None:
         raise InvalidParameter(f"OpenTelemetry span {span.name!r} has no context or start time")
-    attributes = _attributes(span.attributes)
+    attributes, span_type = _span_attributes(span.attributes)
     status = span.status
     return Span(
         trace_id="tr-" + format(ctx.trace_id, "032x"),
@@ -93,7 +122,7 @@ def from_readable_span(span: ReadableSpan) -> Span:
         start_time_unix_nano=span.start_time,
         end_time_unix_nano=span.end_time,
         parent_span_id=format(span.parent.span_id, "016x") if span.parent is not None else None,
-        span_type=span_type_of(attributes),
+        span_type=span_type,
         status=SpanStatus(status.status_code.name),
         status_message=status.description or "",
         kind=span.kind.name,
@@ -159,7 +188,7 @@ def from_otlp_request(request: ExportTraceServiceRequest | bytes) -> list[Span]:
                     raise InvalidParameter(
                         f"OTLP span {s.name!r}: trace_id must be 16 bytes, span ids 8 bytes"
                     )
-                attributes = _kv(s.attributes)
+                attributes, span_type = _span_attributes(_kv(s.attributes))
                 out.append(
                     Span(
                         trace_id="tr-" + s.trace_id.hex(),
@@ -168,7 +197,7 @@ def from_otlp_request(request: ExportTraceServiceRequest | bytes) -> list[Span]:
                         start_time_unix_nano=s.start_time_unix_nano,
                         end_time_unix_nano=s.end_time_unix_nano or None,
                         parent_span_id=s.parent_span_id.hex() or None,
-                        span_type=span_type_of(attributes),
+                        span_type=span_type,
                         status=_OTLP_STATUS.get(s.status.code, SpanStatus.UNSET),
                         status_message=s.status.message,
                         kind=OtlpSpan.SpanKind.Name(s.kind).removeprefix("SPAN_KIND_"),

@@ -1,26 +1,22 @@
-"""Spans to rows and back: validation, the ``content`` JSON, per-trace aggregates.
+"""Spans to rows: validation, per-trace aggregates, span order.
 
 Pure Python, no database: :mod:`asyncstore.tracing.ingest` writes what this
-module prepares. Everything here runs once per span on the ingestion hot path, so
+module prepares, with each span's ``content`` encoded by
+:mod:`asyncstore.tracing.content`. Everything here runs once per span on the ingestion hot path, so
 it avoids per-span allocations beyond the row tuple and the JSON string.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import enum
-import json
-import math
 import re
-import uuid
 from collections.abc import Iterable, Sequence
 from typing import Any
-
-import orjson
 
 from asyncstore.entities import Span, SpanEvent, SpanStatus, TraceState
 from asyncstore.errors import InvalidParameter
 from asyncstore.schema import SPAN_TYPE_MAX
+from asyncstore.tracing import content
 
 TRACE_ID_RE = re.compile(r"tr-[0-9a-f]{32}")
 SPAN_ID_RE = re.compile(r"[0-9a-f]{16}")
@@ -29,65 +25,6 @@ _NS_PER_MS = 1_000_000
 _STATUS_VALUES = {s.value: s for s in SpanStatus}
 _STATUS_STR: dict[str, str] = {s.value: s.value for s in SpanStatus}
 """Status (enum member or its string: equal and same hash) -> plain string."""
-
-# orjson options: keys like json.dumps coerces them; subclasses of str/int/dict/list,
-# dataclasses and datetimes are refused (and then handed to the json module), so
-# what is accepted, and the value read back, is the json module's.
-_ORJSON_OPTS = (
-    orjson.OPT_NON_STR_KEYS
-    | orjson.OPT_PASSTHROUGH_SUBCLASS
-    | orjson.OPT_PASSTHROUGH_DATACLASS
-    | orjson.OPT_PASSTHROUGH_DATETIME
-)
-
-
-def _json_default(value: Any) -> Any:
-    """Types orjson serialises natively, made equal under the json module."""
-    if isinstance(value, uuid.UUID):
-        return str(value)
-    if isinstance(value, enum.Enum):
-        return value.value
-    raise TypeError(f"Object of type {type(value).__name__} is not JSON serializable")
-
-
-# Compact separators make ~10% less data to send; ASCII escapes keep lone surrogates
-# (legal in Python strings, refused by UTF-8 encoders) out of the row.
-_json_encode = json.JSONEncoder(
-    separators=(",", ":"), ensure_ascii=True, allow_nan=False, default=_json_default
-).encode
-
-
-def _finite(value: Any, depth: int = 0) -> Any:
-    """A copy with NaN and infinities replaced by None (as orjson writes them)."""
-    if depth > 200:
-        raise ValueError("content is nested too deeply (or refers to itself)")
-    if isinstance(value, float):
-        return value if math.isfinite(value) else None
-    if isinstance(value, dict):
-        return {k: _finite(v, depth + 1) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_finite(v, depth + 1) for v in value]
-    return value
-
-
-def encode_json(doc: Any) -> str:
-    """Serialise a span's content: compact JSON, non-finite floats as null.
-
-    Uses orjson (several times faster than the json module) and falls back to the json
-    module for what orjson refuses (integers beyond 64 bits, lone surrogates…), so the
-    accepted values and what is read back are the json module's.
-
-    Raises:
-        TypeError, ValueError: the document is not JSON-serialisable.
-    """
-    try:
-        return orjson.dumps(doc, option=_ORJSON_OPTS).decode()
-    except TypeError:  # orjson.JSONEncodeError
-        pass
-    try:
-        return _json_encode(doc)
-    except ValueError:  # NaN/infinity (or a reference cycle, which _finite reports)
-        return _json_encode(_finite(doc))
 
 
 SpanRow = tuple[str, str, "str | None", str, "str | None", str, int, "int | None", str]
@@ -101,6 +38,10 @@ class TraceAggregate:
     start_ns: int
     end_ns: int
     root_state: TraceState | None = None
+    trace_id_b64: str = ""
+    """The trace id as MLflow's span content holds it."""
+    request_id_attr: str = ""
+    """The trace's encoded ``mlflow.traceRequestId`` attribute, shared by its spans."""
 
     def row(self, trace_id: str, experiment_id: int) -> tuple[str, int, int, int, str]:
         """The trace_info row for this trace: id, experiment, timestamp, duration, state."""
@@ -184,6 +125,7 @@ def prepare(spans: Iterable[Span], experiment_id: int) -> PreparedBatch:
     """
     by_key: dict[tuple[str, str], SpanRow] = {}
     traces: dict[str, TraceAggregate] = {}
+    type_attrs: dict[str, str] = {}  # span type -> its encoded attribute
     trace_match, span_match, statuses = TRACE_ID_RE.fullmatch, SPAN_ID_RE.fullmatch, _STATUS_STR
     for index, span in enumerate(spans):
         # The common case in one expression; anything unusual goes through _check,
@@ -208,38 +150,26 @@ def prepare(spans: Iterable[Span], experiment_id: int) -> PreparedBatch:
         ):
             _check(index, span)
             status = _STATUS_STR[span.status]
-        doc = {
-            "trace_id": trace_id,
-            "span_id": span_id,
-            "parent_span_id": parent,
-            "name": span.name,
-            "span_type": span_type,
-            "status": status,
-            "status_message": span.status_message,
-            "kind": span.kind,
-            "start_time_unix_nano": start,
-            "end_time_unix_nano": end,
-            "attributes": span.attributes,
-            "events": [
-                {"name": e.name, "timestamp_unix_nano": e.timestamp_unix_nano, "attributes": e.attributes}
-                for e in span.events
-            ],
-            "resource": span.resource,
-        }
-        try:
-            content = encode_json(doc)
-        except (TypeError, ValueError) as exc:
-            raise _bad(index, span, f"content is not JSON-serialisable ({exc})") from exc
-        by_key[(trace_id, span_id)] = (trace_id, span_id, parent, span.name, span_type, status, start, end, content)
-        last = start if end is None else end
         agg = traces.get(trace_id)
         if agg is None:
-            agg = traces[trace_id] = TraceAggregate(start, last)
-        else:
-            if start < agg.start_ns:
-                agg.start_ns = start
-            if last > agg.end_ns:
-                agg.end_ns = last
+            agg = traces[trace_id] = TraceAggregate(start, start if end is None else end)
+            agg.trace_id_b64 = content.b64_id(trace_id[3:])
+            agg.request_id_attr = content.member(content.REQUEST_ID_KEY, trace_id)
+        type_attr = None
+        if span_type is not None:
+            type_attr = type_attrs.get(span_type)
+            if type_attr is None:
+                type_attr = type_attrs[span_type] = content.member(content.SPAN_TYPE_KEY, span_type)
+        try:
+            text = content.encode(span, status, agg.trace_id_b64, agg.request_id_attr, type_attr)
+        except (TypeError, ValueError) as exc:
+            raise _bad(index, span, f"content is not JSON-serialisable ({exc})") from exc
+        by_key[(trace_id, span_id)] = (trace_id, span_id, parent, span.name, span_type, status, start, end, text)
+        last = start if end is None else end
+        if start < agg.start_ns:
+            agg.start_ns = start
+        if last > agg.end_ns:
+            agg.end_ns = last
         if parent is None:
             agg.root_state = root_state(SpanStatus(status), end)
     span_rows = [by_key[key] for key in sorted(by_key)]
@@ -252,28 +182,6 @@ def root_state(status: SpanStatus, end_ns: int | None) -> TraceState:
     if end_ns is None:
         return TraceState.IN_PROGRESS
     return TraceState.ERROR if status is SpanStatus.ERROR else TraceState.OK
-
-
-def span_from_content(content: str) -> Span:
-    """Rebuild a :class:`Span` from its stored ``content`` JSON."""
-    data = json.loads(content)
-    return Span(
-        trace_id=data["trace_id"],
-        span_id=data["span_id"],
-        name=data["name"],
-        start_time_unix_nano=data["start_time_unix_nano"],
-        end_time_unix_nano=data["end_time_unix_nano"],
-        parent_span_id=data["parent_span_id"],
-        span_type=data["span_type"],
-        status=SpanStatus(data["status"]),
-        status_message=data["status_message"],
-        kind=data["kind"],
-        attributes=data["attributes"],
-        events=tuple(
-            SpanEvent(e["name"], e["timestamp_unix_nano"], e["attributes"]) for e in data["events"]
-        ),
-        resource=data["resource"],
-    )
 
 
 def parent_first(spans: Sequence[Span]) -> list[Span]:

@@ -20,12 +20,8 @@ from asyncstore.rules import experiment_id_of
 from asyncstore.schema import spans as spans_table
 from asyncstore.schema import trace_info
 from asyncstore.tracing.ingest import write_batch
-from asyncstore.tracing.rows import (
-    check_trace_id,
-    parent_first,
-    prepare,
-    span_from_content,
-)
+from asyncstore.tracing import content
+from asyncstore.tracing.rows import check_trace_id, parent_first, prepare
 from asyncstore.uow import UnitOfWork
 
 MAX_SEARCH_RESULTS = 1000
@@ -186,7 +182,7 @@ class SpanRepository:
             rows = rows[:max_results]
             last = rows[-1]
             token = encode_token({"k": last[0], "t": last[1], "s": last[2]}, query_id)
-        return Page([span_from_content(r[3]) for r in rows], token)
+        return Page([content.decode(r[3], r[1], r[2]) for r in rows], token)
 
 
 def _after(key: Any, after: tuple[int, str, str], descending: bool) -> ColumnElement[bool]:
@@ -209,10 +205,12 @@ async def load_spans(conn: AsyncConnection, trace_id: str, *, must_exist: bool) 
         NotFound: ``must_exist`` and the trace has no ``trace_info`` row.
     """
     rows = (
-        await conn.execute(select(spans_table.c.content).where(spans_table.c.trace_id == trace_id))
-    ).scalars().all()
+        await conn.execute(
+            select(spans_table.c.span_id, spans_table.c.content).where(spans_table.c.trace_id == trace_id)
+        )
+    ).all()
     if not rows and must_exist:
         found = (await conn.execute(select(exists().where(trace_info.c.request_id == trace_id)))).scalar()
         if not found:
             raise NotFound(f"trace {trace_id} does not exist")
-    return parent_first([span_from_content(c) for c in rows])
+    return parent_first([content.decode(text, trace_id, span_id) for span_id, text in rows])

@@ -24,11 +24,13 @@ from asyncstore.schema import (
     KEY_MAX,
     TAG_VALUE_MAX,
     TRACE_PREVIEW_MAX,
+    experiments,
     trace_info,
     trace_metrics,
     trace_request_metadata,
     trace_tags,
 )
+from asyncstore.tracing import keys
 from asyncstore.tracing import links
 from asyncstore.tracing.delete import delete_traces
 from asyncstore.tracing.rows import check_trace_id
@@ -163,7 +165,9 @@ class TraceRepository:
                 of the two is kept.
             execution_time_ms, state, client_request_id: top-level fields.
             request_preview, response_preview: cut to 1000 characters.
-            tags, metadata: merged into any existing ones.
+            tags, metadata: merged into any existing ones, with what MLflow's
+                ``start_trace`` adds (:mod:`asyncstore.tracing.keys`): the tag
+                ``mlflow.artifactLocation`` and the metadata ``mlflow.trace.infoFinalized``.
 
         Raises:
             InvalidParameter: a bad argument; AlreadyExists: the trace id belongs to
@@ -191,13 +195,21 @@ class TraceRepository:
 
         async def work(conn: AsyncConnection) -> TraceInfo:
             await conn.execute(_start_upsert(backend), [values])
-            owner = (
-                await conn.execute(select(trace_info.c.experiment_id).where(trace_info.c.request_id == tid))
-            ).scalar_one()
+            owner, location = (
+                await conn.execute(
+                    select(trace_info.c.experiment_id, experiments.c.artifact_location)
+                    .join(experiments, experiments.c.experiment_id == trace_info.c.experiment_id)
+                    .where(trace_info.c.request_id == tid)
+                )
+            ).one()
             if owner != exp:
                 raise AlreadyExists(f"trace {tid} exists already in experiment {owner}")
-            await _put_pairs(conn, backend, trace_tags, tid, tag_map)
-            await _put_pairs(conn, backend, trace_request_metadata, tid, meta_map)
+            # What MLflow's start_trace adds to the caller's tags and metadata (see keys).
+            tags_written = dict(tag_map)
+            if location is not None:
+                tags_written[keys.ARTIFACT_LOCATION] = keys.trace_artifact_location(location, tid)
+            await _put_pairs(conn, backend, trace_tags, tid, tags_written)
+            await _put_pairs(conn, backend, trace_request_metadata, tid, {**meta_map, keys.INFO_FINALIZED: "true"})
             return (await load_infos(conn, [tid]))[tid]
 
         return await self._uow.run(
