@@ -18,7 +18,7 @@ from sqlalchemy import ColumnElement
 
 from asyncstore import filters as f
 from asyncstore.config import Backend
-from asyncstore.dialect import like
+from asyncstore.dialect import case_sensitive, like
 from asyncstore.entities import LifecycleStage, ViewType
 from asyncstore.errors import InvalidParameter
 
@@ -48,13 +48,16 @@ def compare(backend: Backend, column: ColumnElement[Any], comparator: str, value
     """
     if comparator in (f.LIKE, f.ILIKE):
         return like(backend, column, str(value), insensitive=comparator == f.ILIKE)
-    if comparator == f.IN:
-        return column.in_(list(value))
-    if comparator == f.NOT_IN:
-        return column.not_in(list(value))
+    if comparator in (f.IN, f.NOT_IN):
+        values = list(value)
+        if comparator == f.IN:
+            return case_sensitive(backend, column, lambda c: c.in_(values), negated=False)
+        return case_sensitive(backend, column, lambda c: c.not_in(values), negated=True)
     op = _OPERATORS.get(comparator)
     if op is None:
         raise InvalidParameter(f"comparator {comparator} is not supported here")
+    if isinstance(value, str) and comparator in (f.EQ, f.NE):
+        return case_sensitive(backend, column, lambda c: op(c, value), negated=comparator == f.NE)  # type: ignore[no-any-return]
     return op(column, value)  # type: ignore[no-any-return]
 
 

@@ -1,7 +1,8 @@
 """SQL that differs per dialect, in one place.
 
-The backend's INSERT with its upsert clause, a LIKE that is case-sensitive on every
-backend, code-point ordering of strings, and the chunking of long ``IN`` lists.
+The backend's INSERT with its upsert clause, a LIKE and text comparisons that are
+case-sensitive on every backend, code-point ordering of strings, and the chunking of
+long ``IN`` lists.
 """
 
 from __future__ import annotations
@@ -9,7 +10,7 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any, TypeVar
 
-from sqlalchemy import ColumnElement, Table, func
+from sqlalchemy import ColumnElement, String, Table, and_, cast, func, or_, type_coerce
 from sqlalchemy.dialects import mysql as mysql_dialect
 from sqlalchemy.dialects import postgresql as pg_dialect
 from sqlalchemy.dialects import sqlite as sqlite_dialect
@@ -104,9 +105,32 @@ def like(backend: Backend, column: ColumnElement[Any], pattern: str, *, insensit
     if backend is Backend.POSTGRESQL:
         return column.ilike(pattern) if insensitive else column.like(pattern)
     if backend is Backend.MYSQL:
-        # utf8mb4_bin columns: LIKE is case-sensitive; ILIKE compares lower-cased.
-        return func.lower(column).like(func.lower(pattern)) if insensitive else column.like(pattern)
+        if insensitive:
+            return func.lower(column).like(func.lower(pattern))
+        return case_sensitive(backend, column, lambda c: c.like(pattern), negated=False)
     assert_never(backend)
+
+
+def case_sensitive(
+    backend: Backend,
+    column: ColumnElement[Any],
+    condition: Callable[[ColumnElement[Any]], ColumnElement[bool]],
+    *,
+    negated: bool,
+) -> ColumnElement[bool]:
+    """``condition(column)`` on a text column, comparing case and trailing spaces.
+
+    asyncstore's own MySQL tables have a binary collation, but an MLflow database's
+    use the server's default, which ignores case. There the condition is also taken on
+    the column's bytes, as MLflow's search does (the plain one keeps indexes usable):
+    both must hold, or for a negated condition (``!=``, ``NOT IN``) either.
+    """
+    plain = condition(column)
+    if backend is not Backend.MYSQL:
+        return plain
+    # Typed as text again so that the compared values bind as strings.
+    raw = condition(type_coerce(cast(column, mysql_dialect.BINARY()), String()))
+    return or_(plain, raw) if negated else and_(plain, raw)
 
 
 def sortable(backend: Backend, column: ColumnElement[Any]) -> ColumnElement[Any]:
