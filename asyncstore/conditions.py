@@ -57,7 +57,7 @@ def compare(backend: Backend, column: ColumnElement[Any], comparator: str, value
     if op is None:
         raise InvalidParameter(f"comparator {comparator} is not supported here")
     if isinstance(value, str) and comparator in (f.EQ, f.NE):
-        return case_sensitive(backend, column, lambda c: op(c, value), negated=comparator == f.NE)  # type: ignore[no-any-return]
+        return case_sensitive(backend, column, lambda c: op(c, value), negated=comparator == f.NE)
     return op(column, value)  # type: ignore[no-any-return]
 
 
