@@ -15,7 +15,7 @@ from sqlalchemy import Computed, Index, MetaData, String, inspect, insert, selec
 from sqlalchemy.engine import Connection
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from asyncstore import InvalidParameter, migrate, schema
+from asyncstore import AsyncStore, InvalidParameter, migrate, schema
 from asyncstore.config import StoreConfig
 from asyncstore.engines import create_engine
 from tests.schema_snapshots import UPDATE_COMMAND, dump, snapshot_path
@@ -272,3 +272,62 @@ async def test_schema_snapshot_matches_committed_file(backend: str, engine: Asyn
             f"the migrated {backend} schema differs from {path}:\n{diff}\n"
             f"If the change is intended, regenerate the snapshots with: {UPDATE_COMMAND}"
         )
+
+
+async def test_0003_moves_the_trace_name_session_tokens_and_cost_into_columns_and_back(
+    engine: AsyncEngine, db_uri: str
+) -> None:
+    """Promise: as MLflow's own migration does, upgrading to 0003 moves the tag
+    mlflow.traceName and the metadata mlflow.trace.session / tokenUsage / cost out of
+    their rows into trace_info's columns (a count that is not a number is dropped); the
+    store reads them back as the same tag and metadata; a downgrade puts rows back."""
+    await migrate.upgrade(engine, "0002_job_queue")
+    tid, other = "tr-" + "d" * 32, "tr-" + "e" * 32
+    async with engine.begin() as conn:
+        await conn.execute(insert(schema.experiments).values(experiment_id=1, name="e"))
+        await conn.execute(
+            insert(schema.trace_info),
+            [{"request_id": t, "experiment_id": 1, "timestamp_ms": 1, "status": "OK"} for t in (tid, other)],
+        )
+        await conn.execute(insert(schema.trace_tags), [
+            {"request_id": tid, "key": "mlflow.traceName", "value": "chat"},
+            {"request_id": tid, "key": "keep", "value": "me"},
+        ])
+        await conn.execute(insert(schema.trace_request_metadata), [
+            {"request_id": tid, "key": "mlflow.trace.session", "value": "s-1"},
+            {"request_id": tid, "key": "mlflow.trace.tokenUsage",
+             "value": '{"input_tokens": 3, "output_tokens": "x", "total_tokens": 7}'},
+            {"request_id": tid, "key": "mlflow.trace.cost", "value": '{"total_cost": 0.25}'},
+            {"request_id": other, "key": "mlflow.trace.tokenUsage", "value": "not json"},
+        ])
+    await migrate.upgrade(engine)
+    async with engine.connect() as conn:
+        info = schema.trace_info.c
+        columns = (await conn.execute(
+            select(info.trace_name, info.session_id, info.input_tokens, info.output_tokens, info.total_tokens,
+                   info.total_cost).where(info.request_id == tid)
+        )).one()
+        assert tuple(columns) == ("chat", "s-1", 3, None, 7, 0.25)
+        left = (await conn.execute(select(schema.trace_tags.c.key))).scalars().all()
+        assert left == ["keep"]
+        assert (await conn.execute(select(schema.trace_request_metadata.c.key))).scalars().all() == []
+    async with AsyncStore.open(db_uri) as store:
+        read = await store.traces.get_info(tid)
+    assert read.tags == {"mlflow.traceName": "chat", "keep": "me"}
+    assert read.metadata == {
+        "mlflow.trace.session": "s-1",
+        "mlflow.trace.tokenUsage": '{"input_tokens": 3, "total_tokens": 7}',
+        "mlflow.trace.cost": '{"total_cost": 0.25}',
+    }
+    await migrate.downgrade(engine, "0002_job_queue")
+    async with engine.connect() as conn:
+        tags = dict((await conn.execute(select(schema.trace_tags.c.key, schema.trace_tags.c.value))).all())
+        meta = dict((await conn.execute(
+            select(schema.trace_request_metadata.c.key, schema.trace_request_metadata.c.value)
+        )).all())
+    assert tags == {"mlflow.traceName": "chat", "keep": "me"}
+    assert meta == {
+        "mlflow.trace.session": "s-1",
+        "mlflow.trace.tokenUsage": '{"input_tokens": 3, "total_tokens": 7}',
+        "mlflow.trace.cost": '{"total_cost": 0.25}',
+    }

@@ -242,3 +242,63 @@ async def test_a_row_that_cannot_be_decoded_is_an_internal_error_naming_it(store
         for read in (store.spans.get_spans(trace_id), store.traces.get(trace_id), store.spans.search_spans(exp)):
             with pytest.raises(InternalError, match=f"spans row .*{trace_id}.*{span.span_id}"):
                 await read
+
+
+_ANALYTICS_TAGS = {"mlflow.traceName": "chat turn", "team": "a"}
+_ANALYTICS_METADATA = {
+    "mlflow.trace.session": "session-7",
+    "mlflow.trace.tokenUsage": '{"input_tokens": 12, "output_tokens": 30, "total_tokens": 42}',
+    "mlflow.trace.cost": '{"input_cost": 0.001, "total_cost": 0.004}',
+    "note": "kept as a row",
+}
+
+
+def test_trace_name_session_tokens_and_cost_both_ways(backend: str, mlflow_uri: str) -> None:  # noqa: F811
+    """Promise: the trace name, session, token usage and cost MLflow's start_trace
+    stored (in trace_info's columns) read back through asyncstore as MLflow's
+    get_trace_info reads them, and the other way round; each store's search on the
+    name and session finds the other's trace."""
+    from mlflow.entities import TraceInfo as MlflowTraceInfo
+    from mlflow.entities import TraceLocation, TraceState
+
+    by_mlflow, by_asyncstore = new_trace_id(), new_trace_id()
+
+    async def write(exp: str) -> None:
+        async with AsyncStore.open(mlflow_uri) as store:
+            await store.traces.start(exp, trace_id=by_asyncstore, timestamp_ms=T0 // MS, state="OK",
+                                     tags=_ANALYTICS_TAGS, metadata=_ANALYTICS_METADATA)
+
+    ml = _mlflow_store(mlflow_uri, backend)
+    try:
+        exp = ml.create_experiment("analytics")
+        ml.start_trace(MlflowTraceInfo(
+            trace_id=by_mlflow, trace_location=TraceLocation.from_experiment_id(exp), request_time=T0 // MS + 1,
+            state=TraceState.OK, tags=dict(_ANALYTICS_TAGS), trace_metadata=dict(_ANALYTICS_METADATA),
+        ))
+        asyncio.run(write(exp))
+        mlflow_reads = {tid: ml.get_trace_info(tid) for tid in (by_mlflow, by_asyncstore)}
+        mlflow_finds = [
+            [t.trace_id for t in ml.search_traces([exp], filter_string=f)[0]]
+            for f in ("tags.`mlflow.traceName` = 'chat turn'", "metadata.`mlflow.trace.session` = 'session-7'")
+        ]
+    finally:
+        ml.engine.dispose()
+
+    async def read() -> tuple[dict[str, Any], list[list[str]]]:
+        async with AsyncStore.open(mlflow_uri) as store:
+            infos = {tid: await store.traces.get_info(tid) for tid in (by_mlflow, by_asyncstore)}
+            found = [
+                [t.trace_id for t in (await store.traces.search([exp], f)).items]
+                for f in ("tags.`mlflow.traceName` = 'chat turn'", "metadata.`mlflow.trace.session` = 'session-7'")
+            ]
+            return infos, found
+
+    ours, our_finds = asyncio.run(read())
+    for tid in (by_mlflow, by_asyncstore):
+        assert ours[tid].tags == mlflow_reads[tid].tags, tid
+        assert ours[tid].metadata == mlflow_reads[tid].trace_metadata, tid
+        assert {k: ours[tid].metadata[k] for k in _ANALYTICS_METADATA} == _ANALYTICS_METADATA, tid
+        assert ours[tid].tags["mlflow.traceName"] == "chat turn"
+    both = sorted([by_mlflow, by_asyncstore])
+    assert [sorted(ids) for ids in mlflow_finds] == [both, both]
+    assert [sorted(ids) for ids in our_finds] == [both, both]

@@ -4,7 +4,8 @@ The parser is :mod:`asyncstore.filters` with :data:`TRACE_GRAMMAR`: trace attrib
 (``timestamp_ms``, ``execution_time_ms``, ``state``/``status``,
 ``client_request_id``, ``trace_id``), ``tags.<key>``, ``metadata.<key>`` and
 ``span.name`` / ``span.type`` / ``span.status`` (a trace matches when one of its
-spans does). Paging is a keyset on (order key, request_id): stable under concurrent
+spans does). The trace name, session, token usage and cost are compared in their
+``trace_info`` columns (:mod:`asyncstore.tracing.analytics`). Paging is a keyset on (order key, request_id): stable under concurrent
 inserts, unlike OFFSET.
 """
 
@@ -24,6 +25,7 @@ from asyncstore.errors import InvalidParameter
 from asyncstore.paging import decode_token, encode_token, fingerprint
 from asyncstore.rules import experiment_id_of
 from asyncstore.schema import spans, trace_info, trace_request_metadata, trace_tags
+from asyncstore.tracing import analytics
 from asyncstore.uow import UnitOfWork
 
 MAX_RESULTS = 1000
@@ -73,6 +75,11 @@ def clause_sql(backend: Backend, clause: f.Clause) -> ColumnElement[bool]:
     if clause.entity == "attribute":
         return clause_comparison(backend, _ATTRIBUTE_COLUMNS[clause.key], clause)
     if clause.entity in ("tag", "metadata"):
+        column = analytics.search_column(clause.entity, clause.key)
+        if column is not None:
+            return clause_comparison(backend, column, clause)
+        if analytics.is_json_key(clause.entity, clause.key):
+            return analytics.json_condition(clause)
         table = trace_tags if clause.entity == "tag" else trace_request_metadata
         return exists().where(
             table.c.request_id == trace_info.c.request_id,

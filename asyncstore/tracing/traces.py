@@ -30,7 +30,7 @@ from asyncstore.schema import (
     trace_request_metadata,
     trace_tags,
 )
-from asyncstore.tracing import keys
+from asyncstore.tracing import analytics, keys
 from asyncstore.tracing import links
 from asyncstore.tracing.delete import delete_traces
 from asyncstore.tracing.rows import check_trace_id
@@ -90,8 +90,8 @@ def _info_from_row(row: Any, tags: dict[str, str], metadata: dict[str, str], met
         client_request_id=row.client_request_id,
         request_preview=row.request_preview,
         response_preview=row.response_preview,
-        tags=tags,
-        metadata=metadata,
+        tags=analytics.read_tags(row, tags),
+        metadata=analytics.read_metadata(row, metadata),
         metrics=metrics,
     )
 
@@ -190,7 +190,9 @@ class TraceRepository:
             not isinstance(client_request_id, str) or len(client_request_id) > CLIENT_REQUEST_ID_MAX
         ):
             raise InvalidParameter(f"client_request_id must be a string of at most {CLIENT_REQUEST_ID_MAX} characters")
-        tag_map, meta_map = _pairs(tags, "tag"), _pairs(metadata, "metadata")
+        tag_map, tag_columns = analytics.tag_columns(_pairs(tags, "tag"))
+        meta_map, meta_columns = analytics.metadata_columns(_pairs(metadata, "metadata"))
+        values.update({name: None for name in analytics.COLUMNS} | tag_columns | meta_columns)
         backend = self._backend
 
         async def work(conn: AsyncConnection) -> TraceInfo:
@@ -297,16 +299,18 @@ class TraceRepository:
         return await self._uow.run(work, write=False)
 
     async def set_tag(self, trace_id: str, key: str, value: str) -> None:
-        """Set (or overwrite) one tag; values up to 8000 characters.
+        """Set (or overwrite) one tag; values up to 8000 characters (``mlflow.traceName``:
+        4096, kept in ``trace_info.trace_name``: see :mod:`asyncstore.tracing.analytics`).
 
         Raises:
             NotFound: no such trace; InvalidParameter: a bad key or value.
         """
-        await self._set_pairs(trace_tags, trace_id, _pairs({key: value}, "tag"))
+        await self.set_tags(trace_id, {key: value})
 
     async def set_tags(self, trace_id: str, tags: Mapping[str, str]) -> None:
-        """Set several tags in one statement."""
-        await self._set_pairs(trace_tags, trace_id, _pairs(tags, "tag"))
+        """Set several tags in one transaction."""
+        rows, columns = analytics.tag_columns(_pairs(tags, "tag"))
+        await self._set_pairs(trace_tags, trace_id, rows, columns)
 
     async def delete_tag(self, trace_id: str, key: str) -> None:
         """Delete one tag.
@@ -317,17 +321,32 @@ class TraceRepository:
         check_trace_id(trace_id)
 
         async def work(conn: AsyncConnection) -> None:
-            result = await conn.execute(
-                delete(trace_tags).where(trace_tags.c.request_id == trace_id, trace_tags.c.key == key)
-            )
+            if key == analytics.TRACE_NAME:
+                result = await conn.execute(
+                    update(trace_info)
+                    .where(trace_info.c.request_id == trace_id, trace_info.c.trace_name.isnot(None))
+                    .values(trace_name=None)
+                )
+            else:
+                result = await conn.execute(
+                    delete(trace_tags).where(trace_tags.c.request_id == trace_id, trace_tags.c.key == key)
+                )
             if result.rowcount == 0:
                 raise NotFound(f"trace {trace_id} has no tag {key!r} (or the trace does not exist)")
 
         await self._uow.run(work)
 
     async def set_metadata(self, trace_id: str, metadata: Mapping[str, str]) -> None:
-        """Set (merge) request metadata entries; values up to 8000 characters."""
-        await self._set_pairs(trace_request_metadata, trace_id, _pairs(metadata, "metadata"))
+        """Set (merge) request metadata entries; values up to 8000 characters. The
+        session, token usage and cost are kept in ``trace_info`` columns, as MLflow keeps
+        them (:mod:`asyncstore.tracing.analytics`): a token usage or cost replaces the
+        counts or costs it names.
+
+        Raises:
+            NotFound: no such trace; InvalidParameter: a bad key or value.
+        """
+        rows, columns = analytics.metadata_columns(_pairs(metadata, "metadata"))
+        await self._set_pairs(trace_request_metadata, trace_id, rows, columns)
 
     async def set_metrics(self, trace_id: str, metrics: Mapping[str, float]) -> None:
         """Upsert numeric metrics of a trace (read back in ``TraceInfo.metrics``).
@@ -348,17 +367,28 @@ class TraceRepository:
             rows.append({"request_id": trace_id, "key": key, "value": number})
         await self._write_children(trace_metrics, trace_id, rows)
 
-    async def _set_pairs(self, table: Any, trace_id: str, pairs: dict[str, str]) -> None:
+    async def _set_pairs(
+        self, table: Any, trace_id: str, pairs: dict[str, str], columns: dict[str, Any] | None = None
+    ) -> None:
         check_trace_id(trace_id)
-        await self._write_children(table, trace_id, [{"request_id": trace_id, "key": k, "value": v} for k, v in pairs.items()])
+        rows = [{"request_id": trace_id, "key": k, "value": v} for k, v in pairs.items()]
+        await self._write_children(table, trace_id, rows, columns)
 
-    async def _write_children(self, table: Any, trace_id: str, rows: list[dict[str, Any]]) -> None:
+    async def _write_children(
+        self, table: Any, trace_id: str, rows: list[dict[str, Any]], columns: dict[str, Any] | None = None
+    ) -> None:
         backend = self._backend
 
         async def work(conn: AsyncConnection) -> None:
+            if columns:
+                result = await conn.execute(
+                    update(trace_info).where(trace_info.c.request_id == trace_id).values(**columns)
+                )
+                if result.rowcount == 0:
+                    raise NotFound(f"trace {trace_id} does not exist")
             if rows:
                 await conn.execute(upsert(backend, table, ["request_id", "key"], ["value"]), rows)
-            else:
+            elif not columns:
                 found = (await conn.execute(select(trace_info.c.request_id).where(trace_info.c.request_id == trace_id))).first()
                 if found is None:
                     raise NotFound(f"trace {trace_id} does not exist")
@@ -455,6 +485,7 @@ def _merge_fields(new: Any) -> dict[str, Any]:
         "client_request_id": func.coalesce(new.client_request_id, current.client_request_id),
         "request_preview": func.coalesce(new.request_preview, current.request_preview),
         "response_preview": func.coalesce(new.response_preview, current.response_preview),
+        **{name: func.coalesce(new[name], current[name]) for name in analytics.COLUMNS},
     }
 
 

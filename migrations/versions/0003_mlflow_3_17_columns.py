@@ -6,9 +6,12 @@ So that a table copies between an asyncstore database and an MLflow one with pla
 * ``experiments.workspace`` (NOT NULL, default ``'default'``), and names unique per
   workspace instead of overall;
 * ``experiment_tags.value`` becomes ``TEXT``;
-* ``trace_info``: the trace name, session id, token counts and costs that MLflow
-  copies out of the spans, and ``db_payload_generation``; an index on
-  (experiment_id, session_id) as MLflow has;
+* ``trace_info``: the trace name, session id, token counts and costs, and
+  ``db_payload_generation``; an index on (experiment_id, session_id) as MLflow has.
+  As MLflow's revision 75868b020152 does, the tag ``mlflow.traceName`` and the
+  metadata ``mlflow.trace.session``, ``mlflow.trace.tokenUsage`` and
+  ``mlflow.trace.cost`` move from their rows into these columns (and back on
+  downgrade); a count or cost that is not a number is dropped, as MLflow drops it;
 * ``spans``: costs, model name and provider;
 * ``jobs``: ``workspace`` and MLflow's bookkeeping columns (creator, executor backend,
   status message and details, progress, scoped permissions, token hash);
@@ -18,8 +21,8 @@ So that a table copies between an asyncstore database and an MLflow one with pla
 * MLflow's ``entity_associations`` table (links between traces, runs and other
   entities).
 
-Rows written at earlier revisions keep their values; the new columns are NULL (or
-their defaults). The downgrade drops them again (their values are lost).
+Rows written at earlier revisions keep their values; the other new columns are NULL
+(or their defaults). The downgrade drops them again (their values are lost).
 
 Revision ID: 0003_mlflow_3_17_columns
 Revises: 0002_job_queue
@@ -29,6 +32,9 @@ Create Date: 2026-12-05
 from __future__ import annotations
 
 from typing import Any
+
+import json
+import math
 
 import sqlalchemy as sa
 from alembic import op
@@ -75,6 +81,72 @@ _JOBS = (
 )
 
 
+_TEXT_KEYS = (("trace_tags", "mlflow.traceName", "trace_name", 4096), ("trace_request_metadata", "mlflow.trace.session", "session_id", 250))
+_JSON_KEYS = {
+    "mlflow.trace.tokenUsage": (
+        "input_tokens", "output_tokens", "total_tokens", "cache_read_input_tokens", "cache_creation_input_tokens",
+        "cache_creation_input_tokens_above_1hr",
+    ),
+    "mlflow.trace.cost": ("input_cost", "output_cost", "total_cost"),
+}
+_KEYED = {name: sa.table(name, sa.column("request_id"), sa.column("key"), sa.column("value")) for name, *_ in _TEXT_KEYS}
+_INFO = sa.table(
+    "trace_info", sa.column("request_id"), sa.column("trace_name"), sa.column("session_id"),
+    *(sa.column(c) for names in _JSON_KEYS.values() for c in names),
+)
+_METADATA = _KEYED["trace_request_metadata"]
+
+
+def _number(key: str, value: Any) -> int | float | None:
+    """A token count (whole) or a cost (finite) out of MLflow's JSON, else None."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+        return None
+    if key == "mlflow.trace.tokenUsage":
+        return int(value) if value == int(value) and abs(value) < 2**63 else None
+    return float(value)
+
+
+def _rows_to_columns() -> None:
+    bind = op.get_bind()
+    info = _INFO.c
+    for table_name, key, column, limit in _TEXT_KEYS:
+        table = _KEYED[table_name]
+        row = (table.c.request_id == info.request_id) & (table.c.key == key)
+        value = sa.select(sa.func.substr(table.c.value, 1, limit)).where(row).scalar_subquery()
+        bind.execute(_INFO.update().where(sa.exists().where(row)).values({column: value}))
+        bind.execute(table.delete().where(table.c.key == key))
+    m = _METADATA.c
+    found = bind.execute(sa.select(m.request_id, m.key, m.value).where(m.key.in_(list(_JSON_KEYS)))).all()
+    for request_id, key, text in found:
+        try:
+            given = json.loads(text)
+        except (TypeError, ValueError):
+            given = None
+        given = given if isinstance(given, dict) else {}
+        values = {c: n for c in _JSON_KEYS[key] if (n := _number(key, given.get(c))) is not None}
+        if values:
+            bind.execute(_INFO.update().where(info.request_id == request_id).values(values))
+    bind.execute(_METADATA.delete().where(m.key.in_(list(_JSON_KEYS))))
+
+
+def _columns_to_rows() -> None:
+    bind = op.get_bind()
+    info = _INFO.c
+    for table_name, key, column, _ in _TEXT_KEYS:
+        source = sa.select(info.request_id, sa.literal(key), info[column]).where(info[column].isnot(None))
+        bind.execute(_KEYED[table_name].insert().from_select(["request_id", "key", "value"], source))
+    names = [c for columns in _JSON_KEYS.values() for c in columns]
+    rows = []
+    query = sa.select(info.request_id, *(info[c] for c in names)).where(sa.or_(*(info[c].isnot(None) for c in names)))
+    for found in bind.execute(query).mappings():
+        for key, columns in _JSON_KEYS.items():
+            values = {c: found[c] for c in columns if found[c] is not None}
+            if values:
+                rows.append({"request_id": found["request_id"], "key": key, "value": json.dumps(values)})
+    if rows:
+        bind.execute(_METADATA.insert(), rows)
+
+
 def _mysql_table_args() -> dict[str, Any]:
     collate = mysql_collation(op.get_bind().dialect)
     return {"mysql_charset": "utf8mb4", "mysql_collate": collate, "mysql_engine": "InnoDB"}
@@ -112,6 +184,7 @@ def upgrade() -> None:
     op.create_index(
         "index_trace_info_experiment_id_session_id", "trace_info", ["experiment_id", "session_id"], unique=False
     )
+    _rows_to_columns()
     with op.batch_alter_table("spans") as batch:
         for name, type_ in _SPANS:
             batch.add_column(sa.Column(name, type_, nullable=True))
@@ -151,6 +224,7 @@ def downgrade() -> None:
         for name, _ in reversed(_SPANS):
             batch.drop_column(name)
     op.drop_index("index_trace_info_experiment_id_session_id", table_name="trace_info")
+    _columns_to_rows()
     with op.batch_alter_table("trace_info") as batch:
         for name, *_ in reversed(_TRACE_INFO):
             batch.drop_column(name)
