@@ -116,6 +116,15 @@ def redact(uri: str | URL) -> str:
     return url.render_as_string(hide_password=True)
 
 
+_SYNC_DRIVERS = {Backend.SQLITE: "sqlite", Backend.POSTGRESQL: "postgresql+psycopg2", Backend.MYSQL: "mysql+pymysql"}
+
+
+def sync_url(url: URL) -> URL:
+    """``url`` with the synchronous driver of its backend (sqlite3, psycopg2, PyMySQL):
+    the form MLflow's own store and ``mlflow`` commands take."""
+    return url.set(drivername=_SYNC_DRIVERS[backend_of(url)])
+
+
 def is_sqlite_memory(url: URL) -> bool:
     """Whether a SQLite URL names an in-memory database."""
     return url.get_backend_name() == "sqlite" and url.database in (None, "", ":memory:")

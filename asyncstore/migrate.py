@@ -24,11 +24,11 @@ from alembic.script import ScriptDirectory
 from alembic.util import CommandError
 from sqlalchemy import inspect as reflect
 from sqlalchemy import text
-from sqlalchemy.engine import URL, Connection
+from sqlalchemy.engine import URL, Connection, make_url
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from asyncstore import mlflow_schema
-from asyncstore.config import Backend, StoreConfig
+from asyncstore.config import Backend, StoreConfig, redact, sync_url
 from asyncstore.driver import Driver
 from asyncstore.engines import create_engine, create_readonly_engine, engine_state, sqlite_file
 from asyncstore.schema import metadata
@@ -216,7 +216,8 @@ def _mlflow_out_of_date(found: Found, safe_uri: str) -> str:
     shown = ", ".join(found.missing[:5]) + (f" and {len(found.missing) - 5} more" if len(found.missing) > 5 else "")
     return (
         f"it lacks {shown}, which asyncstore uses; asyncstore serves the databases of "
-        f"MLflow {mlflow_schema.SUPPORTED}: run `mlflow db upgrade {safe_uri}` with such an MLflow"
+        f"MLflow {mlflow_schema.SUPPORTED}: run `mlflow db upgrade {redact(sync_url(make_url(safe_uri)))}` "
+        "with such an MLflow"
     )
 
 

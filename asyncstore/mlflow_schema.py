@@ -17,13 +17,32 @@ from asyncstore.schema import metadata
 MARKER_TABLES = frozenset({"registered_models", "model_versions"})
 """Tables every MLflow database has had since MLflow 1.x, and asyncstore never has."""
 
-SUPPORTED = "3.17"
-"""The MLflow releases whose databases asyncstore serves, for messages and the README."""
+SUPPORTED = "3.17 and later 3.x releases (tested: 3.17.0, 3.17.2)"
+"""The MLflow releases whose databases asyncstore serves, for messages and the README:
+from the first whose schema has every column asyncstore uses (3.17.0, whose head added
+the jobs' leases and attempts) on."""
 
 RELEASES: Mapping[str, str] = {
+    "6953534de441": "MLflow 3.0.0, 3.1.0",
+    "bda7b8c39065": "MLflow 3.0.1, 3.1.x",
+    "770bee3ae1dd": "MLflow 3.2",
+    "1a0cddfcaa16": "MLflow 3.3",
+    "71994744cf8e": "MLflow 3.4",
+    "bf29a5ff90ea": "MLflow 3.5 to 3.7",
+    "1bd49d398cd23": "MLflow 3.8",
+    "d3e4f5a6b7c8": "MLflow 3.9",
+    "1b5f0d9ad7c1": "MLflow 3.10",
+    "c3d6457b6d8a": "MLflow 3.11",
+    "7d34483879f0": "MLflow 3.12",
+    "da6fb0208061": "MLflow 3.13",
+    "b7e4c1a90f23": "MLflow 3.14",
+    "6f8d9c3b2a1e": "MLflow 3.15",
+    "b7e2c1a4d9f3": "MLflow 3.16",
     "dc11669786a5": "MLflow 3.17",
+    "f4a9b2c7d1e6": "MLflow 3.18",
 }
-"""Alembic heads of MLflow releases -> the releases whose head they are."""
+"""Alembic heads of MLflow 3.x releases -> the releases whose head they are (names
+only: whether a database is served is decided by its columns, never by this table)."""
 
 
 def is_mlflow(tables: Collection[str]) -> bool:

@@ -23,16 +23,13 @@ import asyncpg
 from sqlalchemy.engine import URL, make_url
 from typing_extensions import assert_never
 
-from asyncstore.config import Backend, backend_of, is_sqlite_memory, redact
+from asyncstore.config import Backend, backend_of, is_sqlite_memory, redact, sync_url
 from asyncstore.errors import ConfigurationError
 
 NAME_PREFIX = "asyncstore_bench_"
 """Every scratch database's name starts with this, followed by random hex."""
 
 _CONNECT_TIMEOUT = 10  # seconds: an unreachable server should fail fast, not hang the CLI
-_SYNC_DRIVERS = {Backend.SQLITE: "sqlite", Backend.POSTGRESQL: "postgresql+psycopg2", Backend.MYSQL: "mysql+pymysql"}
-
-
 @dataclasses.dataclass
 class ScratchDatabase:
     """One fresh database and how to reach it.
@@ -67,8 +64,7 @@ class ScratchDatabase:
 
     def sync_uri(self) -> str:
         """The URI for a synchronous SQLAlchemy engine (psycopg2 / PyMySQL / sqlite3)."""
-        url = self.url.set(drivername=_SYNC_DRIVERS[self.backend])
-        return url.render_as_string(hide_password=False)
+        return sync_url(self.url).render_as_string(hide_password=False)
 
     async def drop(self) -> None:
         """Remove the database (idempotent)."""
