@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import json
 import math
+import time
 import uuid
 from collections.abc import Iterable, Iterator
 from pathlib import Path
@@ -304,5 +305,96 @@ def test_trace_links_both_ways(backend: str, mlflow_uri: str) -> None:
         async with AsyncStore.open(mlflow_uri) as store:
             assert sorted(await store.traces.linked_trace_ids(run_id)) == sorted([a, b])
             assert await store.traces.linked_run_ids(b) == [run_id]
+
+    asyncio.run(read())
+
+
+def test_both_stores_write_the_same_run_and_trace_at_once(backend: str, mlflow_uri: str) -> None:
+    """Promise: MLflow's store (in a thread, as a tracking server's handlers run) and
+    asyncstore write to the same run and the same trace at the same time: metrics of one
+    key at interleaved steps, params and tags of their own, spans of the same trace and
+    tags on it. Afterwards each store reads the union, and the latest metric is the one
+    at the highest step, whoever wrote it."""
+    import threading
+
+    from mlflow.entities import Metric as MMetric
+    from mlflow.entities import Param as MParam
+    from mlflow.entities import RunTag as MRunTag
+
+    from tests.helpers import make_span, new_trace_id
+    from tests.test_mlflow_traces import _mlflow_spans
+
+    rounds = 20
+    ml = _mlflow_store(mlflow_uri, backend)
+    exp_id = ml.create_experiment("shared")
+    run_id = ml.create_run(exp_id, user_id="ann", start_time=1000, tags=[], run_name="shared").info.run_id
+    trace_id = new_trace_id()
+    mlflow_spans = _mlflow_spans(trace_id)
+    failures: list[BaseException] = []
+    spans_of: dict[str, tuple[float, float]] = {}  # who -> (first write began, last write ended)
+
+    def mlflow_writes() -> None:
+        began = time.monotonic()
+        try:
+            for i in range(rounds):
+                ml.log_batch(
+                    run_id, metrics=[MMetric("loss", float(i), 5000 + i, 2 * i)],
+                    params=[MParam(f"ml_p{i}", str(i))], tags=[MRunTag(f"ml_t{i}", "x")],
+                )
+                if i == 0:
+                    ml.log_spans(exp_id, mlflow_spans)
+                else:
+                    ml.set_trace_tag(trace_id, f"ml_tag{i}", "y")
+        except BaseException as exc:  # reported by the test thread below
+            failures.append(exc)
+        spans_of["mlflow"] = (began, time.monotonic())
+
+    async def asyncstore_writes() -> None:
+        async with AsyncStore.open(mlflow_uri) as store:
+            began = time.monotonic()
+            for i in range(rounds):
+                await store.runs.log_batch(
+                    run_id, metrics=[Metric("loss", float(100 + i), 6000 + i, 2 * i + 1)],
+                    params=[Param(f"as_p{i}", str(i))], tags=[RunTag(f"as_t{i}", "z")],
+                )
+                await store.spans.log_spans(exp_id, [make_span(trace_id, name=f"as{i}")])
+                await asyncio.sleep(0)
+            spans_of["asyncstore"] = (began, time.monotonic())
+
+    worker = threading.Thread(target=mlflow_writes)
+    worker.start()
+    asyncio.run(asyncstore_writes())
+    worker.join(120)
+    assert not worker.is_alive() and not failures, failures
+    (a0, a1), (b0, b1) = spans_of["mlflow"], spans_of["asyncstore"]
+    assert a0 < b1 and b0 < a1, spans_of  # the two stores' writes did overlap in time
+
+    params = {f"ml_p{i}": str(i) for i in range(rounds)} | {f"as_p{i}": str(i) for i in range(rounds)}
+    tags = {f"ml_t{i}": "x" for i in range(rounds)} | {f"as_t{i}": "z" for i in range(rounds)}
+    trace_tags = {f"ml_tag{i}": "y" for i in range(1, rounds)}
+    span_names = {"agent", "llm"} | {f"as{i}" for i in range(rounds)}
+    last = {"loss": float(100 + rounds - 1)}  # step 2 * rounds - 1, asyncstore's
+    try:
+        run = ml.get_run(run_id)
+        assert run.data.params == params
+        assert {k: v for k, v in run.data.tags.items() if not k.startswith("mlflow.")} == tags
+        assert run.data.metrics == last
+        assert len(ml.get_metric_history(run_id, "loss")) == 2 * rounds
+        trace = ml.get_trace(trace_id)
+        assert {k: trace.info.tags[k] for k in trace_tags} == trace_tags
+        assert {s.name for s in trace.data.spans} == span_names
+    finally:
+        ml.engine.dispose()
+
+    async def read() -> None:
+        async with AsyncStore.open(mlflow_uri) as store:
+            got = await store.runs.get(run_id)
+            assert got.data.params == params
+            assert {k: v for k, v in got.data.tags.items() if not k.startswith("mlflow.")} == tags
+            assert got.data.metrics == last
+            assert len((await store.runs.get_metric_history(run_id, "loss")).items) == 2 * rounds
+            trace = await store.traces.get(trace_id)
+            assert {k: trace.info.tags[k] for k in trace_tags} == trace_tags
+            assert {s.name for s in trace.spans} == span_names
 
     asyncio.run(read())
