@@ -445,18 +445,22 @@ def _result(**workloads: dict[str, Any]) -> dict[str, Any]:
 def test_ratios_table_and_plot_series() -> None:
     result = _result(
         log_spans={"unit": "spans/s", "description": "d1", "asyncstore": {"throughput": 900.0},
-                   "mlflow": {"throughput": 100.0}, "raw": {"throughput": 1000.0}},
+                   "mlflow": {"throughput": 100.0}, "raw": {"throughput": 1000.0},
+                   "asyncstore_on_mlflow_schema": {"throughput": 450.0}},
         get_run={"unit": "calls/s", "description": "d2", "asyncstore": {"throughput": 50.0, "p50_ms": 1.5, "p99_ms": 9.0},
                  "mlflow": {"error": "MlflowException: x"}},
     )
     report.add_ratios(result["workloads"])
     assert result["workloads"]["log_spans"]["ratio_mlflow"] == 9.0
     assert result["workloads"]["log_spans"]["ratio_raw"] == 0.9
+    assert result["workloads"]["log_spans"]["ratio_mlflow_same_tables"] == 4.5
     assert "ratio_mlflow" not in result["workloads"]["get_run"]
     text = report.table(result)
     assert "9.00x" in text and "90%" in text and "p50 1.5 / p99 9.0 ms" in text and "FAILED" in text
+    assert "asyncstore on MLflow's tables" in text and "4.50x" in text
     assert plot.series(result) == {
-        "asyncstore": [900.0, 50.0], "mlflow": [100.0, None], "raw": [1000.0, None]
+        "asyncstore": [900.0, 50.0], "asyncstore_on_mlflow_schema": [450.0, None], "mlflow": [100.0, None],
+        "raw": [1000.0, None],
     }
 
 

@@ -10,9 +10,16 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+from asyncstore.bench.workloads import ON_MLFLOW_SCHEMA
+
 INSTALL_HINT = "pip install 'asyncstore[bench]'  (or: pip install matplotlib)"
-LABELS = {"asyncstore": "asyncstore", "mlflow": "MLflow SqlAlchemyStore (thread pool)", "raw": "raw driver ceiling"}
-COLOURS = {"asyncstore": "#2b6cb0", "mlflow": "#dd6b20", "raw": "#718096"}
+LABELS = {
+    "asyncstore": "asyncstore",
+    ON_MLFLOW_SCHEMA: "asyncstore on MLflow's tables",
+    "mlflow": "MLflow SqlAlchemyStore (thread pool)",
+    "raw": "raw driver ceiling",
+}
+COLOURS = {"asyncstore": "#2b6cb0", ON_MLFLOW_SCHEMA: "#63b3ed", "mlflow": "#dd6b20", "raw": "#718096"}
 
 
 def matplotlib_available() -> bool:

@@ -33,7 +33,7 @@ from asyncstore.bench.measure import Workload, measure_all
 from asyncstore.bench.options import MILLION, SCALE_RUNS, variants
 from asyncstore.bench.progress import Progress
 from asyncstore.bench.scale import SCALES, Scale
-from asyncstore.bench.workloads import SPECS, Spec
+from asyncstore.bench.workloads import ON_MLFLOW_SCHEMA, SPECS, Spec
 from asyncstore.config import redact
 from asyncstore.errors import StoreError
 from asyncstore.store import AsyncStore
@@ -239,15 +239,19 @@ class _Bench:
             scratches.append(scratch)
             self.progress.note(f"asyncstore bench: scale {self.scale.name} on {scratch.safe_uri}")
             peer: MlflowPeer | None = None
+            on_mlflow: AsyncStore | None = None
             if self.compare:
                 peer = await self._open_peer(uri, scratches)
+                on_mlflow = await self._open_on_mlflow_schema(uri, scratches)
             try:
                 async with AsyncStore.open(scratch.uri) as store:
                     for spec in self.specs:
-                        workloads[spec.name] = await self._workload(spec, store, scratch, peer)
+                        workloads[spec.name] = await self._workload(spec, store, scratch, peer, on_mlflow)
             finally:
                 if peer is not None:
                     await peer.close()
+                if on_mlflow is not None:
+                    await on_mlflow.close()
             server = scratch.server_version
             backend = scratch.backend
             database = scratch.safe_uri
@@ -284,8 +288,25 @@ class _Bench:
         await peer.open()
         return peer
 
+    async def _open_on_mlflow_schema(self, uri: str | None, scratches: list[ScratchDatabase]) -> AsyncStore:
+        """asyncstore on a database whose schema MLflow's own migrations made."""
+        from asyncstore.bench.mlflow_peer import MlflowPeer
+
+        made = await create_scratch(uri, "on_mlflow")
+        scratches.append(made)
+        self.progress.note("creating MLflow's schema for asyncstore to run on (not timed)")
+        creator = MlflowPeer(made)
+        await creator.open()
+        await creator.close()
+        return await AsyncStore.open(made.uri)
+
     async def _workload(
-        self, spec: Spec, store: AsyncStore, scratch: ScratchDatabase, peer: MlflowPeer | None
+        self,
+        spec: Spec,
+        store: AsyncStore,
+        scratch: ScratchDatabase,
+        peer: MlflowPeer | None,
+        on_mlflow: AsyncStore | None = None,
     ) -> dict[str, Any]:
         entry: dict[str, Any] = {
             "unit": spec.unit,
@@ -293,7 +314,7 @@ class _Bench:
             "concurrency": spec.concurrency,
             "items_per_repetition": spec.size(self.scale),
         }
-        systems = self._systems(spec, store, scratch, peer)
+        systems = self._systems(spec, store, scratch, peer, on_mlflow)
         warmup, repetitions = self._reps(spec)
         reps = warmup + repetitions
         finished = dict.fromkeys(systems, 0)
@@ -318,7 +339,12 @@ class _Bench:
         return entry
 
     def _systems(
-        self, spec: Spec, store: AsyncStore, scratch: ScratchDatabase, peer: MlflowPeer | None
+        self,
+        spec: Spec,
+        store: AsyncStore,
+        scratch: ScratchDatabase,
+        peer: MlflowPeer | None,
+        on_mlflow: AsyncStore | None = None,
     ) -> dict[str, Workload]:
         """The workload of every system measured for ``spec``, asyncstore first (the others read its setup)."""
         from asyncstore.bench.options import workload_class
@@ -336,6 +362,8 @@ class _Bench:
                 from asyncstore.bench.options import NAIVE_WORKLOADS
 
                 systems[system] = NAIVE_WORKLOADS[spec.kind](store, self.scale, spec)
+            elif system == ON_MLFLOW_SCHEMA and on_mlflow is not None:
+                systems[system] = workload_class(spec.kind)(on_mlflow, self.scale, spec)
             elif system == "mlflow" and peer is not None:
                 from asyncstore.bench.mlflow_peer import MLFLOW_WORKLOADS
 
