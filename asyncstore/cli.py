@@ -32,7 +32,7 @@ from asyncstore import migrate
 from asyncstore.bench.runner import add_bench_command
 from asyncstore.config import StoreConfig
 from asyncstore.engines import create_engine, create_readonly_engine
-from asyncstore.errors import StoreError
+from asyncstore.errors import InvalidParameter, StoreError
 
 if TYPE_CHECKING:
     from sqlalchemy.ext.asyncio import AsyncEngine
@@ -64,6 +64,11 @@ def add_db_command(subparsers: Subparsers) -> None:
     )
     up.add_argument("uri", nargs="?", default=None, metavar="URI", help=_URI_HELP)
     up.add_argument("--revision", default="head", metavar="REV", help="target revision (default: head)")
+    up.add_argument(
+        "--indexes", action="store_true",
+        help="on an MLflow database (whose schema only MLflow migrates): add the indexes of asyncstore's "
+        "schema it lacks, named asyncstore_*, and change nothing else",
+    )
     up.set_defaults(handler=_db_upgrade)
 
     down = actions.add_parser(
@@ -73,7 +78,13 @@ def add_db_command(subparsers: Subparsers) -> None:
         "and its data. The URI is required here, so the default database is never dropped by accident.",
     )
     down.add_argument("uri", metavar="URI", help="database URI")
-    down.add_argument("revision", metavar="REVISION", help="target revision, e.g. 0001_initial or base")
+    down.add_argument(
+        "revision", nargs="?", default=None, metavar="REVISION", help="target revision, e.g. 0001_initial or base"
+    )
+    down.add_argument(
+        "--indexes", action="store_true",
+        help="on an MLflow database: drop the asyncstore_* indexes `db upgrade --indexes` added (no REVISION)",
+    )
     down.set_defaults(handler=_db_downgrade)
 
     current = actions.add_parser(
@@ -118,7 +129,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     Example::
 
         $ asyncstore db upgrade postgresql://postgres@127.0.0.1/test
-        postgresql+asyncpg://postgres@127.0.0.1/test is at revision 0002_job_queue (head)
+        postgresql+asyncpg://postgres@127.0.0.1/test is an asyncstore database at revision 0003_mlflow_3_17_columns (head)
     """
     args = build_parser().parse_args(argv)
     _configure_logging(args.verbose)
@@ -206,11 +217,32 @@ async def _migrate_to(args: argparse.Namespace, step: Callable[[AsyncEngine, str
 
 
 async def _db_upgrade(args: argparse.Namespace) -> int:
+    if args.indexes:
+        if args.revision != "head":
+            raise InvalidParameter("--indexes takes no --revision: it only adds indexes to an MLflow database")
+        return await _indexes(args, migrate.add_indexes, "added")
     return await _migrate_to(args, migrate.upgrade)
 
 
 async def _db_downgrade(args: argparse.Namespace) -> int:
+    if args.indexes:
+        if args.revision is not None:
+            raise InvalidParameter("--indexes takes no REVISION: it only drops asyncstore's indexes from an MLflow database")
+        return await _indexes(args, migrate.drop_indexes, "dropped")
+    if args.revision is None:
+        raise InvalidParameter("db downgrade needs a REVISION (e.g. 0001_initial, or base), or --indexes")
     return await _migrate_to(args, migrate.downgrade)
+
+
+async def _indexes(args: argparse.Namespace, change: Callable[[AsyncEngine], Awaitable[list[str]]], done: str) -> int:
+    """``--indexes``: add or drop asyncstore's indexes on an MLflow database; say which."""
+    opened = _Engine(args.uri)
+    async with opened as engine:
+        names = await change(engine)
+        _, line = await _describe(engine, opened.config)
+    print(f"{done} {len(names)} index(es){': ' + ', '.join(names) if names else ''}")
+    print(line)
+    return EXIT_OK
 
 
 async def _db_current(args: argparse.Namespace) -> int:

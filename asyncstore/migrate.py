@@ -14,7 +14,7 @@ import dataclasses
 import enum
 import importlib.util
 import os
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterable
 from typing import Any, TypeVar
 
 from alembic import command
@@ -22,8 +22,8 @@ from alembic.config import Config
 from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
 from alembic.util import CommandError
+from sqlalchemy import Index, MetaData, Table, text
 from sqlalchemy import inspect as reflect
-from sqlalchemy import text
 from sqlalchemy.engine import URL, Connection, make_url
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
@@ -98,11 +98,15 @@ class Found:
         revision: the Alembic revision the database is at (None when empty).
         missing: for an MLflow database, the ``table.column`` names asyncstore uses
             that it lacks (empty when asyncstore can serve it).
+        absent_indexes: for an MLflow database, the names of asyncstore's indexes it
+            lacks (asyncstore serves it without them, some calls slower:
+            :func:`add_indexes` adds them).
     """
 
     kind: Kind
     revision: str | None
     missing: tuple[str, ...] = ()
+    absent_indexes: tuple[str, ...] = ()
 
     @property
     def served(self) -> bool:
@@ -207,9 +211,16 @@ def describe(found: Found, safe_uri: str) -> str:
         f"{safe_uri} is an MLflow database at revision {found.revision} "
         f"({mlflow_schema.release_of(str(found.revision))})"
     )
-    if not found.missing:
-        return f"{line}: asyncstore serves it as it is, and never migrates it"
-    return f"{line}: {_mlflow_out_of_date(found, safe_uri)}"
+    if found.missing:
+        return f"{line}: {_mlflow_out_of_date(found, safe_uri)}"
+    line = f"{line}: asyncstore serves it as it is, and never migrates it"
+    if found.absent_indexes:
+        line += (
+            f"; it lacks {len(found.absent_indexes)} of asyncstore's indexes "
+            f"({', '.join(found.absent_indexes)}), without which some calls are slower on large tables: "
+            f"`asyncstore db upgrade --indexes {safe_uri}` adds them"
+        )
+    return line
 
 
 def _mlflow_out_of_date(found: Found, safe_uri: str) -> str:
@@ -244,9 +255,109 @@ async def _inspect(engine: AsyncEngine) -> Found:
             for table in metadata.sorted_tables
             if table.name in tables
         }
-        return Found(Kind.MLFLOW, revision, tuple(mlflow_schema.missing_columns(columns)))
+        absent = mlflow_schema.absent_indexes(_index_names(inspector, columns))
+        return Found(
+            Kind.MLFLOW, revision, tuple(mlflow_schema.missing_columns(columns)), tuple(str(ix.name) for ix in absent)
+        )
 
     return await _run_read(engine, read)
+
+
+def _index_names(inspector: Any, tables: Iterable[str]) -> dict[str, set[str]]:
+    return {table: {str(ix["name"]) for ix in inspector.get_indexes(table)} for table in tables}
+
+
+async def add_indexes(engine: AsyncEngine) -> list[str]:
+    """Give an MLflow database the indexes of asyncstore's schema that it lacks, each
+    named ``asyncstore_`` + its name in asyncstore's schema; MLflow's own tables,
+    columns and indexes are left as they are. Under the migration lock; running it
+    again adds nothing.
+
+    Returns:
+        The names of the indexes created.
+
+    Raises:
+        SchemaOutOfDate: the database is not an MLflow database that asyncstore serves
+            (asyncstore's own databases have these indexes from their migrations).
+    """
+    _only_served_mlflow(engine, await inspect_database(engine))
+    created: list[str] = []
+
+    def add(conn: Connection) -> None:
+        inspector = reflect(conn)
+        names = _index_names(inspector, [t.name for t in metadata.sorted_tables])
+        for ix in mlflow_schema.absent_indexes(names):
+            table = ix.table
+            assert table is not None
+            copy = table.to_metadata(MetaData())
+            name = mlflow_schema.INDEX_PREFIX + str(ix.name)
+            Index(name, *(copy.c[c.name] for c in ix.columns)).create(conn)
+            created.append(name)
+
+    await _run_locked(engine, add)
+    return created
+
+
+async def drop_indexes(engine: AsyncEngine) -> list[str]:
+    """Drop the indexes :func:`add_indexes` added to an MLflow database (the
+    ``asyncstore_`` ones), and nothing else. Returns their names.
+
+    MySQL keeps one index per foreign key, and drops the one it made itself when
+    another index starts with the same columns: such an index (named after its
+    first column, as MySQL names it) is put back before the ``asyncstore_`` one
+    that replaced it is dropped, so the database ends as it was.
+
+    Raises:
+        SchemaOutOfDate: the database is not an MLflow database.
+    """
+    found = await inspect_database(engine)
+    if found.kind is not Kind.MLFLOW:
+        _refuse_not_mlflow(engine, found)
+    dropped: list[str] = []
+
+    def drop(conn: Connection) -> None:
+        inspector = reflect(conn)
+        names = _index_names(inspector, inspector.get_table_names())
+        for table, name in mlflow_schema.added_indexes(names):
+            reflected = Table(table, MetaData(), autoload_with=conn)
+            ours = next(ix for ix in reflected.indexes if ix.name == name)
+            if conn.dialect.name in ("mysql", "mariadb"):
+                _keep_foreign_key_indexes(conn, reflected, ours)
+            ours.drop(conn)
+            dropped.append(name)
+
+    await _run_locked(engine, drop)
+    return dropped
+
+
+def _keep_foreign_key_indexes(conn: Connection, table: Table, leaving: Index) -> None:
+    """Before ``leaving`` is dropped on MySQL: create the index a foreign key of
+    ``table`` would be left without (see :func:`drop_indexes`)."""
+    others = [[c.name for c in ix.columns] for ix in table.indexes if ix is not leaving]
+    others.append([c.name for c in table.primary_key.columns])
+    for fk in table.foreign_key_constraints:
+        columns = [c.name for c in fk.columns]
+        if not any(cols[: len(columns)] == columns for cols in others):
+            Index(columns[0], *(table.c[c] for c in columns)).create(conn)
+            others.append(columns)
+
+
+def _only_served_mlflow(engine: AsyncEngine, found: Found) -> None:
+    uri = _config_of(engine).safe_uri
+    if found.kind is not Kind.MLFLOW:
+        _refuse_not_mlflow(engine, found)
+    if found.missing:
+        raise SchemaOutOfDate(
+            f"the database {uri} is an MLflow database at revision {found.revision}: {_mlflow_out_of_date(found, uri)}"
+        )
+
+
+def _refuse_not_mlflow(engine: AsyncEngine, found: Found) -> None:
+    what = describe(found, _config_of(engine).safe_uri)
+    raise SchemaOutOfDate(
+        f"{what}; asyncstore adds or drops its indexes only in an MLflow database "
+        "(its own databases get them from their migrations)"
+    )
 
 
 async def _run_read(engine: AsyncEngine, read: Callable[[Connection], _T]) -> _T:
@@ -322,7 +433,10 @@ def _refuse_foreign(engine: AsyncEngine, found: Found) -> None:
     if found.kind is Kind.FOREIGN:
         raise SchemaOutOfDate(f"the database {uri} is at revision {foreign(found.revision)}")
     if found.kind is Kind.MLFLOW:
-        why = _mlflow_out_of_date(found, uri) if found.missing else "asyncstore serves it as it is"
+        why = (
+            _mlflow_out_of_date(found, uri) if found.missing
+            else "asyncstore serves it as it is (`asyncstore db upgrade --indexes` adds asyncstore's indexes to it)"
+        )
         raise SchemaOutOfDate(
             f"the database {uri} is an MLflow database at revision {found.revision} "
             f"({mlflow_schema.release_of(str(found.revision))}), whose schema only MLflow "

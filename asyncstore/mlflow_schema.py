@@ -12,6 +12,8 @@ from __future__ import annotations
 
 from collections.abc import Collection, Mapping
 
+from sqlalchemy import Index
+
 from asyncstore.schema import metadata
 
 MARKER_TABLES = frozenset({"registered_models", "model_versions"})
@@ -66,3 +68,32 @@ def missing_columns(columns: Mapping[str, Collection[str]]) -> list[str]:
             continue
         missing += [f"{table.name}.{c.name}" for c in table.columns if c.name not in have]
     return missing
+
+
+INDEX_PREFIX = "asyncstore_"
+"""Names of the indexes asyncstore adds to an MLflow database, on request
+(``asyncstore db upgrade --indexes``): ``asyncstore_`` + the name the index has in
+asyncstore's own schema, a name no MLflow index has."""
+
+
+def absent_indexes(indexes: Mapping[str, Collection[str]]) -> list[Index]:
+    """asyncstore's indexes that a database lacks under both its own name and its
+    :data:`INDEX_PREFIX` name (``indexes``: its tables and their index names)."""
+    absent = []
+    for table in metadata.sorted_tables:
+        have = indexes.get(table.name, ())
+        absent += [
+            ix for ix in sorted(table.indexes, key=lambda ix: str(ix.name))
+            if ix.name not in have and INDEX_PREFIX + str(ix.name) not in have
+        ]
+    return absent
+
+
+def added_indexes(indexes: Mapping[str, Collection[str]]) -> list[tuple[str, str]]:
+    """(table, index) of the :data:`INDEX_PREFIX` indexes a database has."""
+    return [
+        (table, name)
+        for table in sorted(indexes)
+        for name in sorted(indexes[table])
+        if name.startswith(INDEX_PREFIX)
+    ]

@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from sqlalchemy import text
+from sqlalchemy import inspect, text
 from sqlalchemy.engine import make_url
 
 from asyncstore import AsyncStore, Metric, Param, RunTag, SchemaOutOfDate, ViewType, migrate
@@ -132,6 +132,78 @@ def test_an_mlflow_database_that_lacks_a_column_names_it_and_mlflow_s_upgrade(
     check = InProcess(capsys)("db", "check", mlflow_uri)
     assert check.returncode == 1 and all(w in check.stdout for w in wanted), check
     assert "asyncstore db upgrade" not in check.stdout
+
+
+def test_asyncstore_s_indexes_are_added_to_an_mlflow_database_only_when_asked(
+    backend: str, mlflow_uri: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Promise: `db check` names the indexes of asyncstore's schema an MLflow database
+    lacks and the command that adds them; `db upgrade --indexes` adds exactly those,
+    named asyncstore_*, and nothing else (MLflow's revision and its own indexes stay,
+    a second run adds none); the store and MLflow's own store still work on it; `db
+    downgrade --indexes` drops them again, and only them."""
+    cmd = InProcess(capsys)
+    check = cmd("db", "check", mlflow_uri)
+    assert check.returncode == 0 and "index_jobs_status_next_attempt_at" in check.stdout, check
+    assert "`asyncstore db upgrade --indexes " in check.stdout
+
+    async def indexes() -> dict[str, set[str]]:
+        engine = create_engine(StoreConfig.load(mlflow_uri))
+        try:
+            async with engine.connect() as conn:
+                return await conn.run_sync(
+                    lambda c: {t: {str(i["name"]) for i in inspect(c).get_indexes(t)} for t in inspect(c).get_table_names()}
+                )
+        finally:
+            await engine.dispose()
+
+    before = asyncio.run(indexes())
+    added = cmd("db", "upgrade", "--indexes", mlflow_uri)
+    assert added.returncode == 0, added
+    after = asyncio.run(indexes())
+    new = {(t, n) for t in after for n in after[t] - before.get(t, set())}
+    assert new and all(n.startswith("asyncstore_") for _, n in new), new
+    assert ("jobs", "asyncstore_index_jobs_status_next_attempt_at") in new
+    # MLflow's own indexes stay; MySQL itself drops the index it made for a foreign key
+    # when another one starts with the same columns.
+    replaced = {"experiment_tags": {"experiment_id"}, "runs": {"experiment_id"}} if backend == "mysql" else {}
+    assert {t: before[t] - after[t] for t in before if before[t] - after[t]} == replaced
+    assert f"added {len(new)} index(es)" in added.stdout and "lacks" not in added.stdout, added
+    assert cmd("db", "upgrade", "--indexes", mlflow_uri).stdout.startswith("added 0 index(es)")
+    assert _revision(mlflow_uri) == MLFLOW_HEAD
+
+    async def use() -> None:
+        async with AsyncStore.open(mlflow_uri) as store:
+            job = await store.jobs.create("j", {})
+            assert [j.job_id for j in await store.jobs.claim(["j"])] == [job.job_id]
+
+    asyncio.run(use())
+    _mlflow_creates(mlflow_uri, backend)  # MLflow's store opens it as it is
+    ml = _mlflow_store(mlflow_uri, backend)
+    try:
+        assert ml.create_experiment("after indexes")
+    finally:
+        ml.engine.dispose()
+
+    dropped = cmd("db", "downgrade", "--indexes", mlflow_uri)
+    assert dropped.returncode == 0 and f"dropped {len(new)} index(es)" in dropped.stdout, dropped
+    assert asyncio.run(indexes()) == before
+    for argv, message in (
+        (("db", "downgrade", mlflow_uri), "needs a REVISION"),
+        (("db", "downgrade", "--indexes", mlflow_uri, "base"), "takes no REVISION"),
+        (("db", "upgrade", "--indexes", "--revision", "0001_initial", mlflow_uri), "takes no --revision"),
+    ):
+        refused = cmd(*argv)
+        assert refused.returncode == 2 and message in refused.stderr, refused
+
+
+def test_indexes_are_refused_on_an_asyncstore_database(db_uri: str, capsys: pytest.CaptureFixture[str]) -> None:
+    """Promise: `db upgrade --indexes` on asyncstore's own database changes nothing and
+    says that its indexes come from its migrations."""
+    cmd = InProcess(capsys)
+    assert cmd("db", "upgrade", db_uri).returncode == 0
+    refused = cmd("db", "upgrade", "--indexes", db_uri)
+    assert refused.returncode == 2 and "only in an MLflow database" in refused.stderr, refused
 
 
 _ODD_VALUES = [1.5, float("nan"), float("inf"), float("-inf"), -0.25]
