@@ -470,3 +470,32 @@ def test_both_stores_write_the_same_run_and_trace_at_once(backend: str, mlflow_u
             assert {s.name for s in trace.spans} == span_names
 
     asyncio.run(read())
+
+
+def test_an_experiment_name_longer_than_mlflow_s_column(backend: str, mlflow_uri: str) -> None:
+    """Promise: in an MLflow database (``experiments.name`` VARCHAR(256)), a 300-character
+    name is INVALID_PARAMETER on PostgreSQL and MySQL, which enforce the size, and
+    nothing is written; SQLite stores it, and MLflow reads it back."""
+    from asyncstore import InvalidParameter
+
+    name = "n" * 300
+
+    async def create() -> str | None:
+        async with AsyncStore.open(mlflow_uri) as store:
+            try:
+                return await store.experiments.create(name)
+            except InvalidParameter as exc:
+                assert "rejected a value" in str(exc), exc
+                page = await store.experiments.search(ViewType.ALL, max_results=100)
+                assert [e.name for e in page.items] == ["Default"]
+                return None
+
+    created = asyncio.run(create())
+    if backend == "sqlite":
+        ml = _mlflow_store(mlflow_uri, backend)
+        try:
+            assert ml.get_experiment(str(created)).name == name
+        finally:
+            ml.engine.dispose()
+    else:
+        assert created is None
