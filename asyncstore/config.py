@@ -11,6 +11,7 @@ from __future__ import annotations
 import dataclasses
 import enum
 import os
+import re
 from collections.abc import Callable, Mapping
 from typing import Any, Generic, TypeVar, cast
 
@@ -227,6 +228,7 @@ class StoreConfig:
     mysql_ssl_ca: str | None
     mysql_ssl_cert: str | None
     mysql_ssl_key: str | None
+    workspace: str
 
     def __repr__(self) -> str:
         fields = ", ".join(
@@ -312,6 +314,16 @@ def _int(*, minimum: int) -> Callable[[str, Any], int]:
         return number
 
     return parse
+
+
+_WORKSPACE = re.compile(r"[a-z0-9]([-a-z0-9]*[a-z0-9])?")
+
+
+def _workspace(label: str, value: Any) -> str:
+    """An MLflow workspace name: 2 to 63 lowercase letters, digits and inner hyphens."""
+    if not isinstance(value, str) or not 2 <= len(value) <= 63 or not _WORKSPACE.fullmatch(value):
+        raise _bad(label, value, "expected an MLflow workspace name: 2 to 63 lowercase letters, digits and inner hyphens")
+    return value
 
 
 def _float(*, minimum: float) -> Callable[[str, Any], float]:
@@ -422,9 +434,13 @@ SETTINGS: dict[str, Setting[Any]] = {
         _setting("mysql_ssl_ca", _path, cast("str | None", None), "CA certificate file for TLS to MySQL"),
         _setting("mysql_ssl_cert", _path, cast("str | None", None), "client certificate file for TLS to MySQL"),
         _setting("mysql_ssl_key", _path, cast("str | None", None), "client key file for TLS to MySQL"),
+        _setting(
+            "workspace", _workspace, "default",
+            "MLflow workspace of the experiments (created, found by name, searched) and jobs created",
+        ),
     )
 }
-"""The pool and retry settings of :class:`StoreConfig`, by keyword, in the README's order."""
+"""The settings of :class:`StoreConfig` (pool, retries, TLS, workspace), by keyword, in the README's order."""
 
 
 def _job_setting(keyword: str, parse: Callable[[str, Any], T], default: T, meaning: str) -> Setting[T]:

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import pytest
+from sqlalchemy import select
 
 from asyncstore import AlreadyExists, AsyncStore, InvalidParameter, InvalidState, NotFound
 from asyncstore.entities import ExperimentTag, LifecycleStage, RunStatus, ViewType
@@ -173,3 +176,35 @@ async def test_search_errors(store: AsyncStore) -> None:
         await store.experiments.search(max_results=1, order_by=["name"], page_token=token)
     with pytest.raises(InvalidParameter, match="invalid page_token"):
         await store.experiments.search(page_token="!!!")
+
+
+async def test_the_workspace_setting_scopes_creation_lookup_by_name_and_search(db_uri: str) -> None:
+    """Promise: a store opened with workspace="team-a" creates experiments (and jobs)
+    in that MLflow workspace; get_by_name and search see only its experiments, so one
+    name may exist once per workspace; get by id sees every experiment. A bad
+    workspace name is refused, naming what is allowed."""
+    from asyncstore import ConfigurationError, NotFound
+    from asyncstore.schema import experiments, jobs
+
+    async with AsyncStore.open(db_uri) as default, AsyncStore.open(db_uri, workspace="team-a") as team:
+        mine = await team.experiments.create("shared-name")
+        theirs = await default.experiments.create("shared-name")
+        assert mine != theirs
+        assert (await team.experiments.get_by_name("shared-name")).experiment_id == mine
+        assert (await default.experiments.get_by_name("shared-name")).experiment_id == theirs
+        assert [e.experiment_id for e in (await team.experiments.search()).items] == [mine]
+        assert (await default.experiments.get(mine)).name == "shared-name"
+        job = await team.jobs.create("j", {})
+
+        async def workspaces(conn: Any) -> tuple[Any, ...]:
+            exp = (await conn.execute(select(experiments.c.workspace).where(experiments.c.experiment_id == int(mine)))).scalar_one()
+            made = (await conn.execute(select(jobs.c.workspace).where(jobs.c.id == job.job_id))).scalar_one()
+            return exp, made
+
+        assert await team.uow.run(workspaces, write=False) == ("team-a", "team-a")
+        await default.experiments.create("only-default")
+        with pytest.raises(NotFound):
+            await team.experiments.get_by_name("only-default")
+    for bad in ("A", "x", "-a", "a_b", "a" * 64):
+        with pytest.raises(ConfigurationError, match="MLflow workspace name"):
+            AsyncStore.open(db_uri, workspace=bad)

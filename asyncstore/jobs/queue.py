@@ -114,6 +114,7 @@ class JobRepository:
             )
         for row, job_id in zip(rows, _ordered_uuids(len(rows))):
             row["id"] = job_id
+        workspace = self._uow.state.config.workspace
 
         async def fn(conn: AsyncConnection) -> int:
             now = await job_sql.read_now_ms(conn, self._backend)
@@ -124,6 +125,7 @@ class JobRepository:
                     next_attempt_at=now,
                     status=int(JobStatus.PENDING),
                     retry_count=0,
+                    workspace=workspace,
                 )
             for start in range(0, len(rows), _INSERT_BATCH):
                 await conn.execute(insert(jobs), rows[start : start + _INSERT_BATCH])

@@ -23,7 +23,6 @@ from asyncstore.errors import ErrorCode, InvalidState, NotFound
 from asyncstore.paging import Page, decode_offset, encode_token, fingerprint
 from asyncstore.schema import (
     ARTIFACT_LOCATION_MAX,
-    DEFAULT_WORKSPACE,
     EXPERIMENT_NAME_MAX,
     EXPERIMENT_TAG_VALUE_MAX,
     experiment_tags,
@@ -84,6 +83,11 @@ class ExperimentRepository:
     def __init__(self, uow: UnitOfWork) -> None:
         self._uow = uow
 
+    @property
+    def _workspace(self) -> str:
+        """The MLflow workspace of this store's experiments (the ``workspace`` setting)."""
+        return self._uow.state.config.workspace
+
     async def create(
         self, name: str, tags: Mapping[str, str] | Iterable[ExperimentTag] | None = None,
         artifact_location: str | None = None,
@@ -103,13 +107,14 @@ class ExperimentRepository:
         pairs = t.tag_pairs("experiment tag", tags, EXPERIMENT_TAG_VALUE_MAX)
         location = t.check_string("artifact_location", artifact_location, ARTIFACT_LOCATION_MAX)
         backend = self._uow.backend
+        workspace = self._workspace
 
         async def fn(conn: AsyncConnection) -> str:
             now = t.now_ms()
             result = await conn.execute(
                 insert(experiments).values(
                     name=name, artifact_location=location, lifecycle_stage=LifecycleStage.ACTIVE.value,
-                    creation_time=now, last_update_time=now,
+                    creation_time=now, last_update_time=now, workspace=workspace,
                 )
             )
             exp_id = int(result.inserted_primary_key[0])  # type: ignore[index]
@@ -150,7 +155,7 @@ class ExperimentRepository:
         return await self._uow.run(
             lambda conn: self._load(
                 conn,
-                and_(experiments.c.name == name, experiments.c.workspace == DEFAULT_WORKSPACE),
+                and_(experiments.c.name == name, experiments.c.workspace == self._workspace),
                 f"name {name!r}",
             ),
             write=False,
@@ -197,7 +202,7 @@ class ExperimentRepository:
         query_id = fingerprint("experiments", view.value, filter_string or "", list(order_by))
         offset = decode_offset(page_token, query_id)
         backend = self._uow.backend
-        conditions = [experiments.c.workspace == DEFAULT_WORKSPACE]
+        conditions = [experiments.c.workspace == self._workspace]
         conditions += [c for c in (view_condition(view, experiments.c.lifecycle_stage),) if c is not None]
         for clause in clauses:
             conditions.append(self._condition(clause))
