@@ -210,19 +210,24 @@ def member(key: str, value: str) -> str:
 # --- reading --------------------------------------------------------------------------------------
 
 
-def _loads(text: str | bytes) -> Any:
+def loads(text: str | bytes) -> Any:
+    """JSON text decoded (orjson, else the json module: NaN, integers beyond 64 bits).
+
+    Raises:
+        ValueError: not JSON.
+    """
     try:
         return orjson.loads(text)
     except orjson.JSONDecodeError:  # NaN (MLflow's json.dumps writes it), integers beyond 64 bits
         return json.loads(text)
 
 
-def _attribute(value: Any) -> Any:
+def attribute(value: Any) -> Any:
     """A stored attribute value decoded as MLflow's span does: JSON, else the raw value."""
     if type(value) is not str:
         return value
     try:
-        return _loads(value)
+        return loads(value)
     except ValueError:  # a string set on the OTel span directly
         return value
 
@@ -240,7 +245,7 @@ def _hex_span_id(value: str) -> str:
 
 def _from_mlflow(data: Mapping[str, Any], trace_id: str) -> Span:
     raw_attributes = data.get("attributes") or {}
-    span_type = _attribute(raw_attributes.get(SPAN_TYPE_KEY))
+    span_type = attribute(raw_attributes.get(SPAN_TYPE_KEY))
     status = data["status"]
     parent = data.get("parent_span_id")
     end = data.get("end_time_unix_nano")
@@ -256,7 +261,7 @@ def _from_mlflow(data: Mapping[str, Any], trace_id: str) -> Span:
         status=_STATUS_FROM_CODE[status["code"]],
         status_message=status.get("message") or "",
         kind=extra.get("kind", DEFAULT_KIND),
-        attributes={k: _attribute(v) for k, v in raw_attributes.items() if k not in RESERVED_KEYS},
+        attributes={k: attribute(v) for k, v in raw_attributes.items() if k not in RESERVED_KEYS},
         events=tuple(
             SpanEvent(e["name"], int(e["time_unix_nano"]), dict(e.get("attributes") or {}))
             for e in data.get("events") or ()
@@ -292,7 +297,7 @@ def decode(content: str | bytes, trace_id: str, span_id: str) -> Span:
             earlier one; the message names the row.
     """
     try:
-        data = _loads(content)
+        data = loads(content)
         if isinstance(data.get("status"), dict):
             return _from_mlflow(data, trace_id)
         return _from_asyncstore_v1(data)
