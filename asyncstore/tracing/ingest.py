@@ -7,14 +7,34 @@ A batch is written with a bounded number of statements, whatever its size:
    state from the root span while the trace is IN_PROGRESS). The upsert takes the
    trace row locks in sorted order, so concurrent ingesters on PostgreSQL and
    MySQL queue behind each other instead of deadlocking;
-2. one check that no trace of the batch belongs to another experiment
-   (:data:`FOREIGN_TRACE`, per chunk of ``TRACE_CHUNK`` trace ids), which also reads
-   the experiment's artifact location;
-3. one upsert of the tags MLflow's ``log_spans`` writes (:mod:`asyncstore.tracing.keys`):
-   ``mlflow.trace.spansLocation`` = ``TRACKING_STORE`` on every trace of the batch, and
-   ``mlflow.artifactLocation`` on a trace that has none;
+2. one lookup (:data:`LOOKUP`, per chunk of ``TRACE_CHUNK`` trace ids) that checks no
+   trace of the batch belongs to another experiment, reads the experiment's artifact
+   location and, for the traces whose spans carry a token usage or a cost, what MLflow's
+   rules need (below);
+3. one upsert of the trace tags: those MLflow's ``log_spans`` writes
+   (:mod:`asyncstore.tracing.keys`: ``mlflow.trace.spansLocation`` = ``TRACKING_STORE``
+   on every trace of the batch, ``mlflow.artifactLocation`` on a trace that has none)
+   and those it takes from the spans (:mod:`asyncstore.tracing.derive`: the root span's
+   ``mlflow.traceTag.*`` attributes, the span resource), which replace stored values;
 4. one upsert of the span rows (sorted by trace_id, span_id) per chunk of
    ``SPAN_CHUNK`` spans: re-sent spans overwrite the stored row.
+
+The values MLflow derives from spans (:mod:`asyncstore.tracing.derive`) ride in those
+rows: each span row's costs, model and provider; each trace row's name, session,
+previews, token counts and costs. On an existing trace, the upsert follows MLflow 3.17's
+rules: the batch's trace name replaces the stored one; the session and the previews
+only fill an empty column. Token counts and costs are left to step 2, because MLflow
+decides them from the trace as stored before the batch: it keeps them when
+``start_trace`` set them (metadata ``mlflow.trace.infoFinalized`` and one of them set),
+and otherwise sums them over the whole span tree, stored spans included, so that a
+parent totalling children logged by an earlier call is not counted twice
+(:func:`asyncstore.tracing.derive.settled_analytics`). That needs the stored spans,
+read by the lookup after the upsert has locked the trace rows, so a concurrent
+ingester's committed spans are seen. A new trace's row already holds the batch's sums;
+only when the sums differ from what a trace holds (a trace that had spans, or was
+started by ``start_trace`` without them) does one more statement, one bulk UPDATE for
+the batch, write them. Likewise a batch whose spans carry ``user.id`` sends one insert
+of the request metadata ``mlflow.trace.user`` for the traces that have none.
 
 Per backend, the fastest path measured by ``asyncstore bench --workload log_spans``
 (the calls that bypass SQLAlchemy go through :class:`asyncstore.driver.Driver`, so
@@ -25,7 +45,7 @@ SQLAlchemy's statement events and ``echo`` still see them):
   upsert for 1,000-span batches); if a span is already stored, the unique
   violation rolls back to the savepoint and the batch takes the upsert path:
   ``INSERT ... SELECT FROM unnest($arrays) ON CONFLICT DO UPDATE``, one prepared
-  statement with a fixed number (10) of array parameters, so the 32767
+  statement with a fixed number of array parameters (one per column), so the 32767
   bind-parameter limit never applies.
 * SQLite: ``executemany`` of a one-row upsert (sqlite3 loops in C, one call into
   the aiosqlite thread per batch).
@@ -38,6 +58,7 @@ SQLAlchemy's statement events and ``echo`` still see them):
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 from asyncpg.exceptions import UniqueViolationError
@@ -49,36 +70,68 @@ from asyncstore.config import Backend
 from asyncstore.dialect import chunks, upsert
 from asyncstore.driver import Driver
 from asyncstore.errors import InvalidParameter, InvalidState
-from asyncstore.schema import trace_tags
-from asyncstore.tracing import keys
+from asyncstore.schema import trace_request_metadata, trace_tags
+from asyncstore.tracing import derive, keys
 from asyncstore.tracing.rows import PreparedBatch
 
 SPAN_CHUNK = 5000
 """Spans per statement: bounds the size of one message (~5 MB of 1 KB spans)."""
 TRACE_CHUNK = 2000
-"""Trace ids per IN list in the experiment check (2000 binds, far below every limit)."""
+"""Trace ids per IN list in the lookup (at most twice that many binds, far below every limit)."""
 
-_SPAN_COLUMNS = (
-    "trace_id, experiment_id, span_id, parent_span_id, name, type, status, "
-    "start_time_unix_nano, end_time_unix_nano, content"
+# Column, PostgreSQL array type: the span row (rows.SpanRow) with the experiment id second.
+_SPAN_FIELDS = (
+    ("trace_id", "varchar"), ("experiment_id", ""), ("span_id", "varchar"), ("parent_span_id", "varchar"),
+    ("name", "text"), ("type", "varchar"), ("status", "varchar"), ("start_time_unix_nano", "bigint"),
+    ("end_time_unix_nano", "bigint"), ("input_cost", "float8"), ("output_cost", "float8"),
+    ("total_cost", "float8"), ("model_name", "varchar"), ("model_provider", "varchar"), ("content", "text"),
 )
-_SPAN_COLUMN_LIST = tuple(c.strip() for c in _SPAN_COLUMNS.split(","))
+_SPAN_COLUMN_LIST = tuple(c for c, _ in _SPAN_FIELDS)
+_SPAN_COLUMNS = ", ".join(_SPAN_COLUMN_LIST)
 PG_COPY_MIN = 100
 """Below this many spans the single upsert statement is as fast as COPY plus its
 savepoint round trips."""
-_SPAN_OVERWRITE = (
-    "parent_span_id", "name", "type", "status", "start_time_unix_nano", "end_time_unix_nano", "content",
+_SPAN_OVERWRITE = _SPAN_COLUMN_LIST[3:]
+"""Everything but the key and the experiment: a re-sent span replaces the stored row."""
+
+# The trace row (rows.TraceRow), likewise.
+_TRACE_FIELDS = (
+    ("request_id", "varchar"), ("experiment_id", ""), ("timestamp_ms", "bigint"), ("execution_time_ms", "bigint"),
+    ("status", "varchar"), ("trace_name", "varchar"), ("session_id", "varchar"), ("request_preview", "varchar"),
+    ("response_preview", "varchar"),
+    *((c, "bigint") for c in derive.TOKEN_COLUMNS), *((c, "float8") for c in derive.COST_COLUMNS),
 )
-_TRACE_COLUMNS = "request_id, experiment_id, timestamp_ms, execution_time_ms, status"
+_TRACE_COLUMNS = ", ".join(c for c, _ in _TRACE_FIELDS)
+_ANALYTICS_TYPES = tuple(t for c, t in _TRACE_FIELDS if c in derive.ANALYTICS_COLUMNS)
+
+
+def _trace_merge(old: str, new: str) -> str:
+    """MLflow's rules for the derived columns of an existing trace, ``old`` and ``new``
+    formatting a column of the stored row and of the batch's (token counts and costs:
+    see the module docstring)."""
+    return f"""trace_name = COALESCE({new.format("trace_name")}, {old.format("trace_name")}),
+    session_id = COALESCE({old.format("session_id")}, {new.format("session_id")}),
+    request_preview = COALESCE({old.format("request_preview")}, {new.format("request_preview")}),
+    response_preview = COALESCE({old.format("response_preview")}, {new.format("response_preview")})"""
+
+
+def _pg_unnest(fields: Sequence[tuple[str, str]], first: int) -> tuple[str, str, str]:
+    """(the unnest arguments ``$first::type[], ...``, the alias list, the select list ``u.col, ...``)
+    of the array columns among ``fields`` (those with a type)."""
+    arrays = [(c, t) for c, t in fields if t]
+    args = ", ".join(f"${first + i}::{t}[]" for i, (_, t) in enumerate(arrays))
+    aliases = ", ".join(c for c, _ in arrays)
+    select = ", ".join("$1" if not t else f"u.{c}" for c, t in fields)
+    return args, aliases, select
+
 
 # --- PostgreSQL ---------------------------------------------------------------------
 # $1 is the experiment id; the arrays are the columns of the rows, in row order.
+_args, _aliases, _select = _pg_unnest(_SPAN_FIELDS, 2)
 PG_SPANS = f"""
 INSERT INTO spans ({_SPAN_COLUMNS})
-SELECT u.trace_id, $1, u.span_id, u.parent_span_id, u.name, u.type, u.status, u.start_ns, u.end_ns, u.content
-FROM unnest($2::varchar[], $3::varchar[], $4::varchar[], $5::text[], $6::varchar[], $7::varchar[],
-            $8::bigint[], $9::bigint[], $10::text[])
-     WITH ORDINALITY AS u(trace_id, span_id, parent_span_id, name, type, status, start_ns, end_ns, content, n)
+SELECT {_select}
+FROM unnest({_args}) WITH ORDINALITY AS u({_aliases}, n)
 ORDER BY u.n
 ON CONFLICT (trace_id, span_id) DO UPDATE SET
     {", ".join(f"{c} = excluded.{c}" for c in _SPAN_OVERWRITE)}
@@ -86,90 +139,148 @@ ON CONFLICT (trace_id, span_id) DO UPDATE SET
 
 # Widening: the new range is [min(old start, new start), max(old end, new end)];
 # the state follows the root span only while the stored trace is IN_PROGRESS.
+_args, _aliases, _select = _pg_unnest(_TRACE_FIELDS, 2)
 PG_TRACES = f"""
 INSERT INTO trace_info AS t ({_TRACE_COLUMNS})
-SELECT u.request_id, $1, u.timestamp_ms, u.execution_time_ms, u.status
-FROM unnest($2::varchar[], $3::bigint[], $4::bigint[], $5::varchar[])
-     WITH ORDINALITY AS u(request_id, timestamp_ms, execution_time_ms, status, n)
+SELECT {_select}
+FROM unnest({_args}) WITH ORDINALITY AS u({_aliases}, n)
 ORDER BY u.n
 ON CONFLICT (request_id) DO UPDATE SET
     execution_time_ms = GREATEST(t.timestamp_ms + COALESCE(t.execution_time_ms, 0),
                                  excluded.timestamp_ms + excluded.execution_time_ms)
                         - LEAST(t.timestamp_ms, excluded.timestamp_ms),
     timestamp_ms = LEAST(t.timestamp_ms, excluded.timestamp_ms),
-    status = CASE WHEN t.status = 'IN_PROGRESS' THEN excluded.status ELSE t.status END
+    status = CASE WHEN t.status = 'IN_PROGRESS' THEN excluded.status ELSE t.status END,
+    {_trace_merge("t.{}", "excluded.{}")}
 """
+
+# A trace's settled token counts and costs ($1 the trace ids, then one array per column).
+PG_ANALYTICS = f"""
+UPDATE trace_info AS t SET {", ".join(f"{c} = u.{c}" for c in derive.ANALYTICS_COLUMNS)}
+FROM unnest($1::varchar[], {", ".join(f"${i + 2}::{t}[]" for i, t in enumerate(_ANALYTICS_TYPES))})
+     AS u(request_id, {", ".join(derive.ANALYTICS_COLUMNS)})
+WHERE t.request_id = u.request_id
+"""
+del _args, _aliases, _select
 
 # --- SQLite -------------------------------------------------------------------------
 SQLITE_SPANS = f"""
-INSERT INTO spans ({_SPAN_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
+INSERT INTO spans ({_SPAN_COLUMNS}) VALUES ({", ".join("?" * len(_SPAN_FIELDS))})
 ON CONFLICT (trace_id, span_id) DO UPDATE SET
     {", ".join(f"{c} = excluded.{c}" for c in _SPAN_OVERWRITE)}
 """
 
 SQLITE_TRACES = f"""
-INSERT INTO trace_info ({_TRACE_COLUMNS}) VALUES (?, ?, ?, ?, ?)
+INSERT INTO trace_info ({_TRACE_COLUMNS}) VALUES ({", ".join("?" * len(_TRACE_FIELDS))})
 ON CONFLICT (request_id) DO UPDATE SET
     execution_time_ms = MAX(trace_info.timestamp_ms + COALESCE(trace_info.execution_time_ms, 0),
                             excluded.timestamp_ms + excluded.execution_time_ms)
                         - MIN(trace_info.timestamp_ms, excluded.timestamp_ms),
     timestamp_ms = MIN(trace_info.timestamp_ms, excluded.timestamp_ms),
-    status = CASE WHEN trace_info.status = 'IN_PROGRESS' THEN excluded.status ELSE trace_info.status END
+    status = CASE WHEN trace_info.status = 'IN_PROGRESS' THEN excluded.status ELSE trace_info.status END,
+    {_trace_merge("trace_info.{}", "excluded.{}")}
+"""
+
+SQLITE_ANALYTICS = f"""
+UPDATE trace_info SET {", ".join(f"{c} = ?" for c in derive.ANALYTICS_COLUMNS)} WHERE request_id = ?
 """
 
 # --- MySQL / MariaDB ----------------------------------------------------------------
 # The VALUES (...) clause must stay a single row of %s: aiomysql's executemany
 # recognises that shape and sends multi-row statements.
 MYSQL_SPANS = f"""
-INSERT INTO spans ({_SPAN_COLUMNS}) VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s)
+INSERT INTO spans ({_SPAN_COLUMNS}) VALUES ({", ".join(["%s"] * len(_SPAN_FIELDS))})
 ON DUPLICATE KEY UPDATE {", ".join(f"{c} = VALUES({c})" for c in _SPAN_OVERWRITE)}
 """
 
 # MySQL assigns left to right and later assignments see earlier results, so the
-# duration is computed before timestamp_ms changes.
+# duration is computed before timestamp_ms changes (the derived columns' rules read
+# only their own column).
 MYSQL_TRACES = f"""
-INSERT INTO trace_info ({_TRACE_COLUMNS}) VALUES (%s, %s, %s, %s, %s)
+INSERT INTO trace_info ({_TRACE_COLUMNS}) VALUES ({", ".join(["%s"] * len(_TRACE_FIELDS))})
 ON DUPLICATE KEY UPDATE
     execution_time_ms = GREATEST(timestamp_ms + COALESCE(execution_time_ms, 0),
                                  VALUES(timestamp_ms) + VALUES(execution_time_ms))
                         - LEAST(timestamp_ms, VALUES(timestamp_ms)),
     timestamp_ms = LEAST(timestamp_ms, VALUES(timestamp_ms)),
-    status = IF(status = 'IN_PROGRESS', VALUES(status), status)
+    status = IF(status = 'IN_PROGRESS', VALUES(status), status),
+    {_trace_merge("{}", "VALUES({})")}
 """
+
+
+def _mysql_analytics(n: int) -> str:
+    """The settled token counts and costs of ``n`` traces: one UPDATE joined to their rows of
+    ``%s`` (trace id, then the columns)."""
+    row = ", ".join(["%s"] * (1 + len(derive.ANALYTICS_COLUMNS)))
+    first = ", ".join(f"%s AS {c}" for c in ("request_id", *derive.ANALYTICS_COLUMNS))
+    rows = " UNION ALL ".join([f"SELECT {first}", *[f"SELECT {row}"] * (n - 1)])
+    return (
+        f"UPDATE trace_info t JOIN ({rows}) u ON t.request_id = u.request_id "
+        f"SET {', '.join(f't.{c} = u.{c}' for c in derive.ANALYTICS_COLUMNS)}"
+    )
+
 
 # --- every backend ------------------------------------------------------------------
 # The experiment's artifact location, beside the first trace of a chunk of the batch's
 # trace ids that belongs to another experiment (NULLs when none does); {ids} is one
-# placeholder per id, {experiment} and {experiment2} the batch's experiment.
-FOREIGN_TRACE = """
-SELECT e.artifact_location, f.request_id, f.experiment_id
+# placeholder per id, {experiment} and {experiment2} the batch's experiment. When the
+# chunk has traces whose spans carry a token usage or a cost ({derived_ids}), one row per
+# such trace and stored span (NULL span columns when it has none): whether start_trace
+# wrote it, its token counts and costs, and the stored span's parent and content.
+LOOKUP = """
+SELECT e.artifact_location, f.request_id, f.experiment_id{derived_columns}
 FROM experiments e
 LEFT JOIN (
     SELECT request_id, experiment_id FROM trace_info
     WHERE request_id IN ({ids}) AND experiment_id <> {experiment}
     LIMIT 1
-) f ON 1 = 1
+) f ON 1 = 1{derived_joins}
 WHERE e.experiment_id = {experiment2}
 """
+_LOOKUP_DERIVED_COLUMNS = (
+    f", d.request_id, d.finalized, {', '.join(f'd.{c}' for c in derive.ANALYTICS_COLUMNS)}, "
+    "s.span_id, s.parent_span_id, s.content"
+)
+_LOOKUP_DERIVED_JOINS = f"""
+LEFT JOIN (
+    SELECT t.request_id, {", ".join(f"t.{c}" for c in derive.ANALYTICS_COLUMNS)},
+        CASE WHEN EXISTS (
+            SELECT 1 FROM trace_request_metadata m
+            WHERE m.{{key}} = '{keys.INFO_FINALIZED}' AND m.request_id = t.request_id
+        ) THEN 1 ELSE 0 END AS finalized
+    FROM trace_info t
+    WHERE t.request_id IN ({{derived_ids}})
+) d ON 1 = 1
+LEFT JOIN spans s ON s.trace_id = d.request_id AND s.content <> ''"""
 
 
-def _foreign_trace_sql(backend: Backend, n: int) -> str:
-    """:data:`FOREIGN_TRACE` for ``n`` ids, in the placeholders of the backend's driver
-    (the experiment id is passed twice)."""
+def _lookup_sql(backend: Backend, n: int, m: int) -> str:
+    """:data:`LOOKUP` for ``n`` trace ids of which ``m`` carry usage or cost, in the
+    placeholders of the backend's driver (parameters: the ids, the experiment id, the
+    ``m`` ids, the experiment id)."""
     if backend is Backend.POSTGRESQL:
-        marks = [f"${i}" for i in range(1, n + 3)]
+        marks = [f"${i}" for i in range(1, n + m + 3)]
     elif backend is Backend.SQLITE:
-        marks = ["?"] * (n + 2)
+        marks = ["?"] * (n + m + 2)
     elif backend is Backend.MYSQL:
-        marks = ["%s"] * (n + 2)
+        marks = ["%s"] * (n + m + 2)
     else:
         assert_never(backend)
-    return FOREIGN_TRACE.format(ids=", ".join(marks[:n]), experiment=marks[n], experiment2=marks[n + 1])
+    columns = joins = ""
+    if m:
+        columns = _LOOKUP_DERIVED_COLUMNS
+        joins = _LOOKUP_DERIVED_JOINS.format(
+            key="`key`" if backend is Backend.MYSQL else '"key"', derived_ids=", ".join(marks[n + 1:n + m + 1])
+        )
+    return LOOKUP.format(
+        derived_columns=columns, derived_joins=joins, ids=", ".join(marks[:n]), experiment=marks[n],
+        experiment2=marks[n + m + 1],
+    )
 
 
 def _tags_upsert(backend: Backend) -> Any:
-    """Insert the MLflow tags of :func:`_tag_rows`; on a conflict only the spans location
-    is overwritten (an artifact location, once set, stays what it is, as in MLflow)."""
+    """Insert the trace tags of :func:`_tag_rows`; on a conflict the new value replaces the
+    stored one, except for the artifact location, which once set stays what it is (as in MLflow)."""
     return upsert(
         backend,
         trace_tags,
@@ -178,57 +289,86 @@ def _tags_upsert(backend: Backend) -> Any:
         merge=lambda new: {
             # The key as a literal in the SQL: a bound parameter in ON DUPLICATE KEY UPDATE
             # defeats aiomysql's multi-row rewrite of executemany.
-            "value": case((new.key == literal_column(f"'{keys.SPANS_LOCATION}'"), new.value), else_=trace_tags.c.value)
+            "value": case((new.key == literal_column(f"'{keys.ARTIFACT_LOCATION}'"), trace_tags.c.value), else_=new.value)
         },
     )
 
 
-def _tag_rows(trace_ids: list[str], artifact_location: str | None) -> list[dict[str, str]]:
-    """The tags MLflow's ``log_spans`` writes for these traces, in primary-key order
-    (key, request_id), so concurrent ingesters lock them in the same order."""
+def _tag_rows(batch: PreparedBatch, artifact_location: str | None) -> list[dict[str, str]]:
+    """The tags MLflow's ``log_spans`` writes for the batch's traces, in primary-key order
+    (key, request_id), so concurrent ingesters lock them in the same order: its own, then
+    those taken from the spans (which may replace its own, as in MLflow)."""
     rows: list[dict[str, str]] = []
-    if artifact_location is not None:
-        rows.extend(
-            {"key": keys.ARTIFACT_LOCATION, "value": keys.trace_artifact_location(artifact_location, t), "request_id": t}
-            for t in trace_ids
-        )
-    rows.extend({"key": keys.SPANS_LOCATION, "value": keys.TRACKING_STORE, "request_id": t} for t in trace_ids)
+    for trace_id in batch.trace_ids:
+        tags = {keys.SPANS_LOCATION: keys.TRACKING_STORE}
+        if artifact_location is not None:
+            tags[keys.ARTIFACT_LOCATION] = keys.trace_artifact_location(artifact_location, trace_id)
+        tags.update(batch.derived[trace_id].tags)
+        rows.extend({"key": k, "value": v, "request_id": trace_id} for k, v in tags.items())
+    rows.sort(key=lambda r: (r["key"], r["request_id"]))
     return rows
 
 
 async def write_batch(conn: AsyncConnection, backend: Backend, experiment_id: int, batch: PreparedBatch) -> None:
-    """Write a prepared batch in the caller's transaction.
+    """Write a prepared batch in the caller's transaction (the statements of the module docstring).
 
     Raises:
         InvalidParameter: a trace of the batch belongs to another experiment.
     """
+    db = None
+    if backend is Backend.SQLITE:
+        # SQLite: straight to aiosqlite, inside the transaction SQLAlchemy began. Each
+        # aiosqlite call is one trip to its worker thread, as each statement sent through
+        # SQLAlchemy is (asyncstore.sqlite_dbapi); this path also skips SQLAlchemy's
+        # statement execution around the trip.
+        db = await Driver.of(conn)  # aiosqlite, in the BEGIN IMMEDIATE transaction
+        if not db.in_transaction:  # pragma: no cover - guarded by UnitOfWork
+            raise InvalidState("log_spans must run inside a transaction")
+    await _upsert_traces(conn, backend, batch, db)
+    location, stored = await _lookup(conn, backend, experiment_id, batch, db)
+    await _settle_analytics(conn, backend, batch, stored, db)
+    await conn.execute(_tags_upsert(backend), _tag_rows(batch, location))
+    users = [
+        {"key": derive.USER_METADATA, "request_id": tid, "value": user}
+        for tid in batch.trace_ids if (user := batch.derived[tid].user)
+    ]
+    if users:  # as in MLflow, a user already recorded is kept
+        await conn.execute(upsert(backend, trace_request_metadata, ["key", "request_id"], []), users)
+    await _write_spans(conn, backend, experiment_id, batch, db)
+
+
+async def _upsert_traces(conn: AsyncConnection, backend: Backend, batch: PreparedBatch, db: Driver | None) -> None:
+    rows = batch.trace_rows
     if backend is Backend.POSTGRESQL:
-        await _write_pg(conn, experiment_id, batch)
+        columns = list(zip(*rows))
+        await conn.exec_driver_sql(PG_TRACES, (rows[0][1], list(columns[0]), *(list(c) for c in columns[2:])))
     elif backend is Backend.SQLITE:
-        await _write_sqlite(conn, experiment_id, batch)
+        assert db is not None
+        await db.executemany(SQLITE_TRACES, rows)
     elif backend is Backend.MYSQL:
-        await conn.exec_driver_sql(MYSQL_TRACES, batch.trace_rows)
-        location = await _check_experiment(conn, backend, experiment_id, batch.trace_ids)
-        await conn.execute(_tags_upsert(backend), _tag_rows(batch.trace_ids, location))
-        for chunk in chunks(batch.span_rows, SPAN_CHUNK):
-            await conn.exec_driver_sql(MYSQL_SPANS, [(r[0], experiment_id, *r[1:]) for r in chunk])
+        await conn.exec_driver_sql(MYSQL_TRACES, rows)
     else:
         assert_never(backend)
 
 
-async def _write_pg(conn: AsyncConnection, experiment_id: int, batch: PreparedBatch) -> None:
-    rows = batch.trace_rows
-    await conn.exec_driver_sql(
-        PG_TRACES,
-        (experiment_id, [r[0] for r in rows], [r[2] for r in rows], [r[3] for r in rows], [r[4] for r in rows]),
-    )
-    location = await _check_experiment(conn, Backend.POSTGRESQL, experiment_id, batch.trace_ids)
-    await conn.execute(_tags_upsert(Backend.POSTGRESQL), _tag_rows(batch.trace_ids, location))
-    if len(batch.span_rows) >= PG_COPY_MIN and await _copy_new_spans_pg(conn, experiment_id, batch):
-        return
-    for chunk in chunks(batch.span_rows, SPAN_CHUNK):
-        columns = list(zip(*chunk))
-        await conn.exec_driver_sql(PG_SPANS, (experiment_id, *(list(c) for c in columns)))
+async def _write_spans(
+    conn: AsyncConnection, backend: Backend, experiment_id: int, batch: PreparedBatch, db: Driver | None
+) -> None:
+    if backend is Backend.POSTGRESQL:
+        if len(batch.span_rows) >= PG_COPY_MIN and await _copy_new_spans_pg(conn, experiment_id, batch):
+            return
+        for chunk in chunks(batch.span_rows, SPAN_CHUNK):
+            columns = list(zip(*chunk))
+            await conn.exec_driver_sql(PG_SPANS, (experiment_id, *(list(c) for c in columns)))
+    elif backend is Backend.SQLITE:
+        assert db is not None
+        for chunk in chunks(batch.span_rows, SPAN_CHUNK):
+            await db.executemany(SQLITE_SPANS, [(r[0], experiment_id, *r[1:]) for r in chunk])
+    elif backend is Backend.MYSQL:
+        for chunk in chunks(batch.span_rows, SPAN_CHUNK):
+            await conn.exec_driver_sql(MYSQL_SPANS, [(r[0], experiment_id, *r[1:]) for r in chunk])
+    else:
+        assert_never(backend)
 
 
 async def _copy_new_spans_pg(conn: AsyncConnection, experiment_id: int, batch: PreparedBatch) -> bool:
@@ -251,47 +391,80 @@ async def _copy_new_spans_pg(conn: AsyncConnection, experiment_id: int, batch: P
     return True
 
 
-async def _write_sqlite(conn: AsyncConnection, experiment_id: int, batch: PreparedBatch) -> None:
-    """SQLite: straight to aiosqlite, inside the transaction SQLAlchemy began.
+async def _lookup(
+    conn: AsyncConnection, backend: Backend, experiment_id: int, batch: PreparedBatch, db: Driver | None
+) -> tuple[str | None, dict[str, derive.StoredTrace]]:
+    """Refuse the batch if one of its traces belongs to another experiment; read what the
+    rest of the batch needs (:data:`LOOKUP`).
 
-    Each aiosqlite call is one trip to its worker thread, as each statement sent
-    through SQLAlchemy is (:mod:`asyncstore.sqlite_dbapi`); this path also skips
-    SQLAlchemy's statement execution around the trip.
-    """
-    db = await Driver.of(conn)  # aiosqlite, in the BEGIN IMMEDIATE transaction
-    if not db.in_transaction:  # pragma: no cover - guarded by UnitOfWork
-        raise InvalidState("log_spans must run inside a transaction")
-    await db.executemany(SQLITE_TRACES, batch.trace_rows)
-    location = await _check_experiment(conn, Backend.SQLITE, experiment_id, batch.trace_ids, db)
-    await conn.execute(_tags_upsert(Backend.SQLITE), _tag_rows(batch.trace_ids, location))
-    for chunk in chunks(batch.span_rows, SPAN_CHUNK):
-        await db.executemany(SQLITE_SPANS, [(r[0], experiment_id, *r[1:]) for r in chunk])
-
-
-async def _check_experiment(
-    conn: AsyncConnection, backend: Backend, experiment_id: int, trace_ids: list[str], db: Driver | None = None
-) -> str | None:
-    """Refuse the batch if one of its traces belongs to another experiment.
-
-    ``db``: send :data:`FOREIGN_TRACE` straight to the driver (SQLite's fast path)
-    instead of through SQLAlchemy.
+    ``db``: send the lookup straight to the driver (SQLite's fast path) instead of
+    through SQLAlchemy.
 
     Returns:
-        The experiment's artifact location (None if it has none).
+        The experiment's artifact location (None if it has none), and each trace whose
+        spans in the batch carry a token usage or a cost as it is stored, with its stored
+        spans (those the batch sends again left out).
     """
     location = None
-    for chunk in chunks(trace_ids, TRACE_CHUNK):
-        sql, parameters = _foreign_trace_sql(backend, len(chunk)), (*chunk, experiment_id, experiment_id)
+    stored: dict[str, derive.StoredTrace] = {}
+    for chunk in chunks(batch.trace_ids, TRACE_CHUNK):
+        carrying = [t for t in chunk if batch.derived[t].carries]
+        sql = _lookup_sql(backend, len(chunk), len(carrying))
+        parameters = (*chunk, experiment_id, *carrying, experiment_id)
         if db is not None:
-            found = next(iter(await db.fetchall(sql, parameters)), None)
+            rows = await db.fetchall(sql, parameters)
         else:
-            found = (await conn.exec_driver_sql(sql, parameters)).first()
-        if found is None:
+            rows = list((await conn.exec_driver_sql(sql, parameters)).all())
+        if not rows:
             continue
-        location = found[0]
-        if found[1] is not None:
+        location = rows[0][0]
+        if rows[0][1] is not None:
             raise InvalidParameter(
-                f"trace {found[1]} belongs to experiment {found[2]}, not {experiment_id}: "
+                f"trace {rows[0][1]} belongs to experiment {rows[0][2]}, not {experiment_id}: "
                 "log its spans to the experiment it was started in; nothing in the batch was written"
             )
-    return location
+        if carrying:
+            for row in rows:
+                if row[3] is not None:
+                    _take_stored_row(stored, batch, row[3:])
+    return location, stored
+
+
+def _take_stored_row(stored: dict[str, derive.StoredTrace], batch: PreparedBatch, row: Sequence[Any]) -> None:
+    """Add one lookup row (trace id, finalized, the nine columns, span id, parent, content)."""
+    trace_id, finalized, *values = row
+    span_id, parent, text = values[-3:]
+    trace = stored.get(trace_id)
+    if trace is None:
+        trace = stored[trace_id] = derive.StoredTrace(bool(finalized), tuple(values[:-3]))
+    if span_id is None or span_id in batch.derived[trace_id].span_ids:
+        return  # no stored span; or one the batch sends again, which counts as the batch says
+    nodes = derive.stored_nodes(span_id, parent, text)
+    if nodes is not None:
+        trace.usage_nodes.append(nodes[0])
+        trace.cost_nodes.append(nodes[1])
+
+
+async def _settle_analytics(
+    conn: AsyncConnection, backend: Backend, batch: PreparedBatch, stored: dict[str, derive.StoredTrace],
+    db: Driver | None,
+) -> None:
+    """Write the token counts and costs MLflow's rules give the traces of the batch, where
+    they differ from what the trace holds: one statement for the batch, or none."""
+    updates = []
+    for trace_id in sorted(stored):
+        settled = derive.settled_analytics(batch.derived[trace_id], stored[trace_id])
+        if settled != stored[trace_id].current:
+            updates.append((trace_id, *settled))
+    if not updates:
+        return
+    if backend is Backend.POSTGRESQL:
+        await conn.exec_driver_sql(PG_ANALYTICS, tuple(list(c) for c in zip(*updates)))
+    elif backend is Backend.SQLITE:
+        assert db is not None
+        await db.executemany(SQLITE_ANALYTICS, [(*u[1:], u[0]) for u in updates])
+    elif backend is Backend.MYSQL:
+        for chunk in chunks(updates, TRACE_CHUNK):
+            await conn.exec_driver_sql(_mysql_analytics(len(chunk)), tuple(v for u in chunk for v in u))
+    else:
+        assert_never(backend)

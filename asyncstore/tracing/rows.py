@@ -2,8 +2,11 @@
 
 Pure Python, no database: :mod:`asyncstore.tracing.ingest` writes what this
 module prepares, with each span's ``content`` encoded by
-:mod:`asyncstore.tracing.content`. Everything here runs once per span on the ingestion hot path, so
-it avoids per-span allocations beyond the row tuple and the JSON string.
+:mod:`asyncstore.tracing.content` and the values MLflow derives from spans computed by
+:mod:`asyncstore.tracing.derive`. Everything here runs once per span on the ingestion hot
+path, so it avoids per-span allocations beyond the row tuple and the JSON string; only
+the spans with an attribute MLflow derives something from (and root spans) go through
+:class:`~asyncstore.tracing.derive.TraceFacts`.
 """
 
 from __future__ import annotations
@@ -16,7 +19,7 @@ from typing import Any
 from asyncstore.entities import Span, SpanEvent, SpanStatus, TraceState
 from asyncstore.errors import InvalidParameter
 from asyncstore.schema import SPAN_TYPE_MAX
-from asyncstore.tracing import content
+from asyncstore.tracing import content, derive
 
 TRACE_ID_RE = re.compile(r"tr-[0-9a-f]{32}")
 SPAN_ID_RE = re.compile(r"[0-9a-f]{16}")
@@ -27,8 +30,16 @@ _STATUS_STR: dict[str, str] = {s.value: s.value for s in SpanStatus}
 """Status (enum member or its string: equal and same hash) -> plain string."""
 
 
-SpanRow = tuple[str, str, "str | None", str, "str | None", str, int, "int | None", str]
-"""trace_id, span_id, parent_span_id, name, type, status, start ns, end ns, content."""
+SpanRow = tuple[
+    str, str, "str | None", str, "str | None", str, int, "int | None",
+    "float | None", "float | None", "float | None", "str | None", "str | None", str,
+]
+"""trace_id, span_id, parent_span_id, name, type, status, start ns, end ns, input_cost,
+output_cost, total_cost, model_name, model_provider, content."""
+TraceRow = tuple[Any, ...]
+"""request_id, experiment_id, timestamp_ms, execution_time_ms, status, trace_name,
+session_id, request_preview, response_preview, then the six token counts and three costs
+(:data:`asyncstore.tracing.derive.ANALYTICS_COLUMNS`)."""
 
 
 @dataclasses.dataclass
@@ -42,21 +53,28 @@ class TraceAggregate:
     """The trace id as MLflow's span content holds it."""
     request_id_attr: str = ""
     """The trace's encoded ``mlflow.traceRequestId`` attribute, shared by its spans."""
+    facts: derive.TraceFacts = dataclasses.field(default_factory=derive.TraceFacts)
+    """What its spans say that MLflow derives trace values from."""
 
-    def row(self, trace_id: str, experiment_id: int) -> tuple[str, int, int, int, str]:
-        """The trace_info row for this trace: id, experiment, timestamp, duration, state."""
+    def row(self, trace_id: str, experiment_id: int, derived: derive.TraceDerived) -> TraceRow:
+        """The trace_info row for this trace (:data:`TraceRow`)."""
         start_ms = self.start_ns // _NS_PER_MS
         end_ms = self.end_ns // _NS_PER_MS
         state = self.root_state or TraceState.IN_PROGRESS
-        return (trace_id, experiment_id, start_ms, end_ms - start_ms, state.value)
+        return (
+            trace_id, experiment_id, start_ms, end_ms - start_ms, state.value, derived.trace_name,
+            derived.session_id, derived.request_preview, derived.response_preview, *derived.analytics(),
+        )
 
 
 @dataclasses.dataclass
 class PreparedBatch:
-    """A validated batch: span rows sorted by (trace_id, span_id), trace rows by id."""
+    """A validated batch: span rows sorted by (trace_id, span_id), trace rows by id, and
+    what the batch derives for each trace (tags, user, the spans' usage and cost trees)."""
 
     span_rows: list[SpanRow]
-    trace_rows: list[tuple[str, int, int, int, str]]
+    trace_rows: list[TraceRow]
+    derived: dict[str, derive.TraceDerived] = dataclasses.field(default_factory=dict)
 
     @property
     def trace_ids(self) -> list[str]:
@@ -121,12 +139,14 @@ def prepare(spans: Iterable[Span], experiment_id: int) -> PreparedBatch:
     last one, as they would across batches.
 
     Raises:
-        InvalidParameter: a span is malformed; the message names it.
+        InvalidParameter: a span is malformed, or carries a value MLflow refuses (a
+            session id or trace name too long); the message names it.
     """
     by_key: dict[tuple[str, str], SpanRow] = {}
     traces: dict[str, TraceAggregate] = {}
     type_attrs: dict[str, str] = {}  # span type -> its encoded attribute
     trace_match, span_match, statuses = TRACE_ID_RE.fullmatch, SPAN_ID_RE.fullmatch, _STATUS_STR
+    span_keys = derive.SPAN_KEYS
     for index, span in enumerate(spans):
         # The common case in one expression; anything unusual goes through _check,
         # which raises with a precise message (or accepts, e.g. a str subclass).
@@ -164,7 +184,15 @@ def prepare(spans: Iterable[Span], experiment_id: int) -> PreparedBatch:
             text = content.encode(span, status, agg.trace_id_b64, agg.request_id_attr, type_attr)
         except (TypeError, ValueError) as exc:
             raise _bad(index, span, f"content is not JSON-serialisable ({exc})") from exc
-        by_key[(trace_id, span_id)] = (trace_id, span_id, parent, span.name, span_type, status, start, end, text)
+        columns = derive.NO_SPAN_COLUMNS
+        if parent is None or span.resource or not span_keys.isdisjoint(span.attributes):
+            try:
+                columns = agg.facts.add(span_id, parent, span.attributes, span.resource)
+            except derive.Refused as exc:
+                raise _bad(index, span, str(exc)) from exc
+        elif agg.facts.carried:  # the span may be sent again, without what it carried
+            agg.facts.forget(span_id)
+        by_key[(trace_id, span_id)] = (trace_id, span_id, parent, span.name, span_type, status, start, end, *columns, text)
         last = start if end is None else end
         if start < agg.start_ns:
             agg.start_ns = start
@@ -173,8 +201,15 @@ def prepare(spans: Iterable[Span], experiment_id: int) -> PreparedBatch:
         if parent is None:
             agg.root_state = root_state(SpanStatus(status), end)
     span_rows = [by_key[key] for key in sorted(by_key)]
-    trace_rows = [traces[tid].row(tid, experiment_id) for tid in sorted(traces)]
-    return PreparedBatch(span_rows, trace_rows)
+    # The span trees (in batch order) of the traces whose spans carry a token usage or a cost.
+    trees: dict[str, list[tuple[str, str | None]]] = {tid: [] for tid, agg in traces.items() if agg.facts.carried}
+    if trees:
+        for (tid, sid), row in by_key.items():
+            if tid in trees:
+                trees[tid].append((sid, row[2]))
+    derived = {tid: agg.facts.finish(trees.get(tid, ())) for tid, agg in traces.items()}
+    trace_rows = [traces[tid].row(tid, experiment_id, derived[tid]) for tid in sorted(traces)]
+    return PreparedBatch(span_rows, trace_rows, derived)
 
 
 def root_state(status: SpanStatus, end_ns: int | None) -> TraceState:

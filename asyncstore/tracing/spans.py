@@ -51,6 +51,18 @@ class SpanRepository:
         its time range widened and takes its state from the root span only while it is
         IN_PROGRESS. Re-sent spans (same trace_id and span_id) overwrite the stored row.
 
+        What MLflow 3.17's ``log_spans`` derives from spans is derived too, by its rules
+        (:mod:`asyncstore.tracing.derive`, :mod:`asyncstore.tracing.ingest`): each span
+        row's costs, model and provider (attributes ``mlflow.llm.cost``,
+        ``mlflow.llm.model``, ``mlflow.llm.provider``); the trace's name (root attribute
+        ``mlflow.traceTag.mlflow.traceName``), session (``session.id`` or
+        ``gen_ai.conversation.id``), request and response previews (the root's inputs
+        and outputs), token counts and costs summed over its span tree
+        (``mlflow.chat.tokenUsage``, ``mlflow.llm.cost``; kept when ``traces.start`` set
+        them), tags (the root's other ``mlflow.traceTag.*`` attributes, the resource's
+        attributes) and user (metadata ``mlflow.trace.user`` from ``user.id``). A value
+        of the wrong shape derives nothing, as in MLflow.
+
         Args:
             experiment_id: the experiment the traces belong to.
             spans: the spans; any iterable, consumed once.
@@ -59,8 +71,9 @@ class SpanRepository:
             The number of distinct spans written.
 
         Raises:
-            InvalidParameter: a malformed span (named in the message), or a trace that
-                belongs to another experiment; nothing is written.
+            InvalidParameter: a malformed span (named in the message), a value MLflow
+                refuses too (a session id over 250 characters, a trace name over 4096), or a
+                trace that belongs to another experiment; nothing is written.
             NotFound: the experiment does not exist.
         """
         exp = experiment_id_of(experiment_id)
