@@ -28,7 +28,7 @@ from asyncstore.schema import spans as spans_table
 from asyncstore.schema import trace_info, trace_request_metadata, trace_tags
 from asyncstore.tracing.ingest import PG_COPY_MIN
 from asyncstore.tracing.rows import prepare
-from tests.helpers import MS, T0, count_rows, count_statements, make_experiment, new_trace_id
+from tests.helpers import MS, T0, count_rows, count_statements, make_experiment, new_trace_id, transaction_retries
 from tests.test_mlflow_databases import _mlflow_store, mlflow_uri  # noqa: F401  (fixture)
 
 pytest.importorskip("mlflow")
@@ -457,3 +457,35 @@ async def test_derived_values_ride_in_the_same_statements(store: AsyncStore) -> 
     for tid in traces:
         row = await _trace(store, tid)
         assert (row["total_tokens"], row["cache_read_input_tokens"], row["total_cost"]) == (27, 6, 7.0)
+
+
+async def test_concurrent_calls_on_the_same_traces_sum_every_span(migrated_uri: str) -> None:
+    """Promise: 16 tasks logging, all at once, LLM spans with token usage and cost to the
+    same three traces (one of them also their root, totalling what it saw) end with each
+    trace's counts and costs summed over every stored span, as MLflow sums them: the sums
+    over the stored spans are read after the trace row is locked, so no call's spans are
+    missed; and the calls do not deadlock."""
+    tasks, traces = 16, [new_trace_id() for _ in range(3)]
+    async with AsyncStore.open(migrated_uri, pool_size=8, max_overflow=16) as store:
+        exp = await make_experiment(store)
+
+        def batch(task: int) -> list[Span]:
+            out = [
+                _span(tid, f"{task + 1:016x}", ROOT, task, task + 1, attributes={
+                    USAGE: _usage(task + 1, 1), COST: _cost(2.0 ** -task, 1.0),
+                })
+                for tid in traces
+            ]
+            if task == tasks // 2:  # the root arrives in the middle, with a total of its own
+                out.append(_span(traces[0], ROOT, None, 0, 100, attributes={USAGE: _usage(1000, 1000)}))
+            return out
+
+        with transaction_retries() as retried:
+            await asyncio.gather(*(store.spans.log_spans(exp, batch(t)) for t in range(tasks)))
+        assert [r.getMessage() for r in retried] == []  # no deadlock, not even one retried
+        rows = [await _trace(store, tid) for tid in traces]
+    assert (rows[0]["input_tokens"], rows[0]["total_tokens"]) == (1000, 2000)  # the root covers its children
+    for row in rows[1:]:
+        assert (row["input_tokens"], row["output_tokens"]) == (sum(range(1, tasks + 1)), tasks)
+    for row in rows:  # no cost on the root: every child's
+        assert (row["input_cost"], row["output_cost"]) == (sum(2.0 ** -t for t in range(tasks)), float(tasks))
