@@ -5,11 +5,13 @@ The grammar is MLflow's ``search_runs`` grammar: clauses joined by ``AND``, each
 (``metrics.acc``, ``params.\\`model type\\```, ``tags."mlflow.user"``) or a bare key
 of the default entity (``status``). Keywords are case-insensitive; string values are
 quoted with ``'`` or ``"``; numbers are plain literals; ``IN`` / ``NOT IN`` take a
-parenthesised tuple of strings; ``IS NULL`` / ``IS NOT NULL`` take no value.
+parenthesised tuple of strings; ``IS NULL`` / ``IS NOT NULL`` take no value; ``RLIKE``
+takes a regular expression (trace search only).
 
 The parser is generic: the caller passes a :class:`Grammar` saying which entity
 types exist (with their prefixes), which keys each allows, the value type of each
-key and the comparators allowed on it. It returns plain :class:`Clause` /
+key and the comparators allowed on it, and which keys stand for another entity's key
+(MLflow's trace search reads ``name`` as the tag ``mlflow.traceName``). It returns plain :class:`Clause` /
 :class:`OrderBy` objects; the repositories turn them into SQLAlchemy expressions with
 bound parameters, so no input string ever reaches SQL text. Every error is an
 :class:`~asyncstore.errors.InvalidParameter` that names the offending token, its
@@ -28,7 +30,7 @@ import dataclasses
 import enum
 import re
 from collections.abc import Mapping, Sequence
-from typing import Union
+from typing import NamedTuple, Union
 
 from asyncstore.errors import InvalidParameter
 from asyncstore.filter_tokens import Token, TokenKind, syntax_error, tokenize
@@ -49,13 +51,14 @@ class ValueType(str, enum.Enum):
 # Canonical comparator spellings (what Clause.comparator holds).
 EQ, NE, GT, GE, LT, LE = "=", "!=", ">", ">=", "<", "<="
 LIKE, ILIKE, IN, NOT_IN, IS_NULL, IS_NOT_NULL = "LIKE", "ILIKE", "IN", "NOT IN", "IS NULL", "IS NOT NULL"
+RLIKE = "RLIKE"
 
 NUMERIC_COMPARATORS = frozenset({EQ, NE, GT, GE, LT, LE})
 STRING_COMPARATORS = frozenset({EQ, NE, LIKE, ILIKE})
 NULLABLE_STRING_COMPARATORS = STRING_COMPARATORS | {IS_NULL, IS_NOT_NULL}
 SET_STRING_COMPARATORS = STRING_COMPARATORS | {IN, NOT_IN}
 
-_COMPARATOR_ORDER = (EQ, NE, GT, GE, LT, LE, LIKE, ILIKE, IN, NOT_IN, IS_NULL, IS_NOT_NULL)
+_COMPARATOR_ORDER = (EQ, NE, GT, GE, LT, LE, LIKE, ILIKE, RLIKE, IN, NOT_IN, IS_NULL, IS_NOT_NULL)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -85,9 +88,15 @@ class EntitySpec:
         name: canonical name, returned in :attr:`Clause.entity`.
         prefixes: the identifier prefixes that name it (``metrics``, ``metric``);
             matched case-insensitively.
-        default: the spec of any key when ``keys`` is None (free-form keys).
-        keys: the allowed keys and their specs; None allows any key.
+        default: the spec of any key not in ``keys`` (free-form keys); None allows
+            only the keys listed.
+        keys: keys with a spec of their own.
         key_aliases: alternative spellings of keys, mapped to their canonical key.
+        key_prefixes: families of keys, ``<prefix><name>`` with any non-empty name
+            (``attributes.`` for ``span.attributes.model``); the name may be
+            backquoted (``span.attributes.`my key```).
+        unsupported: if set, the entity is known but cannot be searched, and this
+            says why.
     """
 
     name: str
@@ -95,20 +104,24 @@ class EntitySpec:
     default: KeySpec | None = None
     keys: Mapping[str, KeySpec] | None = None
     key_aliases: Mapping[str, str] = dataclasses.field(default_factory=dict)
+    key_prefixes: Mapping[str, KeySpec] = dataclasses.field(default_factory=dict)
+    unsupported: str | None = None
 
     def spec_of(self, key: str) -> tuple[str, KeySpec] | None:
         """The canonical key and its spec, or None if the key is not allowed."""
         key = self.key_aliases.get(key, key)
-        if self.keys is None:
-            return (key, self.default) if self.default is not None else None
-        spec = self.keys.get(key)
-        return None if spec is None else (key, spec)
+        if self.keys is not None and key in self.keys:
+            return key, self.keys[key]
+        for prefix, spec in self.key_prefixes.items():
+            if key.startswith(prefix) and len(key) > len(prefix):
+                return key, spec
+        return (key, self.default) if self.default is not None else None
 
     def describe_keys(self) -> str:
         """Human-readable list of the allowed keys (for error messages)."""
-        if self.keys is None:
+        if self.default is not None:
             return "any key"
-        return ", ".join(sorted(self.keys))
+        return ", ".join([*sorted(self.keys or {}), *(f"{p}<name>" for p in self.key_prefixes)])
 
 
 @dataclasses.dataclass(frozen=True)
@@ -119,10 +132,20 @@ class Grammar:
         entities: the entity specs; their prefixes must not overlap.
         default_entity: the entity of an identifier without a prefix (MLflow: the
             attributes), or None to require a prefix.
+        redirects: keys that stand for another key, matched case-insensitively, in
+            the entities of ``redirect_from``: key -> (entity, key), entity None for
+            the same entity. MLflow's trace search reads ``name`` as the tag
+            ``mlflow.traceName`` whether it is written ``name``, ``tags.name`` or
+            ``metadata.Name``. The key must be allowed as written; the clause then
+            takes the target's comparators and value type, and may be ordered by
+            only if both the key as written and its target may be.
+        redirect_from: the entities whose keys are redirected.
     """
 
     entities: tuple[EntitySpec, ...]
     default_entity: str | None = None
+    redirects: Mapping[str, tuple[str | None, str]] = dataclasses.field(default_factory=dict)
+    redirect_from: frozenset[str] = frozenset()
 
     def entity_for_prefix(self, prefix: str) -> EntitySpec | None:
         """The entity named by an identifier prefix, or None."""
@@ -178,6 +201,17 @@ class OrderBy:
     ascending: bool = True
 
 
+class _Key(NamedTuple):
+    """An identifier read: its entity, canonical key and spec, where it starts, and
+    how messages name it."""
+
+    entity: EntitySpec
+    key: str
+    spec: KeySpec
+    start: int
+    label: str
+
+
 class _Parser:
     """Recursive-descent parser over a token list."""
 
@@ -207,8 +241,8 @@ class _Parser:
         return self.i >= len(self.tokens)
 
     # --- identifiers
-    def identifier(self) -> tuple[EntitySpec, str, KeySpec, int]:
-        """Read ``prefix.key`` / bare key; return entity, canonical key, spec, position."""
+    def identifier(self) -> _Key:
+        """Read ``prefix.key`` / bare key (following a redirect)."""
         tok = self.peek()
         if tok is None:
             raise self.fail(f"expected an identifier such as {self._example()}")
@@ -228,6 +262,8 @@ class _Parser:
                         start,
                     )
                 entity = named
+                if entity.unsupported is not None:
+                    raise self.fail(entity.unsupported, start)
                 nxt = self.peek()
                 glued = nxt is not None and nxt.start == tok.end
                 if rest == "" and glued and nxt is not None and nxt.kind in (TokenKind.BACKQUOTED, TokenKind.STRING):
@@ -235,6 +271,11 @@ class _Parser:
                     key = nxt.text
                     if nxt.kind is TokenKind.STRING and nxt.quote == "'":
                         raise self.fail("quote a key with backquotes or double quotes, not single quotes", nxt.start)
+                elif rest in entity.key_prefixes and glued and nxt is not None and nxt.kind is TokenKind.BACKQUOTED:
+                    self.i += 1
+                    key = rest + nxt.text
+                elif rest in entity.key_prefixes and glued and nxt is not None and nxt.kind is TokenKind.STRING:
+                    raise self.fail(f"quote the name after {word!r} with backquotes: {word}`name`", nxt.start)
                 elif rest == "":
                     raise self.fail(
                         f"missing key after {prefix + '.'!r}; write {prefix}.<key>, "
@@ -257,7 +298,20 @@ class _Parser:
                 f"unknown {entity.name} key {key!r}; allowed: {entity.describe_keys()}", start
             )
         canonical, spec = found
-        return entity, canonical, spec, start
+        target = self.grammar.redirects.get(key.lower()) if entity.name in self.grammar.redirect_from else None
+        if target is None:
+            return _Key(entity, canonical, spec, start, f"{entity.name} {canonical!r}")
+        to_entity = entity if target[0] is None else self.grammar.entity(target[0])
+        to_found = to_entity.spec_of(target[1])
+        if to_found is None:  # pragma: no cover - a grammar whose redirect names an unknown key
+            raise self.fail(f"{key!r} stands for {to_entity.name} key {target[1]!r}, which is not allowed", start)
+        to_key, to_spec = to_found
+        merged = dataclasses.replace(
+            to_spec,
+            comparators=to_spec.comparators if spec.comparators else frozenset(),
+            orderable=spec.orderable and to_spec.orderable,
+        )
+        return _Key(to_entity, to_key, merged, start, f"{key!r} (the {to_entity.name} {to_key!r})")
 
     def _default_entity(self, word: str, position: int) -> EntitySpec:
         if self.grammar.default_entity is None:
@@ -273,15 +327,16 @@ class _Parser:
 
     # --- filter
     def clause(self) -> Clause:
-        entity, key, spec, start = self.identifier()
-        comparator = self.comparator(entity, key, spec)
-        value = self.value(comparator, entity, key, spec)
-        return Clause(entity.name, key, comparator, value, start)
+        ident = self.identifier()
+        comparator = self.comparator(ident)
+        value = self.value(comparator, ident)
+        return Clause(ident.entity.name, ident.key, comparator, value, ident.start)
 
-    def comparator(self, entity: EntitySpec, key: str, spec: KeySpec) -> str:
+    def comparator(self, ident: _Key) -> str:
         tok = self.peek()
+        spec = ident.spec
         allowed = ", ".join(c for c in _COMPARATOR_ORDER if c in spec.comparators)
-        where = f"{entity.name} {key!r}"
+        where = ident.label
         if tok is None:
             raise self.fail(f"expected a comparator after {where}; allowed: {allowed}")
         start = tok.start
@@ -291,7 +346,7 @@ class _Parser:
             self.i += 1
         elif tok.kind is TokenKind.WORD:
             word = tok.text.upper()
-            if word in (LIKE, ILIKE, IN):
+            if word in (LIKE, ILIKE, RLIKE, IN):
                 found = word
                 self.i += 1
             elif word == "NOT" and self.is_keyword("IN", 1):
@@ -312,16 +367,17 @@ class _Parser:
             raise self.fail(f"comparator {found} is not allowed on {where}; allowed: {allowed}", start)
         return found
 
-    def value(self, comparator: str, entity: EntitySpec, key: str, spec: KeySpec) -> Value:
+    def value(self, comparator: str, ident: _Key) -> Value:
         if comparator in (IS_NULL, IS_NOT_NULL):
             return None
-        where = f"{entity.name} {key!r}"
+        spec = ident.spec
+        where = ident.label
         if comparator in (IN, NOT_IN):
             return self.string_tuple(where)
         tok = self.peek()
         if tok is None:
             raise self.fail(f"expected a value after {comparator}")
-        if comparator in (LIKE, ILIKE) or spec.value_type is ValueType.STRING:
+        if comparator in (LIKE, ILIKE, RLIKE) or spec.value_type is ValueType.STRING:
             if tok.kind is not TokenKind.STRING:
                 raise self.fail(
                     f"{where} is compared with a quoted string ('value' or \"value\"), got {tok.text!r}",
@@ -374,9 +430,9 @@ class _Parser:
             raise self.fail(f"expected AND or the end of the filter, got {tok.text!r}", tok.start)
 
     def order_by(self) -> OrderBy:
-        entity, key, spec, start = self.identifier()
-        if not spec.orderable:
-            raise self.fail(f"{entity.name} {key!r} cannot be used to order results", start)
+        ident = self.identifier()
+        if not ident.spec.orderable:
+            raise self.fail(f"{ident.label} cannot be used to order results", ident.start)
         ascending = True
         if self.is_keyword("ASC"):
             self.i += 1
@@ -386,7 +442,7 @@ class _Parser:
         if not self.at_end():
             tok = self.tokens[self.i]
             raise self.fail(f"expected ASC, DESC or the end of the order-by item, got {tok.text!r}", tok.start)
-        return OrderBy(entity.name, key, ascending)
+        return OrderBy(ident.entity.name, ident.key, ascending)
 
 
 # --- MLflow's run search grammar --------------------------------------------------
@@ -480,6 +536,7 @@ __all__ = [
     "NUMBER_KEY",
     "NUMERIC_COMPARATORS",
     "OrderBy",
+    "RLIKE",
     "RUN_GRAMMAR",
     "SET_STRING_COMPARATORS",
     "STRING_COMPARATORS",
