@@ -3,14 +3,16 @@
 :mod:`asyncstore.filters` parses a filter string into clauses with canonical
 comparators; :func:`compare` turns one comparator and its value into a SQLAlchemy
 condition with the value bound, the same way for experiments, runs and traces
-(``LIKE`` / ``ILIKE`` through :func:`asyncstore.dialect.like`, so they behave the
-same on every backend). :func:`view_condition` is the ``lifecycle_stage`` filter of
-a :class:`~asyncstore.entities.ViewType`, shared by experiment and run search.
+(``LIKE`` / ``ILIKE`` through :func:`asyncstore.dialect.like` and ``RLIKE`` through
+:func:`asyncstore.dialect.regexp`, so they behave the same on every backend).
+:func:`view_condition` is the ``lifecycle_stage`` filter of a
+:class:`~asyncstore.entities.ViewType`, shared by experiment and run search.
 """
 
 from __future__ import annotations
 
 import operator
+import re
 from collections.abc import Callable, Mapping
 from typing import Any
 
@@ -18,7 +20,7 @@ from sqlalchemy import ColumnElement
 
 from asyncstore import filters as f
 from asyncstore.config import Backend
-from asyncstore.dialect import case_sensitive, like
+from asyncstore.dialect import case_sensitive, like, regexp
 from asyncstore.entities import LifecycleStage, ViewType
 from asyncstore.errors import InvalidParameter
 
@@ -40,14 +42,22 @@ def compare(backend: Backend, column: ColumnElement[Any], comparator: str, value
         backend: the backend the condition runs on (LIKE differs per backend).
         column: the column (or expression) compared.
         comparator: a canonical comparator of :mod:`asyncstore.filters` other than
-            ``IS NULL`` / ``IS NOT NULL``: = != > >= < <= LIKE ILIKE IN NOT IN.
-        value: the literal; a sequence of strings for IN / NOT IN.
+            ``IS NULL`` / ``IS NOT NULL``: = != > >= < <= LIKE ILIKE RLIKE IN NOT IN.
+        value: the literal; a sequence of strings for IN / NOT IN; a regular
+            expression for RLIKE.
 
     Raises:
-        InvalidParameter: a comparator this function does not know.
+        InvalidParameter: a comparator this function does not know, or an RLIKE
+            pattern that is not a valid regular expression.
     """
     if comparator in (f.LIKE, f.ILIKE):
         return like(backend, column, str(value), insensitive=comparator == f.ILIKE)
+    if comparator == f.RLIKE:
+        try:
+            re.compile(str(value))
+        except re.error as exc:
+            raise InvalidParameter(f"RLIKE pattern {value!r} is not a valid regular expression: {exc}") from None
+        return regexp(backend, column, str(value))
     if comparator in (f.IN, f.NOT_IN):
         values = list(value)
         if comparator == f.IN:

@@ -1,16 +1,17 @@
 """SQL that differs per dialect, in one place.
 
-The backend's INSERT with its upsert clause, a LIKE and text comparisons that are
-case-sensitive on every backend, code-point ordering of strings, and the chunking of
-long ``IN`` lists.
+The backend's INSERT with its upsert clause, a LIKE, a regular expression match and
+text comparisons that are case-sensitive on every backend, code-point ordering of
+strings, and the chunking of long ``IN`` lists.
 """
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any, TypeVar
 
-from sqlalchemy import ColumnElement, String, Table, and_, cast, func, or_, type_coerce
+from sqlalchemy import ColumnElement, String, Table, and_, cast, func, literal, or_, type_coerce
 from sqlalchemy.dialects import mysql as mysql_dialect
 from sqlalchemy.dialects import postgresql as pg_dialect
 from sqlalchemy.dialects import sqlite as sqlite_dialect
@@ -109,6 +110,32 @@ def like(backend: Backend, column: ColumnElement[Any], pattern: str, *, insensit
             return func.lower(column).like(func.lower(pattern))
         return case_sensitive(backend, column, lambda c: c.like(pattern), negated=False)
     assert_never(backend)
+
+
+def regexp(backend: Backend, column: ColumnElement[Any], pattern: str) -> ColumnElement[bool]:
+    """``column`` matches the regular expression ``pattern`` somewhere, case-sensitively,
+    as MLflow's RLIKE: SQLite's REGEXP (Python's ``re.search``, registered on every
+    connection by :mod:`asyncstore.engines`), PostgreSQL's ``~``, and on MySQL REGEXP
+    on the bytes (an MLflow database's collation ignores case)."""
+    if backend is Backend.SQLITE:
+        return column.op("REGEXP")(pattern)
+    if backend is Backend.POSTGRESQL:
+        return column.op("~")(pattern)
+    if backend is Backend.MYSQL:
+        binary = mysql_dialect.BINARY()
+        return cast(column, binary).op("REGEXP")(cast(literal(pattern, String()), binary))
+    assert_never(backend)
+
+
+def sqlite_regexp(pattern: str | None, text: str | None) -> bool:
+    """SQLite's ``REGEXP`` function, as MLflow registers it: Python's ``re.search``;
+    NULL, or a pattern that does not compile, matches nothing."""
+    if pattern is None or text is None:
+        return False
+    try:
+        return re.search(pattern, text) is not None
+    except re.error:
+        return False
 
 
 def case_sensitive(

@@ -30,6 +30,7 @@ from sqlalchemy.util import asbool, greenlet_spawn
 
 from asyncstore import sqlite_dbapi
 from asyncstore.config import Backend, StoreConfig, is_sqlite_memory
+from asyncstore.dialect import sqlite_regexp
 from asyncstore.driver import greenlet_await
 from asyncstore.errors import ConfigurationError, DatabaseConnectError, InternalError, InvalidState
 from asyncstore.retry import Backoff, retrying
@@ -358,6 +359,8 @@ def _install_sqlite_setup(engine: AsyncEngine, *, wal: bool, busy_timeout_ms: in
             cursor.execute(f"PRAGMA busy_timeout = {int(busy_timeout_ms)}")
             # LIKE is case-sensitive on PostgreSQL and on MySQL with utf8mb4_bin: same here.
             cursor.execute("PRAGMA case_sensitive_like = ON")
+            # SQLite has the REGEXP operator but no function behind it (trace search's RLIKE).
+            dbapi_connection.create_function("regexp", 2, sqlite_regexp, deterministic=True)
             if wal:
                 # Readers never block the writer and the writer never blocks readers.
                 cursor.execute("PRAGMA journal_mode = WAL")
