@@ -164,7 +164,7 @@ async def test_search_filters_order_and_pages(store: AsyncStore) -> None:
             execution_time_ms=None if i % 6 == 0 else i * 10,
             state="ERROR" if i % 4 == 0 else "OK",
             client_request_id=f"req-{i}",
-            tags={"env": "prod" if i % 2 else "dev", "Name": f"Run{i}"},
+            tags={"env": "prod" if i % 2 else "dev", "Label": f"Run{i}"},
             metadata={"user": f"u{i % 3}"},
         )
         expected[info.trace_id] = {"i": i}
@@ -192,20 +192,26 @@ async def test_search_filters_order_and_pages(store: AsyncStore) -> None:
 
     by_i = {tid: int(v["i"]) for tid, v in expected.items()}  # type: ignore[call-overload]
     everything = await ids()
-    assert everything == sorted(by_i, key=lambda t: (1000 + by_i[t] // 2, t), reverse=True)
-    assert await ids(order="timestamp_ms ASC", size=7) == everything[::-1]
+    # As MLflow: ties on the order keys are broken by timestamp_ms DESC, then trace id ASC.
+    assert everything == sorted(by_i, key=lambda t: (-(1000 + by_i[t] // 2), t))
+    assert await ids(order="timestamp_ms ASC", size=7) == sorted(by_i, key=lambda t: (1000 + by_i[t] // 2, t))
     durations = await ids(order="execution_time_ms DESC", size=5)
     stored = {t: (await store.traces.get_info(t)).execution_time_ms for t in by_i}
-    assert stored[next(t for t, i in by_i.items() if i == 6)] is None  # unknown durations sort lowest
-    assert durations == sorted(by_i, key=lambda t: (-1 if stored[t] is None else stored[t], t), reverse=True)
+    assert stored[next(t for t, i in by_i.items() if i == 6)] is None  # unknown durations sort last, as in MLflow
+    def newest_first(t: str) -> tuple[int, str]:
+        return -(1000 + by_i[t] // 2), t
+
+    known = sorted((t for t in by_i if stored[t] is not None), key=lambda t: (-(stored[t] or 0), *newest_first(t)))
+    assert durations == known + sorted((t for t in by_i if stored[t] is None), key=newest_first)
 
     def where(pred: object) -> set[str]:
         return {t for t, i in by_i.items() if pred(i)}  # type: ignore[operator]
 
     assert set(await ids("tags.env = 'prod'")) == where(lambda i: i % 2 == 1)
-    assert set(await ids("tags.Name LIKE 'Run1%'")) == where(lambda i: str(i).startswith("1"))
-    assert set(await ids("tags.Name ILIKE 'run2%'")) == where(lambda i: str(i).startswith("2"))
-    assert set(await ids("tags.Name LIKE 'run2%'")) == set()  # LIKE is case-sensitive everywhere
+    assert set(await ids("tags.Label LIKE 'Run1%'")) == where(lambda i: str(i).startswith("1"))
+    assert set(await ids("tags.Label ILIKE 'run2%'")) == where(lambda i: str(i).startswith("2"))
+    assert set(await ids("tags.Label LIKE 'run2%'")) == set()  # LIKE is case-sensitive everywhere
+    assert set(await ids("tags.Name LIKE 'Run1%'")) == set()  # as in MLflow, tags.name is the trace name
     assert set(await ids("metadata.user != 'u0'")) == where(lambda i: i % 3 != 0)
     assert set(await ids("status = 'ERROR' AND execution_time_ms > 50")) == where(lambda i: i % 4 == 0 and i % 6 and i * 10 > 50)
     assert set(await ids("attributes.timestamp_ms <= 1003")) == where(lambda i: 1000 + i // 2 <= 1003)
@@ -218,9 +224,9 @@ async def test_search_filters_order_and_pages(store: AsyncStore) -> None:
         with pytest.raises(InvalidParameter):
             await store.traces.search([exp], bad)
     with pytest.raises(InvalidParameter, match="cannot be used to order"):
-        await store.traces.search([exp], order_by=["tags.env"])
-    with pytest.raises(InvalidParameter, match="order_by must be one item"):
-        await store.traces.search([exp], order_by=["timestamp_ms", "execution_time_ms"])
+        await store.traces.search([exp], order_by=["span.name"])
+    with pytest.raises(InvalidParameter, match="names attribute 'timestamp_ms' twice"):
+        await store.traces.search([exp], order_by=["timestamp_ms", "timestamp DESC"])
     first = await store.traces.search([exp], max_results=2)
     with pytest.raises(InvalidParameter, match="different query"):
         await store.traces.search([exp], "tags.env = 'prod'", max_results=2, page_token=first.next_page_token)

@@ -428,16 +428,36 @@ class TraceRepository:
         max_results: int = 100,
         page_token: str | None = None,
     ) -> Page[TraceInfo]:
-        """Search traces of some experiments, a page at a time.
+        """Search traces of some experiments, a page at a time, with MLflow 3.17's
+        trace search grammar, answering as MLflow's ``search_traces`` answers.
 
-        Filters: ``timestamp_ms``, ``execution_time_ms``, ``state`` (or ``status``),
-        ``client_request_id``, ``tags.<key>``, ``metadata.<key>`` (= != LIKE ILIKE),
-        and ``span.name``, ``span.type``, ``span.status`` (a trace matches when one of
-        its spans does). Order by ``timestamp_ms`` or ``execution_time_ms``, ASC or
-        DESC; ties broken by trace id; paging by keyset, stable under inserts.
+        Filters (clauses joined by AND; :mod:`asyncstore.tracing.search` has the details):
+
+        * ``timestamp_ms``, ``execution_time_ms``, ``end_time_ms`` (also without
+          ``_ms``): = != > >= < <= a number;
+        * ``status`` (or ``state``), ``request_id`` (or ``trace_id``),
+          ``client_request_id``: = != LIKE ILIKE RLIKE IN NOT IN;
+        * ``name`` (the tag ``mlflow.traceName``), ``tags.<key>``, ``metadata.<key>``:
+          = != LIKE ILIKE RLIKE IS NULL IS NOT NULL (the token usage and cost: = !=
+          IS NULL IS NOT NULL); ``run_id = X``: traces linked to run X or logged in
+          it; ``prompt = 'name/version'``: traces linked to that prompt version;
+        * ``span.name``, ``span.type``, ``span.status``: = != LIKE ILIKE RLIKE IN
+          NOT IN; ``span.content`` and ``text``: LIKE ILIKE; ``span.attributes.<name>``:
+          = != LIKE ILIKE RLIKE on the span's JSON, as MLflow matches it. A trace
+          matches when one of its spans matches every span clause.
+
+        Prefixes: ``attributes.`` / ``attribute.`` / ``trace.`` / ``attr.`` (or none),
+        ``tags.`` / ``tag.``, ``metadata.`` / ``request_metadata.``, ``span.`` /
+        ``spans.``. ``feedback.``, ``expectation.`` and ``issue.`` (assessments) are
+        refused. Order by ``timestamp_ms``, ``execution_time_ms``, ``end_time_ms``,
+        ``status``, ``request_id``, ``experiment_id``, ``name``, ``run_id``,
+        ``tags.<key>``, ``metadata.<key>``, several at once, ASC or DESC, NULLs last;
+        ties broken by ``timestamp_ms DESC`` then trace id, as MLflow does. Paging by
+        keyset, stable under inserts.
 
         Raises:
-            InvalidParameter: a malformed filter, order or token.
+            InvalidParameter: a malformed filter, order or token, an RLIKE pattern that
+                is not a regular expression, or an assessment key.
         """
         return await search_traces(
             self._uow, experiment_ids, filter_string, order_by, max_results, page_token, load_infos
