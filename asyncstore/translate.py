@@ -77,6 +77,8 @@ _MYSQL: dict[int, type[StoreError]] = {
     1367: InvalidParameter,  # ER_ILLEGAL_VALUE_FOR_TYPE
     3819: InvalidParameter,  # ER_CHECK_CONSTRAINT_VIOLATED (MySQL)
     4025: InvalidParameter,  # ER_CONSTRAINT_FAILED (MariaDB)
+    1139: InvalidParameter,  # ER_REGEXP_ERROR (MariaDB: a pattern its PCRE2 rejects)
+    **dict.fromkeys(range(3685, 3698), InvalidParameter),  # ER_REGEXP_* (MySQL 8: a bad pattern)
     1205: TemporarilyUnavailable,  # ER_LOCK_WAIT_TIMEOUT
     1213: TemporarilyUnavailable,  # ER_LOCK_DEADLOCK
     1040: TemporarilyUnavailable,  # ER_CON_COUNT_ERROR (too many connections)

@@ -242,3 +242,19 @@ async def test_search_paging_is_stable_under_inserts(store: AsyncStore) -> None:
         page = await store.traces.search([exp], max_results=4, page_token=page.next_page_token)
         seen += [t.trace_id for t in page]
     assert seen == first_ids[::-1]
+
+
+async def test_a_pattern_the_database_cannot_compile_is_invalid_parameter(store: AsyncStore) -> None:
+    """Promise: an RLIKE pattern that Python's re accepts but the server's regex engine
+    rejects ("(?a)" is no option of PostgreSQL's nor of MariaDB's PCRE2) is
+    INVALID_PARAMETER, never an internal error; SQLite, which matches with Python's
+    re, answers."""
+    exp = await make_experiment(store)
+    tid = new_trace_id()
+    await store.spans.log_spans(exp, [make_span(tid, name="w1")])
+    search = store.traces.search([exp], r"span.name RLIKE '(?a)\w1'")
+    if store.backend.value == "sqlite":
+        assert [t.trace_id for t in (await search).items] == [tid]
+    else:
+        with pytest.raises(InvalidParameter):
+            await search
