@@ -368,6 +368,23 @@ async def test_a_large_batch_carries_them_too(store: AsyncStore) -> None:
             assert (await _span_columns(store, tid))[LLM1] == (0.25, 0.5, 0.75, "gpt-4o-mini", "openai")
 
 
+async def test_a_span_sent_again_replaces_its_columns(store: AsyncStore) -> None:
+    """Promise: a span sent again replaces its row's costs, model and provider, with NULL
+    when it no longer carries them (MLflow overwrites the row), in a batch that derives
+    other span columns or none."""
+    exp = await make_experiment(store)
+    tid = new_trace_id()
+    await store.spans.log_spans(exp, _leaf_usage(tid))
+    plain = [_span(tid, LLM1, ROOT, 10, 40)]
+    mixed = [_span(tid, LLM2, ROOT, 50, 90), _span(tid, LLM3, ROOT, 91, 92, attributes={MODEL: "new"})]
+    for batch in (plain, mixed):
+        await store.spans.log_spans(exp, batch)
+    assert await _span_columns(store, tid) == {
+        ROOT: (None,) * 5, TOOL: (None,) * 5, LLM1: (None,) * 5, LLM2: (None,) * 5,
+        LLM3: (None, None, None, "new", None),
+    }
+
+
 async def test_later_calls_follow_mlflow_s_rules(store: AsyncStore) -> None:
     """Promise: a later call sums token counts and costs over the whole span tree (a parent
     totalling children logged earlier is not counted twice; a re-sent span counts as sent

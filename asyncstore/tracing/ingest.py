@@ -72,7 +72,7 @@ from asyncstore.driver import Driver
 from asyncstore.errors import InvalidParameter, InvalidState
 from asyncstore.schema import trace_request_metadata, trace_tags
 from asyncstore.tracing import derive, keys
-from asyncstore.tracing.rows import PreparedBatch
+from asyncstore.tracing.rows import PreparedBatch, SpanRow
 
 SPAN_CHUNK = 5000
 """Spans per statement: bounds the size of one message (~5 MB of 1 KB spans)."""
@@ -86,13 +86,31 @@ _SPAN_FIELDS = (
     ("end_time_unix_nano", "bigint"), ("input_cost", "float8"), ("output_cost", "float8"),
     ("total_cost", "float8"), ("model_name", "varchar"), ("model_provider", "varchar"), ("content", "text"),
 )
-_SPAN_COLUMN_LIST = tuple(c for c, _ in _SPAN_FIELDS)
-_SPAN_COLUMNS = ", ".join(_SPAN_COLUMN_LIST)
+_DERIVED_SPAN_COLUMNS = ("input_cost", "output_cost", "total_cost", "model_name", "model_provider")
+_PLAIN_SPAN_FIELDS = tuple(f for f in _SPAN_FIELDS if f[0] not in _DERIVED_SPAN_COLUMNS)
+"""The span row without the derived columns: what is written when no span of the batch
+derives one (they are then left NULL, and not bound: binding five NULLs per row costs
+SQLite's executemany about a tenth of its speed)."""
+_SPAN_OVERWRITE = tuple(c for c, _ in _SPAN_FIELDS[3:])
+"""Everything but the key and the experiment: a re-sent span replaces the stored row."""
 PG_COPY_MIN = 100
 """Below this many spans the single upsert statement is as fast as COPY plus its
 savepoint round trips."""
-_SPAN_OVERWRITE = _SPAN_COLUMN_LIST[3:]
-"""Everything but the key and the experiment: a re-sent span replaces the stored row."""
+
+
+def _span_overwrite(fields: Sequence[tuple[str, str]], new: str) -> str:
+    """The SET clause for a re-sent span, ``new`` formatting a column of the sent row: every
+    column is replaced, a derived column not written (the span derives none) by NULL."""
+    written = {c for c, _ in fields}
+    return ", ".join(f"{c} = {new.format(c) if c in written else 'NULL'}" for c in _SPAN_OVERWRITE)
+
+
+def _span_records(rows: Sequence[SpanRow], experiment_id: int, derived: bool) -> list[tuple[Any, ...]]:
+    """The span rows as written: with the experiment id, and the derived columns if ``derived``."""
+    if derived:
+        return [(r[0], experiment_id, *r[1:]) for r in rows]
+    return [(r[0], experiment_id, *r[1:8], r[13]) for r in rows]
+
 
 # The trace row (rows.TraceRow), likewise.
 _TRACE_FIELDS = (
@@ -127,15 +145,20 @@ def _pg_unnest(fields: Sequence[tuple[str, str]], first: int) -> tuple[str, str,
 
 # --- PostgreSQL ---------------------------------------------------------------------
 # $1 is the experiment id; the arrays are the columns of the rows, in row order.
-_args, _aliases, _select = _pg_unnest(_SPAN_FIELDS, 2)
-PG_SPANS = f"""
-INSERT INTO spans ({_SPAN_COLUMNS})
-SELECT {_select}
-FROM unnest({_args}) WITH ORDINALITY AS u({_aliases}, n)
+def _pg_spans(fields: Sequence[tuple[str, str]]) -> str:
+    args, aliases, select = _pg_unnest(fields, 2)
+    return f"""
+INSERT INTO spans ({", ".join(c for c, _ in fields)})
+SELECT {select}
+FROM unnest({args}) WITH ORDINALITY AS u({aliases}, n)
 ORDER BY u.n
 ON CONFLICT (trace_id, span_id) DO UPDATE SET
-    {", ".join(f"{c} = excluded.{c}" for c in _SPAN_OVERWRITE)}
+    {_span_overwrite(fields, "excluded.{}")}
 """
+
+
+PG_SPANS = {True: _pg_spans(_SPAN_FIELDS), False: _pg_spans(_PLAIN_SPAN_FIELDS)}
+"""Keyed by whether the batch derives span columns (:data:`_PLAIN_SPAN_FIELDS`)."""
 
 # Widening: the new range is [min(old start, new start), max(old end, new end)];
 # the state follows the root span only while the stored trace is IN_PROGRESS.
@@ -164,11 +187,15 @@ WHERE t.request_id = u.request_id
 del _args, _aliases, _select
 
 # --- SQLite -------------------------------------------------------------------------
-SQLITE_SPANS = f"""
-INSERT INTO spans ({_SPAN_COLUMNS}) VALUES ({", ".join("?" * len(_SPAN_FIELDS))})
+def _sqlite_spans(fields: Sequence[tuple[str, str]]) -> str:
+    return f"""
+INSERT INTO spans ({", ".join(c for c, _ in fields)}) VALUES ({", ".join("?" * len(fields))})
 ON CONFLICT (trace_id, span_id) DO UPDATE SET
-    {", ".join(f"{c} = excluded.{c}" for c in _SPAN_OVERWRITE)}
+    {_span_overwrite(fields, "excluded.{}")}
 """
+
+
+SQLITE_SPANS = {True: _sqlite_spans(_SPAN_FIELDS), False: _sqlite_spans(_PLAIN_SPAN_FIELDS)}
 
 SQLITE_TRACES = f"""
 INSERT INTO trace_info ({_TRACE_COLUMNS}) VALUES ({", ".join("?" * len(_TRACE_FIELDS))})
@@ -188,10 +215,14 @@ UPDATE trace_info SET {", ".join(f"{c} = ?" for c in derive.ANALYTICS_COLUMNS)} 
 # --- MySQL / MariaDB ----------------------------------------------------------------
 # The VALUES (...) clause must stay a single row of %s: aiomysql's executemany
 # recognises that shape and sends multi-row statements.
-MYSQL_SPANS = f"""
-INSERT INTO spans ({_SPAN_COLUMNS}) VALUES ({", ".join(["%s"] * len(_SPAN_FIELDS))})
-ON DUPLICATE KEY UPDATE {", ".join(f"{c} = VALUES({c})" for c in _SPAN_OVERWRITE)}
+def _mysql_spans(fields: Sequence[tuple[str, str]]) -> str:
+    return f"""
+INSERT INTO spans ({", ".join(c for c, _ in fields)}) VALUES ({", ".join(["%s"] * len(fields))})
+ON DUPLICATE KEY UPDATE {_span_overwrite(fields, "VALUES({})")}
 """
+
+
+MYSQL_SPANS = {True: _mysql_spans(_SPAN_FIELDS), False: _mysql_spans(_PLAIN_SPAN_FIELDS)}
 
 # MySQL assigns left to right and later assignments see earlier results, so the
 # duration is computed before timestamp_ms changes (the derived columns' rules read
@@ -354,19 +385,21 @@ async def _upsert_traces(conn: AsyncConnection, backend: Backend, batch: Prepare
 async def _write_spans(
     conn: AsyncConnection, backend: Backend, experiment_id: int, batch: PreparedBatch, db: Driver | None
 ) -> None:
+    derived = batch.derives_span_columns
     if backend is Backend.POSTGRESQL:
         if len(batch.span_rows) >= PG_COPY_MIN and await _copy_new_spans_pg(conn, experiment_id, batch):
             return
         for chunk in chunks(batch.span_rows, SPAN_CHUNK):
-            columns = list(zip(*chunk))
-            await conn.exec_driver_sql(PG_SPANS, (experiment_id, *(list(c) for c in columns)))
+            columns = list(zip(*_span_records(chunk, experiment_id, derived)))
+            del columns[1]  # the experiment id is $1
+            await conn.exec_driver_sql(PG_SPANS[derived], (experiment_id, *(list(c) for c in columns)))
     elif backend is Backend.SQLITE:
         assert db is not None
         for chunk in chunks(batch.span_rows, SPAN_CHUNK):
-            await db.executemany(SQLITE_SPANS, [(r[0], experiment_id, *r[1:]) for r in chunk])
+            await db.executemany(SQLITE_SPANS[derived], _span_records(chunk, experiment_id, derived))
     elif backend is Backend.MYSQL:
         for chunk in chunks(batch.span_rows, SPAN_CHUNK):
-            await conn.exec_driver_sql(MYSQL_SPANS, [(r[0], experiment_id, *r[1:]) for r in chunk])
+            await conn.exec_driver_sql(MYSQL_SPANS[derived], _span_records(chunk, experiment_id, derived))
     else:
         assert_never(backend)
 
@@ -380,10 +413,12 @@ async def _copy_new_spans_pg(conn: AsyncConnection, experiment_id: int, batch: P
     upsert, in the same transaction. Returns whether the COPY wrote the batch.
     """
     pg = await Driver.of(conn)  # asyncpg, inside SQLAlchemy's transaction
-    records = [(r[0], experiment_id, *r[1:]) for r in batch.span_rows]
+    derived = batch.derives_span_columns
+    fields = _SPAN_FIELDS if derived else _PLAIN_SPAN_FIELDS
+    records = _span_records(batch.span_rows, experiment_id, derived)
     await pg.execute("SAVEPOINT asyncstore_span_copy")
     try:
-        await pg.copy("spans", _SPAN_COLUMN_LIST, records)
+        await pg.copy("spans", [c for c, _ in fields], records)
     except UniqueViolationError:
         await pg.execute("ROLLBACK TO SAVEPOINT asyncstore_span_copy")
         return False

@@ -75,6 +75,9 @@ class PreparedBatch:
     span_rows: list[SpanRow]
     trace_rows: list[TraceRow]
     derived: dict[str, derive.TraceDerived] = dataclasses.field(default_factory=dict)
+    derives_span_columns: bool = False
+    """Whether a span row has an attribute its costs, model or provider come from (else
+    those columns are NULL in every row)."""
 
     @property
     def trace_ids(self) -> list[str]:
@@ -147,6 +150,7 @@ def prepare(spans: Iterable[Span], experiment_id: int) -> PreparedBatch:
     type_attrs: dict[str, str] = {}  # span type -> its encoded attribute
     trace_match, span_match, statuses = TRACE_ID_RE.fullmatch, SPAN_ID_RE.fullmatch, _STATUS_STR
     span_keys = derive.SPAN_KEYS
+    derives_span_columns = False
     for index, span in enumerate(spans):
         # The common case in one expression; anything unusual goes through _check,
         # which raises with a precise message (or accepts, e.g. a str subclass).
@@ -190,6 +194,7 @@ def prepare(spans: Iterable[Span], experiment_id: int) -> PreparedBatch:
                 columns = agg.facts.add(span_id, parent, span.attributes, span.resource)
             except derive.Refused as exc:
                 raise _bad(index, span, str(exc)) from exc
+            derives_span_columns = derives_span_columns or columns is not derive.NO_SPAN_COLUMNS
         elif agg.facts.carried:  # the span may be sent again, without what it carried
             agg.facts.forget(span_id)
         by_key[(trace_id, span_id)] = (trace_id, span_id, parent, span.name, span_type, status, start, end, *columns, text)
@@ -209,7 +214,7 @@ def prepare(spans: Iterable[Span], experiment_id: int) -> PreparedBatch:
                 trees[tid].append((sid, row[2]))
     derived = {tid: agg.facts.finish(trees.get(tid, ())) for tid, agg in traces.items()}
     trace_rows = [traces[tid].row(tid, experiment_id, derived[tid]) for tid in sorted(traces)]
-    return PreparedBatch(span_rows, trace_rows, derived)
+    return PreparedBatch(span_rows, trace_rows, derived, derives_span_columns)
 
 
 def root_state(status: SpanStatus, end_ns: int | None) -> TraceState:
