@@ -45,7 +45,7 @@ ANALYTICS = (
 )
 TRACE_COLUMNS = (
     "trace_name", "session_id", "request_preview", "response_preview", *ANALYTICS, "status", "timestamp_ms",
-    "execution_time_ms",
+    "execution_time_ms", "db_payload_generation",
 )
 SPAN_COLUMNS = ("input_cost", "output_cost", "total_cost", "model_name", "model_provider")
 
@@ -301,6 +301,7 @@ def test_asyncstore_derives_what_mlflow_log_spans_derives(backend: str, mlflow_u
     )
     assert snapshots["rollup on parents"][1]["trace_info"]["total_tokens"] == 42
     assert snapshots["parent in a later call"][1]["trace_info"]["total_tokens"] == 60
+    assert snapshots["parent in a later call"][1]["trace_info"]["db_payload_generation"] == 2  # one per call
     assert snapshots["started with analytics"][1]["trace_info"]["total_tokens"] == 150
     assert snapshots["started without analytics"][1]["trace_info"]["total_tokens"] == 7
     assert snapshots["resource attributes"][1]["tags"]["service.name"] == "from-root"

@@ -21,8 +21,9 @@ A batch is written with a bounded number of statements, whatever its size:
 
 The values MLflow derives from spans (:mod:`asyncstore.tracing.derive`) ride in those
 rows: each span row's costs, model and provider; each trace row's name, session,
-previews, token counts and costs. On an existing trace, the upsert follows MLflow 3.17's
-rules: the batch's trace name replaces the stored one; the session and the previews
+previews, token counts and costs; and, as MLflow counts them, the trace row counts the
+calls that wrote its spans (``db_payload_generation``). On an existing trace, the upsert
+follows MLflow 3.17's rules: the batch's trace name replaces the stored one; the session and the previews
 only fill an empty column. Token counts and costs are left to step 2, because MLflow
 decides them from the trace as stored before the batch: it keeps them when
 ``start_trace`` set them (metadata ``mlflow.trace.infoFinalized`` and one of them set),
@@ -119,15 +120,18 @@ _TRACE_FIELDS = (
     ("response_preview", "varchar"),
     *((c, "bigint") for c in derive.TOKEN_COLUMNS), *((c, "float8") for c in derive.COST_COLUMNS),
 )
-_TRACE_COLUMNS = ", ".join(c for c, _ in _TRACE_FIELDS)
+_TRACE_COLUMNS = ", ".join(c for c, _ in _TRACE_FIELDS) + ", db_payload_generation"
+"""The trace row's columns, then MLflow's count of the calls that wrote the trace's spans
+(its guard against archiving a trace while spans are written): 1 for a new trace."""
 _ANALYTICS_TYPES = tuple(t for c, t in _TRACE_FIELDS if c in derive.ANALYTICS_COLUMNS)
 
 
 def _trace_merge(old: str, new: str) -> str:
     """MLflow's rules for the derived columns of an existing trace, ``old`` and ``new``
     formatting a column of the stored row and of the batch's (token counts and costs:
-    see the module docstring)."""
-    return f"""trace_name = COALESCE({new.format("trace_name")}, {old.format("trace_name")}),
+    see the module docstring); and one more call counted in ``db_payload_generation``."""
+    return f"""db_payload_generation = {old.format("db_payload_generation")} + 1,
+    trace_name = COALESCE({new.format("trace_name")}, {old.format("trace_name")}),
     session_id = COALESCE({old.format("session_id")}, {new.format("session_id")}),
     request_preview = COALESCE({old.format("request_preview")}, {new.format("request_preview")}),
     response_preview = COALESCE({old.format("response_preview")}, {new.format("response_preview")})"""
@@ -165,7 +169,7 @@ PG_SPANS = {True: _pg_spans(_SPAN_FIELDS), False: _pg_spans(_PLAIN_SPAN_FIELDS)}
 _args, _aliases, _select = _pg_unnest(_TRACE_FIELDS, 2)
 PG_TRACES = f"""
 INSERT INTO trace_info AS t ({_TRACE_COLUMNS})
-SELECT {_select}
+SELECT {_select}, 1
 FROM unnest({_args}) WITH ORDINALITY AS u({_aliases}, n)
 ORDER BY u.n
 ON CONFLICT (request_id) DO UPDATE SET
@@ -198,7 +202,7 @@ ON CONFLICT (trace_id, span_id) DO UPDATE SET
 SQLITE_SPANS = {True: _sqlite_spans(_SPAN_FIELDS), False: _sqlite_spans(_PLAIN_SPAN_FIELDS)}
 
 SQLITE_TRACES = f"""
-INSERT INTO trace_info ({_TRACE_COLUMNS}) VALUES ({", ".join("?" * len(_TRACE_FIELDS))})
+INSERT INTO trace_info ({_TRACE_COLUMNS}) VALUES ({", ".join("?" * len(_TRACE_FIELDS))}, 1)
 ON CONFLICT (request_id) DO UPDATE SET
     execution_time_ms = MAX(trace_info.timestamp_ms + COALESCE(trace_info.execution_time_ms, 0),
                             excluded.timestamp_ms + excluded.execution_time_ms)
@@ -228,7 +232,7 @@ MYSQL_SPANS = {True: _mysql_spans(_SPAN_FIELDS), False: _mysql_spans(_PLAIN_SPAN
 # duration is computed before timestamp_ms changes (the derived columns' rules read
 # only their own column).
 MYSQL_TRACES = f"""
-INSERT INTO trace_info ({_TRACE_COLUMNS}) VALUES ({", ".join(["%s"] * len(_TRACE_FIELDS))})
+INSERT INTO trace_info ({_TRACE_COLUMNS}) VALUES ({", ".join(["%s"] * len(_TRACE_FIELDS))}, 1)
 ON DUPLICATE KEY UPDATE
     execution_time_ms = GREATEST(timestamp_ms + COALESCE(execution_time_ms, 0),
                                  VALUES(timestamp_ms) + VALUES(execution_time_ms))
