@@ -20,10 +20,11 @@ A batch is written with a bounded number of statements, whatever its size:
    ``SPAN_CHUNK`` spans: re-sent spans overwrite the stored row.
 
 The values MLflow derives from spans (:mod:`asyncstore.tracing.derive`) ride in those
-rows: each span row's costs, model and provider; each trace row's name, session,
-previews, token counts and costs; and, as MLflow counts them, the trace row counts the
-calls that wrote its spans (``db_payload_generation``). On an existing trace, the upsert
-follows MLflow 3.17's rules: the batch's trace name replaces the stored one; the session and the previews
+rows: each span row's costs, model and provider (left out of the statement when no span
+of the batch has them); each trace row's name, session, previews, token counts and
+costs; and, as MLflow counts them, the trace row counts the calls that wrote its spans
+(``db_payload_generation``). On an existing trace, the upsert follows MLflow 3.17's
+rules: the batch's trace name replaces the stored one; the session and the previews
 only fill an empty column. Token counts and costs are left to step 2, because MLflow
 decides them from the trace as stored before the batch: it keeps them when
 ``start_trace`` set them (metadata ``mlflow.trace.infoFinalized`` and one of them set),
