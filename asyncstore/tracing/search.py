@@ -243,9 +243,10 @@ def _span_attribute_pattern(name: str, clause: f.Clause) -> str:
 
 def _span_condition(backend: Backend, clauses: Sequence[f.Clause], lower_bound_ms: float | None) -> ColumnElement[bool]:
     """One span of the trace matches every span clause."""
-    conditions: list[ColumnElement[bool]] = [
-        spans.c.trace_id == trace_info.c.request_id, spans.c.experiment_id == trace_info.c.experiment_id,
-    ]
+    # By trace id alone, so the spans' primary key (trace_id, span_id) serves the
+    # lookup: also requiring the trace's experiment let SQLite scan every span of the
+    # experiment for each trace instead (a span's experiment is its trace's anyway).
+    conditions: list[ColumnElement[bool]] = [spans.c.trace_id == trace_info.c.request_id]
     if lower_bound_ms is not None and math.isfinite(lower_bound_ms):
         start_ns = math.ceil((lower_bound_ms - SPAN_TIME_TOLERANCE_MS) * 1_000_000)
         conditions.append(spans.c.start_time_unix_nano >= max(-_INT64, min(start_ns, _INT64 - 1)))
