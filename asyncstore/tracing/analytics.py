@@ -43,16 +43,16 @@ SESSION = "mlflow.trace.session"
 TOKEN_USAGE = "mlflow.trace.tokenUsage"
 COST = "mlflow.trace.cost"
 
-_TOKEN_COLUMNS = (
+TOKEN_COLUMNS = (
     "input_tokens", "output_tokens", "total_tokens", "cache_read_input_tokens", "cache_creation_input_tokens",
     "cache_creation_input_tokens_above_1hr",
 )
-_COST_COLUMNS = ("input_cost", "output_cost", "total_cost")
-_JSON_COLUMNS = {TOKEN_USAGE: _TOKEN_COLUMNS, COST: _COST_COLUMNS}
+COST_COLUMNS = ("input_cost", "output_cost", "total_cost")
+_JSON_COLUMNS = {TOKEN_USAGE: TOKEN_COLUMNS, COST: COST_COLUMNS}
 """Metadata key -> its JSON object's keys, each also the name of its column."""
 
 PROMOTED_METADATA = frozenset({SESSION, TOKEN_USAGE, COST})
-COLUMNS = ("trace_name", "session_id", *_TOKEN_COLUMNS, *_COST_COLUMNS)
+COLUMNS = ("trace_name", "session_id", *TOKEN_COLUMNS, *COST_COLUMNS)
 """Every ``trace_info`` column that holds one of these tags or metadata."""
 
 _BIGINT = 2**63

@@ -43,6 +43,7 @@ from asyncstore.errors import InvalidParameter
 from asyncstore.rules import check_key
 from asyncstore.schema import MODEL_NAME_MAX, SESSION_ID_MAX, TAG_VALUE_MAX, TRACE_NAME_MAX, TRACE_PREVIEW_MAX
 from asyncstore.tracing import content
+from asyncstore.tracing.analytics import COST_COLUMNS, TOKEN_COLUMNS, TRACE_NAME
 
 CHAT_USAGE = "mlflow.chat.tokenUsage"
 LLM_COST = "mlflow.llm.cost"
@@ -55,19 +56,15 @@ INPUTS = "mlflow.spanInputs"
 OUTPUTS = "mlflow.spanOutputs"
 TRACE_TAG_PREFIX = "mlflow.traceTag."
 """A root-span attribute ``mlflow.traceTag.<key>`` is the trace tag ``<key>``."""
-TRACE_NAME = "mlflow.traceName"
 USER_METADATA = "mlflow.trace.user"
 _RESOURCE_SKIPPED = ("telemetry.sdk.", "mlflow.")
 """Resource attributes that do not become tags (OTel SDK bookkeeping, MLflow's own keys)."""
 
-TOKEN_KEYS = ("input_tokens", "output_tokens", "total_tokens")
-"""Token counts every summed usage has (0 when no span gives them)."""
-CACHE_TOKEN_KEYS = ("cache_read_input_tokens", "cache_creation_input_tokens", "cache_creation_input_tokens_above_1hr")
-"""Token counts a summed usage has only when a counted span gives them."""
-COST_KEYS = ("input_cost", "output_cost", "total_cost")
-TOKEN_COLUMNS = TOKEN_KEYS + CACHE_TOKEN_KEYS
-"""The usage keys, each also the name of its ``trace_info`` column."""
-COST_COLUMNS = COST_KEYS
+TOKEN_KEYS = TOKEN_COLUMNS[:3]
+"""Token counts every summed usage has (0 when no span gives them): input, output, total."""
+CACHE_TOKEN_KEYS = TOKEN_COLUMNS[3:]
+"""Token counts a summed usage has only when a counted span gives them (the cache's)."""
+COST_KEYS = COST_COLUMNS
 ANALYTICS_COLUMNS = TOKEN_COLUMNS + COST_COLUMNS
 
 SPAN_KEYS = frozenset((CHAT_USAGE, LLM_COST, MODEL, MODEL_PROVIDER, USER_KEY, *SESSION_KEYS))

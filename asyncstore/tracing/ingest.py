@@ -73,7 +73,7 @@ from asyncstore.dialect import chunks, upsert
 from asyncstore.driver import Driver
 from asyncstore.errors import InvalidParameter, InvalidState
 from asyncstore.schema import trace_request_metadata, trace_tags
-from asyncstore.tracing import derive, keys
+from asyncstore.tracing import analytics, derive, keys
 from asyncstore.tracing.rows import PreparedBatch, SpanRow
 
 SPAN_CHUNK = 5000
@@ -119,7 +119,7 @@ _TRACE_FIELDS = (
     ("request_id", "varchar"), ("experiment_id", ""), ("timestamp_ms", "bigint"), ("execution_time_ms", "bigint"),
     ("status", "varchar"), ("trace_name", "varchar"), ("session_id", "varchar"), ("request_preview", "varchar"),
     ("response_preview", "varchar"),
-    *((c, "bigint") for c in derive.TOKEN_COLUMNS), *((c, "float8") for c in derive.COST_COLUMNS),
+    *((c, "bigint") for c in analytics.TOKEN_COLUMNS), *((c, "float8") for c in analytics.COST_COLUMNS),
 )
 _TRACE_COLUMNS = ", ".join(c for c, _ in _TRACE_FIELDS) + ", db_payload_generation"
 """The trace row's columns, then MLflow's count of the calls that wrote the trace's spans
