@@ -6,6 +6,7 @@
     asyncstore db downgrade URI REVISION           migrate down to REVISION ("base": no tables)
     asyncstore db current [URI]                    print the revision the database is at
     asyncstore db check [URI]                      exit 0 when at head, 1 when out of date
+    asyncstore serve [--uri URI] [--port 4318] ...  OTLP/HTTP trace receiver (asyncstore.server)
 
 URI defaults to ``ASYNCSTORE_DATABASE_URI``, else ``sqlite:///asyncstore.db``. Any
 failure (a bad URI, an unreachable server, no database at that path or by that
@@ -33,6 +34,7 @@ from asyncstore.bench.runner import add_bench_command
 from asyncstore.config import StoreConfig
 from asyncstore.engines import create_engine, create_readonly_engine
 from asyncstore.errors import InvalidParameter, StoreError
+from asyncstore.server.command import add_serve_command
 
 if TYPE_CHECKING:
     from sqlalchemy.ext.asyncio import AsyncEngine
@@ -107,7 +109,7 @@ def add_db_command(subparsers: Subparsers) -> None:
     check.set_defaults(handler=_db_check)
 
 
-SUBCOMMANDS: list[Callable[[Subparsers], None]] = [add_db_command, add_bench_command]
+SUBCOMMANDS: list[Callable[[Subparsers], None]] = [add_db_command, add_bench_command, add_serve_command]
 """Registrars of the top-level subcommands, called in order by :func:`build_parser`."""
 
 
