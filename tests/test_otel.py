@@ -138,6 +138,26 @@ def test_otlp_bad_input() -> None:
         from_otlp_request(request)
 
 
+def test_otlp_rejected_spans_are_left_out_and_named() -> None:
+    request = ExportTraceServiceRequest()
+    spans = request.resource_spans.add().scope_spans.add().spans
+    for i in range(5):
+        spans.add(trace_id=b"\x01" * 16, span_id=bytes([i + 1]) * 8, name=f"s{i}",
+                  start_time_unix_nano=1_000, end_time_unix_nano=2_000)
+    spans[1].kind = 7
+    spans[2].end_time_unix_nano = 999
+    spans[3].events.add(name="late", time_unix_nano=2**63)
+    with pytest.raises(InvalidParameter, match="'s1'.*kind 7"):
+        from_otlp_request(request)
+    rejected: list[str] = []
+    kept = from_otlp_request(request, rejected=rejected)
+    assert [s.name for s in kept] == ["s0", "s4"]
+    assert len(rejected) == 3
+    assert "'s1'" in rejected[0] and "kind 7" in rejected[0]
+    assert "'s2'" in rejected[1] and "before start" in rejected[1]
+    assert "'s3'" in rejected[2] and "event timestamps" in rejected[2]
+
+
 def test_span_type_detection() -> None:
     assert span_type_of({"mlflow.spanType": '"CHAT_MODEL"'}) == "CHAT_MODEL"
     assert span_type_of({"mlflow.spanType": "TOOL", "openinference.span.kind": "LLM"}) == "TOOL"

@@ -26,7 +26,7 @@ import pytest
 from google.protobuf import json_format
 from opentelemetry.exporter.otlp.proto.common.trace_encoder import encode_spans
 from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
-from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
+from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest, ExportTraceServiceResponse
 from opentelemetry.proto.trace.v1.trace_pb2 import ResourceSpans, ScopeSpans
 from opentelemetry.proto.trace.v1.trace_pb2 import Span as OtlpSpan
 from opentelemetry.sdk.resources import Resource
@@ -218,8 +218,9 @@ async def test_hostile_input_gets_its_status_and_writes_nothing(serve: Any, stor
     post(short, 400, {**JS, **with_exp}, "16 bytes")
     post(short.replace(b"abcd", b"zz" * 16), 400, {**JS, **with_exp}, "hex")
     odd_kind = ExportTraceServiceRequest.FromString(good)
-    odd_kind.resource_spans[0].scope_spans[0].spans[0].kind = 99
-    post(odd_kind.SerializeToString(), 400, {**PB, **with_exp}, "invalid OTLP span")
+    for span in odd_kind.resource_spans[0].scope_spans[0].spans:
+        span.kind = 99
+    post(odd_kind.SerializeToString(), 400, {**PB, **with_exp}, "3 of 3 spans rejected")  # every span invalid
     post(b"[" * 100_000 + b"]" * 100_000, 400, {**JS, **with_exp}, "invalid JSON")  # nested too deep
     post(b'{"resourceSpans": {}}', 400, {**JS, **with_exp}, "array")
     post(good, 400, PB, "x-mlflow-experiment-id")  # no experiment, no default
@@ -241,6 +242,49 @@ async def test_hostile_input_gets_its_status_and_writes_nothing(serve: Any, stor
     post(big, 200, {**PB, **with_exp})
     assert await _rows(store) == (10_002, 2)
     assert server.metric("asyncstore_otlp_spans_stored_total") == 10_002
+
+
+def _mixed_request() -> tuple[bytes, list[bytes]]:
+    """A request of 7 spans of which 4 cannot be stored (one reason each), and the good ones' span ids."""
+    request = ExportTraceServiceRequest.FromString(_request(7))
+    spans = request.resource_spans[0].scope_spans[0].spans
+    spans[0].span_id = b"\x01\x02\x03"  # wrong length
+    spans[2].kind = 42  # outside OTLP's enum
+    spans[4].end_time_unix_nano = spans[4].start_time_unix_nano - 1  # ends before it starts
+    spans[6].start_time_unix_nano = 2**64 - 1  # past BIGINT
+    spans[6].end_time_unix_nano = 0
+    return request.SerializeToString(), [spans[i].span_id for i in (1, 3, 5)]
+
+
+async def test_invalid_spans_are_rejected_through_partial_success(serve: Any, store: AsyncStore) -> None:
+    server = serve()
+    exp = await make_experiment(store)
+    headers = {"x-mlflow-experiment-id": str(exp)}
+    body, kept = _mixed_request()
+    response = httpx.post(server.url + "/v1/traces", content=body, headers={**PB, **headers})
+    assert response.status_code == 200, response.text
+    answer = ExportTraceServiceResponse.FromString(response.content)
+    assert answer.partial_success.rejected_spans == 4
+    message = answer.partial_success.error_message
+    assert message.startswith("4 of 7 spans rejected: ")
+    for reason in ("8 bytes", "kind 42", "before start_time", "2**63-1"):
+        assert reason in message, message
+    trace_id = "tr-" + ExportTraceServiceRequest.FromString(body).resource_spans[0].scope_spans[0].spans[1].trace_id.hex()
+    assert sorted(s.span_id for s in (await store.traces.get(trace_id)).spans) == sorted(k.hex() for k in kept)
+
+    # The same in OTLP JSON: the response is JSON, rejectedSpans a string (int64).
+    body, kept = _mixed_request()
+    document = json_format.MessageToDict(ExportTraceServiceRequest.FromString(body))
+    for span in document["resourceSpans"][0]["scopeSpans"][0]["spans"]:
+        for key in ("traceId", "spanId"):
+            span[key] = base64.b64decode(span[key]).hex()
+    response = httpx.post(server.url + "/v1/traces", json=document, headers={**JS, **headers})
+    assert response.status_code == 200, response.text
+    assert response.json()["partialSuccess"]["rejectedSpans"] == "4"
+    assert "4 of 7 spans rejected" in response.json()["partialSuccess"]["errorMessage"]
+    assert await _rows(store) == (6, 2)
+    assert server.metric("asyncstore_otlp_spans_rejected_total") == 8
+    assert server.metric("asyncstore_otlp_spans_stored_total") == 6
 
 
 async def test_group_commit_coalesces_concurrent_requests(serve: Any, store: AsyncStore) -> None:

@@ -8,6 +8,8 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import Any
 
+from google.protobuf import json_format  # type: ignore[import-untyped,unused-ignore]
+from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceResponse
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from starlette.applications import Starlette
 from starlette.requests import Request
@@ -43,6 +45,30 @@ def _status_body(encoding: str, code: int, message: str) -> bytes:
         return json.dumps({"code": code, "message": message}).encode()
     text = message.encode()
     return b"\x08" + _varint(code) + b"\x12" + _varint(len(text)) + text  # fields 1 (code) and 2 (message)
+
+
+_REJECTIONS_SHOWN = 5
+"""Rejected spans whose reason a response spells out (the rest are counted)."""
+
+
+def _rejection(rejected: list[str], total: int) -> str:
+    """One message for the spans left out of a request: how many, and why (the first few)."""
+    shown = "; ".join(rejected[:_REJECTIONS_SHOWN])
+    more = f"; and {len(rejected) - _REJECTIONS_SHOWN} more" if len(rejected) > _REJECTIONS_SHOWN else ""
+    return f"{len(rejected)} of {total} spans rejected: {shown}{more}"
+
+
+def _success_body(encoding: str, rejected: int, message: str) -> bytes:
+    """An ``ExportTraceServiceResponse``: empty, or with ``partial_success`` when spans were rejected."""
+    response = ExportTraceServiceResponse()
+    if rejected:
+        response.partial_success.rejected_spans = rejected
+        response.partial_success.error_message = message
+    if encoding == JSON:
+        text: str = json_format.MessageToJson(response, indent=None)
+        return text.encode()
+    body: bytes = response.SerializeToString()
+    return body
 
 
 def _varint(n: int) -> bytes:
@@ -172,34 +198,38 @@ def create_app(
             parsed = parse(body, encoding)
         except BodyError as exc:
             return answer(encoding, exc.status, exc.message)
+        rejected: list[str] = []
         try:
-            spans = from_otlp_request(parsed)
+            spans = from_otlp_request(parsed, rejected=rejected)
         except StoreError as exc:
             return answer(encoding, 400, exc.message)
-        except ValueError as exc:  # e.g. a span kind outside OTLP's enum
-            return answer(encoding, 400, f"invalid OTLP span ({exc})")
-        metrics.spans_received.inc(len(spans))
+        total = len(spans) + len(rejected)
+        metrics.spans_received.inc(total)
+        if rejected and not spans:  # nothing to store: the request is refused whole
+            return answer(encoding, 400, _rejection(rejected, total), spans=total)
         experiment_id = request.headers.get(EXPERIMENT_HEADER) or default_exp
         if experiment_id is None:
             return answer(
                 encoding, 400, f"no experiment: send the {EXPERIMENT_HEADER} header "
-                "(or start the receiver with a default experiment id)", spans=len(spans),
+                "(or start the receiver with a default experiment id)", spans=total,
             )
         if spans:
             try:
                 await committer().submit(experiment_id, spans)
             except QueueFull as exc:
-                return answer(encoding, 429, str(exc), retry=True, spans=len(spans))
+                return answer(encoding, 429, str(exc), retry=True, spans=total)
             except ShuttingDown as exc:
-                return answer(encoding, 503, str(exc), retry=True, spans=len(spans))
+                return answer(encoding, 503, str(exc), retry=True, spans=total)
             except StoreError as exc:
                 # A 500's message may carry a driver's text: the client gets a generic one.
                 message = exc.message if exc.http_status != 500 else "internal error while writing spans"
                 retry = exc.http_status == 503  # TemporarilyUnavailable, SchemaOutOfDate
-                return answer(encoding, exc.http_status, message, retry=retry, spans=len(spans))
+                return answer(encoding, exc.http_status, message, retry=retry, spans=total)
             metrics.spans_stored.inc(len(spans))
         metrics.requests.labels(code="200").inc()
-        return Response(b"{}" if encoding == JSON else b"", status_code=200, media_type=encoding)
+        metrics.spans_rejected.inc(len(rejected))
+        message = _rejection(rejected, total) if rejected else ""
+        return Response(_success_body(encoding, len(rejected), message), status_code=200, media_type=encoding)
 
     async def health(request: Request) -> Response:
         return PlainTextResponse("ok\n")

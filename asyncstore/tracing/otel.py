@@ -32,6 +32,7 @@ from typing import TYPE_CHECKING, Any
 from asyncstore.entities import Span, SpanEvent, SpanStatus
 from asyncstore.errors import InvalidParameter
 from asyncstore.tracing.content import RESERVED_KEYS
+from asyncstore.tracing.rows import NS_MAX
 
 if TYPE_CHECKING:  # pragma: no cover
     from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import (
@@ -155,15 +156,40 @@ def _kv(attributes: Iterable[Any]) -> dict[str, Any]:
     return {kv.key: _any_value(kv.value) for kv in attributes}
 
 
-def from_otlp_request(request: ExportTraceServiceRequest | bytes) -> list[Span]:
+def _otlp_problem(s: Any, kinds: Any) -> str | None:
+    """What makes an OTLP span unstorable, or None: ids, kind and timestamps."""
+    if len(s.trace_id) != 16 or len(s.span_id) != 8 or len(s.parent_span_id) not in (0, 8):
+        return "trace_id must be 16 bytes, span ids 8 bytes"
+    if s.kind not in kinds:
+        return f"kind {s.kind} is not one of OTLP's span kinds (0-5)"
+    end = s.end_time_unix_nano
+    if s.start_time_unix_nano > NS_MAX or end > NS_MAX:
+        return "timestamps must be at most 2**63-1 nanoseconds"
+    if end and end < s.start_time_unix_nano:
+        return "end_time_unix_nano is before start_time_unix_nano"
+    if any(e.time_unix_nano > NS_MAX for e in s.events):
+        return "event timestamps must be at most 2**63-1 nanoseconds"
+    return None
+
+
+def from_otlp_request(
+    request: ExportTraceServiceRequest | bytes, *, rejected: list[str] | None = None
+) -> list[Span]:
     """Convert an OTLP ``ExportTraceServiceRequest`` (or its serialised bytes).
 
     This is what an OTLP/HTTP receiver gets as the body of ``POST /v1/traces`` with
     ``Content-Type: application/x-protobuf``.
 
+    Args:
+        request: the request, parsed or as bytes.
+        rejected: if given, a span that cannot be stored (ids of the wrong length, a
+            kind outside OTLP's enum, a timestamp past 2**63-1 ns or an end before its
+            start) is left out and a message naming it is appended here, instead of
+            failing the whole request (OTLP's ``partial_success``).
+
     Raises:
-        InvalidParameter: the bytes are not a valid request, or a span has ids of the
-            wrong length.
+        InvalidParameter: the bytes are not a valid request, or (without ``rejected``)
+            a span cannot be stored.
     """
     try:
         from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import (
@@ -179,15 +205,19 @@ def from_otlp_request(request: ExportTraceServiceRequest | bytes) -> list[Span]:
         except Exception as exc:  # protobuf's DecodeError has no stable import path
             raise InvalidParameter(f"not a valid OTLP ExportTraceServiceRequest ({exc})") from exc
         request = parsed
+    kinds = {number: name.removeprefix("SPAN_KIND_") for name, number in OtlpSpan.SpanKind.items()}
     out: list[Span] = []
     for resource_spans in request.resource_spans:
         resource = _kv(resource_spans.resource.attributes)
         for scope_spans in resource_spans.scope_spans:
             for s in scope_spans.spans:
-                if len(s.trace_id) != 16 or len(s.span_id) != 8 or len(s.parent_span_id) not in (0, 8):
-                    raise InvalidParameter(
-                        f"OTLP span {s.name!r}: trace_id must be 16 bytes, span ids 8 bytes"
-                    )
+                problem = _otlp_problem(s, kinds)
+                if problem is not None:
+                    message = f"OTLP span {s.name!r} (span_id {s.span_id.hex() or '-'}): {problem}"
+                    if rejected is None:
+                        raise InvalidParameter(message)
+                    rejected.append(message)
+                    continue
                 attributes, span_type = _span_attributes(_kv(s.attributes))
                 out.append(
                     Span(
@@ -200,7 +230,7 @@ def from_otlp_request(request: ExportTraceServiceRequest | bytes) -> list[Span]:
                         span_type=span_type,
                         status=_OTLP_STATUS.get(s.status.code, SpanStatus.UNSET),
                         status_message=s.status.message,
-                        kind=OtlpSpan.SpanKind.Name(s.kind).removeprefix("SPAN_KIND_"),
+                        kind=kinds[s.kind],
                         attributes=attributes,
                         events=tuple(
                             SpanEvent(e.name, e.time_unix_nano, _kv(e.attributes)) for e in s.events

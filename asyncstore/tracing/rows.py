@@ -23,7 +23,8 @@ from asyncstore.tracing import content, derive
 
 TRACE_ID_RE = re.compile(r"tr-[0-9a-f]{32}")
 SPAN_ID_RE = re.compile(r"[0-9a-f]{16}")
-_NS_MAX = 2**63 - 1  # BIGINT
+NS_MAX = 2**63 - 1
+"""The largest span timestamp, in epoch nanoseconds (a BIGINT column)."""
 _NS_PER_MS = 1_000_000
 _STATUS_VALUES = {s.value: s for s in SpanStatus}
 _STATUS_STR: dict[str, str] = {s.value: s.value for s in SpanStatus}
@@ -95,7 +96,7 @@ def _bad(index: int, span: Any, problem: str) -> InvalidParameter:
 
 
 def _is_ns(value: Any) -> bool:
-    return type(value) is int and 0 <= value <= _NS_MAX
+    return type(value) is int and 0 <= value <= NS_MAX
 
 
 def _check(index: int, span: Any) -> None:
@@ -166,8 +167,8 @@ def prepare(spans: Iterable[Span], experiment_id: int) -> PreparedBatch:
             and type(span.name) is str
             and (span_type is None or (type(span_type) is str and len(span_type) <= SPAN_TYPE_MAX))
             and status is not None
-            and type(start) is int and 0 <= start <= _NS_MAX
-            and (end is None or (type(end) is int and start <= end <= _NS_MAX))
+            and type(start) is int and 0 <= start <= NS_MAX
+            and (end is None or (type(end) is int and start <= end <= NS_MAX))
             and type(span.status_message) is str and type(span.kind) is str
             and type(span.attributes) is dict and type(span.resource) is dict
             and all(type(e) is SpanEvent and _is_ns(e.timestamp_unix_nano) for e in span.events)
