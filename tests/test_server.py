@@ -41,6 +41,7 @@ from asyncstore.otel import from_readable_spans
 from asyncstore.schema import spans as spans_table
 from asyncstore.schema import trace_info
 from tests.helpers import closed_port, count_rows, make_experiment
+from tests.test_mlflow_databases import _mlflow_store, mlflow_uri  # noqa: F401  (fixture)
 
 PB = {"Content-Type": "application/x-protobuf"}
 JS = {"Content-Type": "application/json"}
@@ -225,6 +226,7 @@ async def test_hostile_input_gets_its_status_and_writes_nothing(serve: Any, stor
     post(b'{"resourceSpans": {}}', 400, {**JS, **with_exp}, "array")
     post(good, 400, PB, "x-mlflow-experiment-id")  # no experiment, no default
     post(good, 404, {**PB, "x-mlflow-experiment-id": "987654"}, "987654")
+    post(good, 404, {**PB, **with_exp, "x-mlflow-run-id": "f" * 32}, "f" * 32)  # no such run
     as_json = short.replace(b'"abcd"', b'"' + b"ab" * 16 + b'", "name": "j", "startTimeUnixNano": "1700000000000000000"')
     post(as_json, 404, {**JS, "x-mlflow-experiment-id": "987654"}, "987654")
     assert await _rows(store) == (0, 0)
@@ -440,3 +442,72 @@ async def test_create_app_on_an_open_store_uses_it_and_leaves_it_open(store: Asy
     # The app's shutdown left the store open: it still reads.
     trace = await store.traces.get("tr-" + tid.hex())
     assert trace.info.experiment_id == str(exp) and len(trace.spans) == 3
+
+
+_TRACED = """
+import mlflow
+
+@mlflow.trace(span_type="LLM")
+def answer(question):
+    return {"answer": question.upper()}
+
+@mlflow.trace(name="chat turn")
+def turn(question):
+    with mlflow.start_span("retrieve", span_type="RETRIEVER") as span:
+        span.set_inputs({"q": question})
+        span.set_outputs(["doc-1", "doc-2"])
+    print(mlflow.get_active_trace_id())
+    return answer(question)["answer"]
+
+turn("hello")
+"""
+
+
+def test_mlflow_tracing_exports_to_serve_and_mlflow_reads_the_trace(
+    backend: str, mlflow_uri: str, tmp_path: Path  # noqa: F811
+) -> None:
+    """MLflow's own tracing, exporting over OTLP/HTTP (its documented environment
+    variables), into an MLflow database served by ``asyncstore serve``: MLflow's store
+    reads the trace and its spans as asyncstore stored them, linked to the run named by
+    ``x-mlflow-run-id`` as MLflow's own server links it."""
+    ml = _mlflow_store(mlflow_uri, backend)
+    try:
+        exp = ml.create_experiment("otlp from mlflow")
+        run = ml.create_run(exp, user_id="ann", start_time=0, tags=[], run_name="traced").info.run_id
+        server = Served(mlflow_uri, tmp_path)
+        try:
+            script = tmp_path / "traced.py"
+            script.write_text(_TRACED)
+            env = {
+                **os.environ,
+                "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT": server.url + "/v1/traces",
+                "OTEL_EXPORTER_OTLP_TRACES_PROTOCOL": "http/protobuf",
+                "OTEL_EXPORTER_OTLP_TRACES_HEADERS": f"x-mlflow-experiment-id={exp},x-mlflow-run-id={run}",
+                "MLFLOW_TRACKING_URI": f"sqlite:///{tmp_path / 'unused.db'}",  # never the served database
+            }
+            done = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, env=env,
+                                  cwd=tmp_path, timeout=120)
+            assert done.returncode == 0, done.stderr
+            trace_id = done.stdout.split()[-1]
+        finally:
+            assert server.stop() in (0, -signal.SIGTERM)
+        trace = ml.get_trace(trace_id)
+        ml_linked = [t.trace_id for t in ml.search_traces([exp], filter_string=f"run_id = '{run}'")[0]]
+    finally:
+        ml.engine.dispose()
+    assert trace.info.experiment_id == exp and trace.info.state.value == "OK"
+    spans = {s.name: s for s in trace.data.spans}
+    assert set(spans) == {"chat turn", "retrieve", "answer"}
+    assert spans["retrieve"].parent_id == spans["chat turn"].span_id == spans["answer"].parent_id
+    assert spans["answer"].span_type == "LLM" and spans["retrieve"].span_type == "RETRIEVER"
+    assert spans["answer"].inputs == {"question": "hello"} and spans["answer"].outputs == {"answer": "HELLO"}
+    assert spans["retrieve"].outputs == ["doc-1", "doc-2"]
+    assert ml_linked == [trace_id]
+    assert trace.info.request_preview == '{"question": "hello"}'
+
+    async def ours() -> Any:
+        async with AsyncStore.open(mlflow_uri) as store:
+            return await store.traces.get(trace_id)
+
+    stored = asyncio.run(ours())
+    assert {s.name: s.span_type for s in stored.spans} == {n: s.span_type for n, s in spans.items()}

@@ -17,15 +17,19 @@ from starlette.responses import PlainTextResponse, Response
 from starlette.routing import Route
 
 from asyncstore import migrate
+from asyncstore.dialect import chunks
+from asyncstore.entities import Span
 from asyncstore.errors import StoreError
 from asyncstore.otel import from_otlp_request
 from asyncstore.server.body import JSON, BodyError, decompress, encoding_of, parse, read_limited
 from asyncstore.server.batcher import BatchObserver, GroupCommitter, QueueFull, ShuttingDown
 from asyncstore.store import AsyncStore
+from asyncstore.tracing.links import MAX_LINKS
 
 log = logging.getLogger(__name__)
 
 EXPERIMENT_HEADER = "x-mlflow-experiment-id"
+RUN_HEADER = "x-mlflow-run-id"
 DEFAULT_MAX_BODY_BYTES = 16 * 1024 * 1024
 DEFAULT_MAX_BATCH_SPANS = 5000
 DEFAULT_MAX_WAIT_MS = 5.0
@@ -69,6 +73,14 @@ def _success_body(encoding: str, rejected: int, message: str) -> bytes:
         return text.encode()
     body: bytes = response.SerializeToString()
     return body
+
+
+async def _link_roots(store: AsyncStore, spans: list[Span], run_id: str) -> None:
+    """Link the traces whose root span is among ``spans`` to ``run_id``, as MLflow's
+    server does for ``x-mlflow-run-id`` (linking twice is a no-op, so a retry may)."""
+    roots = sorted({span.trace_id for span in spans if span.parent_span_id is None})
+    for chunk in chunks(roots, MAX_LINKS):
+        await store.traces.link_to_run(chunk, run_id)
 
 
 def _varint(n: int) -> bytes:
@@ -130,6 +142,8 @@ def create_app(
             closed at shutdown.
         default_experiment_id: the experiment of requests without the
             ``x-mlflow-experiment-id`` header (without either, a request is refused: 400).
+            A request's ``x-mlflow-run-id`` header links the traces whose root span it
+            carries to that run, as MLflow's server does.
         max_body_bytes: the largest body accepted, before and after gzip (else 413).
         max_batch_spans: the most spans coalesced into one ``log_spans`` call (a larger
             request is written alone, in one call).
@@ -213,9 +227,14 @@ def create_app(
                 encoding, 400, f"no experiment: send the {EXPERIMENT_HEADER} header "
                 "(or start the receiver with a default experiment id)", spans=total,
             )
+        run_id = request.headers.get(RUN_HEADER)
         if spans:
             try:
+                if run_id:
+                    await store().runs.get(run_id)  # an unknown run: 404 before anything is written
                 await committer().submit(experiment_id, spans)
+                if run_id:
+                    await _link_roots(store(), spans, run_id)
             except QueueFull as exc:
                 return answer(encoding, 429, str(exc), retry=True, spans=total)
             except ShuttingDown as exc:
