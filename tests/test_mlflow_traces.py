@@ -35,7 +35,8 @@ def _trace(trace_id: str) -> list[Span]:
     return [
         make_span(
             trace_id, root_id, name="agent ✓", span_type="AGENT", end_time_unix_nano=T0 + 100 * MS,
-            attributes={"mlflow.spanInputs": {"question": "2+2? é"}, "mlflow.spanOutputs": "4", "n": 3, "f": 0.25},
+            attributes={"mlflow.spanInputs": {"question": "2+2? é"}, "mlflow.spanOutputs": "4", "n": 3, "f": 0.25,
+                        "big": 2**70, "below_int64": [-(2**63) - 1]},  # integers orjson would make floats
         ),
         make_span(
             trace_id, llm_id, parent_span_id=root_id, name="llm", span_type="LLM",

@@ -210,16 +210,26 @@ def member(key: str, value: str) -> str:
 # --- reading --------------------------------------------------------------------------------------
 
 
+_LONG_DIGITS = re.compile(r"\d{19}")
+_LONG_DIGITS_BYTES = re.compile(rb"\d{19}")
+"""A run of 19 digits: the text may hold an integer outside 64 bits, which orjson would
+silently turn into a float (json keeps it an int, as MLflow reads it)."""
+
+
 def loads(text: str | bytes) -> Any:
-    """JSON text decoded (orjson, else the json module: NaN, integers beyond 64 bits).
+    """JSON text decoded as ``json.loads`` decodes it, fast: orjson, else the json module
+    (NaN, which MLflow's json.dumps writes; integers outside 64 bits).
 
     Raises:
         ValueError: not JSON.
     """
-    try:
-        return orjson.loads(text)
-    except orjson.JSONDecodeError:  # NaN (MLflow's json.dumps writes it), integers beyond 64 bits
-        return json.loads(text)
+    long_digits = _LONG_DIGITS_BYTES if isinstance(text, bytes) else _LONG_DIGITS
+    if long_digits.search(text) is None:  # type: ignore[arg-type]  # the pattern matches text's type
+        try:
+            return orjson.loads(text)
+        except orjson.JSONDecodeError:
+            pass
+    return json.loads(text)
 
 
 def attribute(value: Any) -> Any:
