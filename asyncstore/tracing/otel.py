@@ -31,6 +31,7 @@ from typing import TYPE_CHECKING, Any
 
 from asyncstore.entities import Span, SpanEvent, SpanStatus
 from asyncstore.errors import InvalidParameter
+from asyncstore.tracing import content
 from asyncstore.tracing.content import RESERVED_KEYS
 from asyncstore.tracing.rows import NS_MAX
 
@@ -67,7 +68,7 @@ def _unwrapped(value: Any) -> Any:
     ``sanitize_attributes`` on OTLP input); any other value as it is."""
     if isinstance(value, str) and value.lstrip()[:1] in ('"', "{", "["):
         try:
-            decoded = json.loads(value)
+            decoded = content.loads(value)
         except ValueError:
             return value
         if isinstance(decoded, (str, dict, list)):
