@@ -10,10 +10,13 @@ behind, also when a workload fails or the run is interrupted.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import io
 import json
 import math
+import os
 import re
+import signal
 import sys
 from pathlib import Path
 from typing import Any
@@ -22,8 +25,8 @@ import pytest
 from sqlalchemy import MetaData
 from sqlalchemy.engine import make_url
 
-from asyncstore import cli
-from asyncstore.bench import database, plot, report, runner
+from asyncstore import AsyncStore, cli
+from asyncstore.bench import database, otlp, plot, report, runner
 from asyncstore.bench.measure import (
     Figures,
     Outcome,
@@ -44,8 +47,9 @@ from asyncstore.bench.raw import (
 )
 from asyncstore.bench.scale import SCALES
 from asyncstore.bench.workloads import SPEC_BY_NAME, SPECS, STORE_WORKLOADS
-from asyncstore.schema import metrics, spans
+from asyncstore.schema import metrics, spans, trace_info
 from tests import dbadmin
+from tests.helpers import count_rows
 
 SMALL = SCALES["small"]
 
@@ -537,3 +541,173 @@ def test_identical_raw_tables_keep_the_store_tables_foreign_keys() -> None:
         assert sorted(fk.target_fullname for fk in raw.foreign_keys) == sorted(
             fk.target_fullname for fk in source.foreign_keys
         )
+
+
+# --- otlp_ingest and otlp_soak: OTLP/HTTP into asyncstore serve (and MLflow's server) ---------
+
+TINY_OTLP = dataclasses.replace(SMALL, span_batches=1, repetitions=2)
+"""1,000 spans (20 requests of 50) per repetition, one warm-up and two recorded."""
+
+
+@pytest.fixture
+def started_servers(monkeypatch: pytest.MonkeyPatch) -> list[otlp.ServerProcess]:
+    """Every server process the OTLP workloads start during the test."""
+    started: list[otlp.ServerProcess] = []
+    start = otlp.ServerProcess.start
+
+    async def recording(self: otlp.ServerProcess, timeout: float = otlp.START_TIMEOUT) -> None:
+        started.append(self)
+        await start(self, timeout)
+
+    monkeypatch.setattr(otlp.ServerProcess, "start", recording)
+    return started
+
+
+def _check_otlp_system(entry: dict[str, Any], system: str, *, server: bool) -> None:
+    figures = entry[system]
+    assert len(figures["throughputs"]) == TINY_OTLP.repetitions and _positive(figures["throughput"]), figures
+    assert figures["items"] == entry["items_per_repetition"] == 1000
+    assert figures["p50_ms"] <= figures["p99_ms"]
+    # The workload counted the experiment's spans in the database after each repetition.
+    assert figures["extra"]["spans_stored"] == 1000 * TINY_OTLP.repetitions
+    if server:
+        memory = figures["extra"]
+        assert _positive(memory["rss_mb_start"]) and _positive(memory["rss_mb_end"])
+        assert [s["rep"] for s in figures["samples"]] == [1, 1, 2, 2]  # start and end of each recorded one
+        assert all(_positive(s["rss_mb"]) for s in figures["samples"])
+
+
+def test_otlp_ingest_is_opt_in_and_reports_http_over_direct(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, started_servers: list[otlp.ServerProcess],
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    assert "otlp_ingest" not in {spec.name for spec in SPECS}  # not in the default run
+    monkeypatch.setitem(SCALES, "small", TINY_OTLP)
+    out = tmp_path / "results"
+    code = cli.main(["bench", "--workload", "otlp_ingest", "--out", str(out)])
+    printed = capsys.readouterr().out
+    assert code == 0, printed
+    result = _only_json(out)
+    assert result["failed"] == [] and list(result["workloads"]) == ["otlp_ingest"]
+    entry = result["workloads"]["otlp_ingest"]
+    assert entry["concurrency"] == otlp.OTLP_EXPORTERS and "mlflow" not in entry
+    _check_otlp_system(entry, "asyncstore", server=True)
+    _check_otlp_system(entry, "direct", server=False)
+    # Group commit: fewer transactions than the 40 recorded requests, and time spent in them.
+    assert 1 <= entry["asyncstore"]["extra"]["transactions"] <= 40
+    assert _positive(entry["asyncstore"]["extra"]["write_s"])
+    assert entry["ratio_direct"] == round(entry["asyncstore"]["throughput"] / entry["direct"]["throughput"], 2) > 0
+    assert "of direct" in printed and "rss_mb_end" in printed
+    # One asyncstore serve, started on a free port and stopped by SIGTERM.
+    assert [s.name for s in started_servers] == ["asyncstore serve"]
+    assert started_servers[0].stopped() and started_servers[0].process is not None
+    assert started_servers[0].process.returncode in (0, -signal.SIGTERM)
+
+
+async def test_otlp_ingest_stores_every_span_it_sends(store: AsyncStore, backend: str) -> None:
+    http = otlp.OtlpIngest(store, TINY_OTLP)
+    direct = otlp.DirectIngest(store, TINY_OTLP)
+    for workload in (http, direct):
+        await workload.setup()
+    try:
+        for rep in range(2):
+            for workload in (http, direct):
+                await workload.prepare(rep)
+                outcome = await workload.run(rep)
+                assert outcome.items == 1000 and outcome.latencies and len(outcome.latencies) == 20
+    finally:
+        for workload in (http, direct):
+            await workload.teardown()
+    for workload in (http, direct):
+        experiment = int(workload.experiment_id)
+        assert await count_rows(store, spans, spans.c.experiment_id == experiment) == 2000
+        # Whole traces: 5 of 10 spans per request.
+        assert await count_rows(store, trace_info, trace_info.c.experiment_id == experiment) == 200
+    server = http.server
+    assert server is not None and server.stopped()
+    assert server.process is not None and server.process.returncode in (0, -signal.SIGTERM)
+    assert not os.path.exists(server.workdir)
+
+
+@pytest.mark.slow
+def test_otlp_ingest_against_mlflows_server(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, started_servers: list[otlp.ServerProcess],
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    monkeypatch.setitem(SCALES, "small", TINY_OTLP)
+    out = tmp_path / "results"
+    code = cli.main(["bench", "--workload", "otlp_ingest", "--compare", "mlflow", "--out", str(out)])
+    printed = capsys.readouterr().out
+    assert code == 0, printed
+    entry = _only_json(out)["workloads"]["otlp_ingest"]
+    for system in ("asyncstore", "asyncstore_on_mlflow_schema", "mlflow"):
+        _check_otlp_system(entry, system, server=True)  # MLflow's database holds every span too
+    _check_otlp_system(entry, "direct", server=False)
+    assert entry["ratio_mlflow"] == round(entry["asyncstore"]["throughput"] / entry["mlflow"]["throughput"], 2) > 0
+    assert _positive(entry["ratio_mlflow_same_tables"]) and _positive(entry["ratio_direct"])
+    assert "x MLflow" in printed and "of direct" in printed
+    names = [s.name for s in started_servers]
+    assert sorted(names) == ["asyncstore serve", "asyncstore serve", "mlflow server"]
+    mlflow_server = started_servers[names.index("mlflow server")]
+    assert len(mlflow_server.processes) >= 2  # the `mlflow server` command and its uvicorn worker
+    assert all(server.stopped() for server in started_servers)
+
+
+def test_otlp_soak_samples_memory_and_throughput(
+    tmp_path: Path, started_servers: list[otlp.ServerProcess], capsys: pytest.CaptureFixture[str]
+) -> None:
+    out = tmp_path / "results"
+    code = cli.main(["bench", "--workload", "otlp_soak", "--otlp-minutes", "0.05", "--out", str(out)])
+    printed = capsys.readouterr().out
+    assert code == 0, printed
+    result = _only_json(out)
+    assert result["command"] == "asyncstore bench --workload otlp_soak --scale small --otlp-minutes 0.05"
+    entry = result["workloads"]["otlp_soak"]
+    assert set(entry) >= {"asyncstore"} and "direct" not in entry and "0.05 minutes" in entry["description"]
+    figures = entry["asyncstore"]
+    assert len(figures["throughputs"]) == 1 and _positive(figures["throughput"])
+    assert figures["items"] == figures["extra"]["spans_stored"] > 0
+    assert 2.5 <= figures["seconds"][0] < 30
+    samples = figures["samples"]
+    assert len(samples) >= 5 and samples[0]["t_s"] == 0 and samples[-1]["spans"] == figures["items"]
+    assert all(_positive(s["rss_mb"]) for s in samples) and any(_positive(s["spans_per_s"]) for s in samples)
+    memory = figures["extra"]
+    assert memory["rss_mb_start"] == samples[0]["rss_mb"] and memory["rss_mb_end"] == samples[-1]["rss_mb"]
+    assert memory["rss_mb_max"] == max(s["rss_mb"] for s in samples) and _positive(memory["rss_mb_at_10pct"])
+    assert printed.count("server RSS") == len(samples)  # each reading printed as it is taken
+    assert len(started_servers) == 1 and started_servers[0].stopped()
+
+
+@pytest.mark.parametrize("value", ["0", "x", "-1", "inf"])
+def test_otlp_minutes_must_be_positive(value: str, capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as info:
+        cli.main(["bench", "--otlp-minutes", value])
+    assert info.value.code == 2
+    assert "positive number of minutes" in capsys.readouterr().err
+
+
+def test_otlp_workloads_without_their_packages_say_how_to_install(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.setattr(otlp, "missing_packages", lambda: ["httpx"])
+    assert cli.main(["bench", "--workload", "otlp_ingest", "--out", str(tmp_path)]) == 2
+    assert "pip install 'asyncstore[bench]'" in capsys.readouterr().err
+    assert not list(tmp_path.iterdir())
+
+
+def test_direct_ratio_and_columns() -> None:
+    result = _result(otlp_ingest={"unit": "spans/s", "description": "d", "asyncstore": {"throughput": 600.0},
+                                  "direct": {"throughput": 800.0}})
+    report.add_ratios(result["workloads"])
+    assert result["workloads"]["otlp_ingest"]["ratio_direct"] == 0.75
+    text = report.table(result)
+    assert "of direct" in text and "75%" in text and "direct (no HTTP)" in text
+    assert "of direct" not in report.table(_result(x={"unit": "u", "description": "d", "asyncstore": {"throughput": 1.0}}))
+
+
+async def test_a_server_that_exits_at_start_is_reported_with_its_output() -> None:
+    command = [sys.executable, "-c", "import sys; print('no database here'); sys.exit(3)"]
+    server = otlp.ServerProcess("broken server", command, otlp.free_port())
+    with pytest.raises(RuntimeError, match="broken server exited with 3: no database here"):
+        await server.start()
+    assert server.stopped() and not os.path.exists(server.workdir)

@@ -48,6 +48,8 @@ class Outcome:
             the totals).
         seconds: the seconds ``items`` took when the repetition also did something
             else (the ``mixed`` workload's read-only phase); None: the whole repetition.
+        samples: readings taken along the repetition (the OTLP workloads' server
+            memory and throughput), reported as they are.
     """
 
     items: int
@@ -55,6 +57,7 @@ class Outcome:
     extra: dict[str, float] = dataclasses.field(default_factory=dict)
     parts: dict[str, Part] = dataclasses.field(default_factory=dict)
     seconds: float | None = None
+    samples: list[dict[str, float]] = dataclasses.field(default_factory=list)
 
 
 class Workload(Protocol):
@@ -88,6 +91,7 @@ class Figures:
         parts: per kind of call (:class:`Part`), the median over repetitions of its
             ``throughput`` (calls per second), ``p50_ms`` and ``p99_ms``.
         setup_seconds: how long the untimed setup took (filling the database).
+        samples: the readings of the recorded repetitions (:attr:`Outcome.samples`).
     """
 
     throughput: float
@@ -99,6 +103,7 @@ class Figures:
     extra: dict[str, float] = dataclasses.field(default_factory=dict)
     parts: dict[str, dict[str, float]] = dataclasses.field(default_factory=dict)
     setup_seconds: float | None = None
+    samples: list[dict[str, float]] | None = None
 
     def to_json(self) -> dict[str, Any]:
         """A JSON-ready dict (no None values)."""
@@ -131,6 +136,7 @@ class _Tally:
     p99s: list[float] = dataclasses.field(default_factory=list)
     extra: dict[str, float] = dataclasses.field(default_factory=dict)
     parts: dict[str, dict[str, list[float]]] = dataclasses.field(default_factory=dict)
+    samples: list[dict[str, float]] = dataclasses.field(default_factory=list)
     items: int = 0
 
     def add(self, outcome: Outcome, elapsed: float) -> float:
@@ -145,6 +151,7 @@ class _Tally:
             self.p99s.append(percentile(outcome.latencies, 99) * 1000)
         for key, value in outcome.extra.items():
             self.extra[key] = self.extra.get(key, 0.0) + value
+        self.samples += outcome.samples
         for name, part in outcome.parts.items():
             tally = self.parts.setdefault(name, {"throughput": [], "p50_ms": [], "p99_ms": []})
             tally["throughput"].append(part.calls / part.seconds if part.seconds > 0 else 0.0)
@@ -166,6 +173,7 @@ class _Tally:
                 for name, tally in self.parts.items()
             },
             setup_seconds=round(self.setup_seconds, 3),
+            samples=self.samples or None,
         )
 
 

@@ -4,7 +4,9 @@
 ``log_spans`` and ``claim_jobs`` (same classes, another size); ``--million`` adds
 the million-span memory run (:class:`MillionSpans`), ``--search-scale`` the
 10,000-run search (:class:`SearchScale`). :class:`NaiveClaimJobs` is the naive
-claim loop measured beside ``claim_jobs``.
+claim loop measured beside ``claim_jobs``. :data:`OPT_IN` are the workloads that run
+only when ``--workload`` names them (they start server processes:
+:mod:`asyncstore.bench.otlp`); ``--otlp-minutes`` sets the OTLP soak's duration.
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 from asyncstore import schema
 from asyncstore.bench.data import hex_id, span_batch
 from asyncstore.bench.measure import Outcome
+from asyncstore.bench.otlp import OTLP_INGEST, SOAK_MINUTES, OtlpIngest, soak_spec
 from asyncstore.bench.scale import JOB_WORKERS, METRIC_BATCH, SPAN_BATCH, Scale
 from asyncstore.bench.workloads import (
     STORE_WORKLOADS,
@@ -55,6 +58,10 @@ MILLION = 1_000_000
 """Spans of the ``--million`` memory run (1,000-span batches built on the fly)."""
 MAX_LOG_BATCH = 1000
 """Largest log_batch variant: MLflow's (and the store's) limit of metrics per call."""
+OPT_IN: tuple[Spec, ...] = (OTLP_INGEST, soak_spec())
+"""Workloads run only when ``--workload`` names them (not in the default set): they
+start server processes (``asyncstore serve``, ``mlflow server``); ``otlp_soak`` runs
+for minutes."""
 
 
 def _in_calls_of(size: int, rows: Callable[[Scale], int], scale: Scale) -> int:
@@ -69,6 +76,7 @@ def variants(
     job_workers: Sequence[int] = (),
     million: int = 0,
     search_runs: int = 0,
+    otlp_minutes: float = 0,
 ) -> list[Spec]:
     """``specs`` with the workloads of the command's extra options.
 
@@ -81,6 +89,8 @@ def variants(
             (``claim_jobs@1``; 8 is the plain one), each beside the naive claim loop.
         million: spans of a ``million_spans`` memory run (0: none).
         search_runs: runs of a ``search_scale`` workload (0: none).
+        otlp_minutes: duration of the ``otlp_soak`` workload, which it adds when
+            ``specs`` lack it (0: the default duration, and only if chosen).
     """
     found: list[Spec] = []
     for spec in specs:
@@ -104,8 +114,12 @@ def variants(
                     description=spec.description.replace(f"{JOB_WORKERS} concurrent", f"{workers} concurrent")
                     + " (naive: SELECT the oldest, then UPDATE it if still pending; lost claims counted)",
                 ))
+        elif spec.name == "otlp_soak":
+            found.append(soak_spec(otlp_minutes or SOAK_MINUTES))
         else:
             found.append(spec)
+    if otlp_minutes and not any(spec.name == "otlp_soak" for spec in found):
+        found.append(soak_spec(otlp_minutes))
     if million:
         found.append(Spec(
             "million_spans", "spans/s", f"ingest {million:,} spans in {SPAN_BATCH}-span batches built on the fly, "
@@ -265,7 +279,9 @@ class NaiveClaimJobs(ClaimJobs):
         return str(job_id)
 
 
-EXTRA_WORKLOADS: dict[str, type[_StoreWorkload]] = {"million_spans": MillionSpans, "search_scale": SearchScale}
+EXTRA_WORKLOADS: dict[str, type[_StoreWorkload]] = {
+    "million_spans": MillionSpans, "search_scale": SearchScale, "otlp_ingest": OtlpIngest,
+}
 NAIVE_WORKLOADS: dict[str, type[ClaimJobs]] = {"claim_jobs": NaiveClaimJobs}
 """The naive loop measured beside a workload (the ``naive`` system)."""
 

@@ -16,10 +16,13 @@ INSTALL_HINT = "pip install 'asyncstore[bench]'  (or: pip install matplotlib)"
 LABELS = {
     "asyncstore": "asyncstore",
     ON_MLFLOW_SCHEMA: "asyncstore on MLflow's tables",
-    "mlflow": "MLflow SqlAlchemyStore (thread pool)",
+    "mlflow": "MLflow SqlAlchemyStore (thread pool; otlp_ingest: mlflow server)",
     "raw": "raw driver ceiling",
+    "direct": "asyncstore in-process, no HTTP (OTLP ceiling)",
 }
-COLOURS = {"asyncstore": "#2b6cb0", ON_MLFLOW_SCHEMA: "#63b3ed", "mlflow": "#dd6b20", "raw": "#718096"}
+COLOURS = {
+    "asyncstore": "#2b6cb0", ON_MLFLOW_SCHEMA: "#63b3ed", "mlflow": "#dd6b20", "raw": "#718096", "direct": "#a0aec0",
+}
 
 
 def matplotlib_available() -> bool:

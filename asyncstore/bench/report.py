@@ -108,12 +108,14 @@ def add_ratios(workloads: Mapping[str, dict[str, Any]]) -> None:
     """Set ``ratio_<peer>`` (asyncstore / peer) in place for MLflow and the raw ceilings.
 
     ``ratio_raw`` is the fraction of the bare-table (or bare-query) ceiling,
-    ``ratio_raw_fk`` of the identical-table one (foreign keys included).
+    ``ratio_raw_fk`` of the identical-table one (foreign keys included),
+    ``ratio_direct`` of the OTLP workload's in-process ceiling (the same spans written
+    by ``log_spans`` without HTTP).
     ``ratio_mlflow_same_tables`` is asyncstore on MLflow's own tables over MLflow.
     """
     for entry in workloads.values():
         ours = _throughput(entry.get("asyncstore"))
-        for peer in ("mlflow", "raw", "raw_fk"):
+        for peer in ("mlflow", "raw", "raw_fk", "direct"):
             value = ratio(ours, _throughput(entry.get(peer)))
             if value is not None:
                 entry[f"ratio_{peer}"] = value
@@ -184,12 +186,15 @@ def table(result: Mapping[str, Any]) -> str:
     workloads: Mapping[str, Mapping[str, Any]] = result["workloads"]
     compare = any("mlflow" in w for w in workloads.values())
     fk = any("raw_fk" in w for w in workloads.values())
+    direct = any("direct" in w for w in workloads.values())
     header = ["workload", "unit", "asyncstore"]
     if compare:
         header += ["MLflow", "x MLflow", "asyncstore on MLflow's tables", "x MLflow"]
     header += ["raw driver", "of raw"]
     if fk:
         header += ["raw, same table", "of same"]
+    if direct:
+        header += ["direct (no HTTP)", "of direct"]
     rows: list[Sequence[str]] = [header]
     for name, entry in workloads.items():
         row = [name, entry["unit"], _cell(entry.get("asyncstore"))]
@@ -207,6 +212,9 @@ def table(result: Mapping[str, Any]) -> str:
             same = entry.get("raw_fk")
             row += [_cell(same) if same is not None else "-"]
             row += [f"{entry['ratio_raw_fk']:.0%}" if "ratio_raw_fk" in entry else "-"]
+        if direct:
+            row += [_cell(entry["direct"]) if "direct" in entry else "-"]
+            row += [f"{entry['ratio_direct']:.0%}" if "ratio_direct" in entry else "-"]
         rows.append(row)
     widths = [max(len(r[i]) for r in rows) for i in range(len(header))]
     lines = ["  ".join(cell.ljust(w) for cell, w in zip(r, widths)).rstrip() for r in rows]
@@ -222,6 +230,11 @@ def table(result: Mapping[str, Any]) -> str:
         "raw driver: the same rows written (bare table, no foreign keys) or the same queries run by the bare "
         "driver; raw, same table: an identical table, foreign keys included"
     )
+    if direct:
+        ceilings += (
+            "; direct (no HTTP): the OTLP requests' spans written by store.spans.log_spans in the bench's "
+            "process, same calls and concurrency"
+        )
     return "\n".join([title, "", *lines, "", "throughput per second; " + ceilings + "; workloads:", *notes])
 
 

@@ -4,7 +4,7 @@
 
     asyncstore bench [--uri URI] [--workload NAME ...] [--scale small|medium|large]
                      [--batch-sizes N,N,...] [--job-workers N,N,...] [--million [SPANS]]
-                     [--search-scale [RUNS]] [--out DIR] [--compare mlflow] [--plot]
+                     [--search-scale [RUNS]] [--otlp-minutes M] [--out DIR] [--compare mlflow] [--plot]
 
 Without ``--uri`` it runs on a SQLite file in a new temporary directory; with a
 PostgreSQL or MySQL URI it creates a database with a random name on that server
@@ -30,7 +30,7 @@ from typing import TYPE_CHECKING, Any, TextIO
 from asyncstore.bench import report
 from asyncstore.bench.database import ScratchDatabase, create_scratch
 from asyncstore.bench.measure import Workload, measure_all
-from asyncstore.bench.options import MILLION, SCALE_RUNS, variants
+from asyncstore.bench.options import MILLION, OPT_IN, SCALE_RUNS, variants
 from asyncstore.bench.progress import Progress
 from asyncstore.bench.scale import SCALES, Scale
 from asyncstore.bench.workloads import ON_MLFLOW_SCHEMA, SPECS, Spec
@@ -51,7 +51,8 @@ DESCRIPTION = (
     "Benchmark asyncstore on a fresh database: experiment and run creation, log_batch, get_run, run search, "
     "span ingestion, trace search and job claiming, each after a warm-up and several repetitions (median "
     "reported), next to raw-driver ceilings (the same rows written, or the statements the store sends for reads "
-    "and job claims replayed, by the bare driver) and optionally MLflow's SqlAlchemyStore. Prints a table and "
+    "and job claims replayed, by the bare driver) and optionally MLflow's SqlAlchemyStore; when named, OTLP/HTTP "
+    "ingestion through asyncstore serve (and MLflow's server). Prints a table and "
     "writes every figure, the versions and the machine to a JSON file. Without --uri it runs on a SQLite file "
     "in a temporary directory; with a server URI it creates a database with a random name there and drops it "
     "at the end, even after an error or Ctrl-C."
@@ -66,8 +67,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "random name is created there and dropped at the end; default: a SQLite file in a temporary directory",
     )
     parser.add_argument(
-        "--workload", nargs="+", action="extend", choices=[s.name for s in SPECS], metavar="NAME",
-        help=f"workloads to run (default: all): {', '.join(s.name for s in SPECS)}",
+        "--workload", nargs="+", action="extend", choices=[s.name for s in (*SPECS, *OPT_IN)], metavar="NAME",
+        help=f"workloads to run (default: all but {' and '.join(s.name for s in OPT_IN)}, which start server "
+        f"processes and run only when named): {', '.join(s.name for s in (*SPECS, *OPT_IN))}",
     )
     parser.add_argument("--scale", choices=list(SCALES), default="small", help="how much work (default: small)")
     parser.add_argument(
@@ -91,6 +93,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--search-scale", type=_positive, nargs="?", const=SCALE_RUNS, default=0, metavar="RUNS",
         help=f"also search {SCALE_RUNS:,} runs (or RUNS) with 20 metrics each (filled in bulk, untimed): metric "
         "filters ordered by another metric, pages of 100 and 1,000, with the raw ceiling",
+    )
+    parser.add_argument(
+        "--otlp-minutes", type=_minutes, default=0, metavar="M",
+        help="run otlp_soak (asyncstore serve under otlp_ingest's load, printing its resident memory and the "
+        "throughput every 30 s) for M minutes (default 10 when --workload names otlp_soak)",
     )
     parser.add_argument(
         "--out", default=DEFAULT_OUT, metavar="DIR", help=f"where the JSON (and PNG) go (default: ./{DEFAULT_OUT})"
@@ -120,6 +127,16 @@ def _positive(text: str) -> int:
         value = 0
     if value < 1:
         raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
+    return value
+
+
+def _minutes(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        value = 0.0
+    if not value > 0 or value == float("inf"):
+        raise argparse.ArgumentTypeError(f"expected a positive number of minutes, got {text!r}")
     return value
 
 
@@ -179,9 +196,18 @@ async def run_bench(args: argparse.Namespace, stream: TextIO | None = None) -> i
     scale = SCALES[args.scale]
     chosen = set(args.workload or [s.name for s in SPECS])
     specs = variants(
-        [s for s in SPECS if s.name in chosen], batch_sizes=args.batch_sizes, job_workers=args.job_workers,
-        million=args.million, search_runs=args.search_scale,
+        [s for s in (*SPECS, *OPT_IN) if s.name in chosen], batch_sizes=args.batch_sizes,
+        job_workers=args.job_workers, million=args.million, search_runs=args.search_scale,
+        otlp_minutes=args.otlp_minutes,
     )
+    if any(s.kind == "otlp_ingest" for s in specs):
+        from asyncstore.bench.otlp import INSTALL_HINT as OTLP_HINT
+        from asyncstore.bench.otlp import missing_packages
+
+        missing = missing_packages()
+        if missing:
+            print(f"asyncstore bench: the OTLP workloads need {', '.join(missing)}: {OTLP_HINT}", file=sys.stderr)
+            return EXIT_USAGE
     bench = _Bench(scale, specs, compare, out)
     result = await bench.run(args.uri)
     result["command"] = _command(args)
@@ -212,6 +238,8 @@ def _command(args: argparse.Namespace) -> str:
     for option in ("million", "search_scale"):
         if getattr(args, option):
             parts += [f"--{option.replace('_', '-')}", str(getattr(args, option))]
+    if args.otlp_minutes:
+        parts += ["--otlp-minutes", f"{args.otlp_minutes:g}"]
     if args.compare:
         parts += ["--compare", args.compare]
     if args.plot:
@@ -348,6 +376,7 @@ class _Bench:
     ) -> dict[str, Workload]:
         """The workload of every system measured for ``spec``, asyncstore first (the others read its setup)."""
         from asyncstore.bench.options import workload_class
+        from asyncstore.bench.otlp import DirectIngest, MlflowServerIngest, OtlpIngest
 
         ours = workload_class(spec.kind)(store, self.scale, spec)
         systems: dict[str, Workload] = {"asyncstore": ours}
@@ -362,12 +391,19 @@ class _Bench:
                 from asyncstore.bench.options import NAIVE_WORKLOADS
 
                 systems[system] = NAIVE_WORKLOADS[spec.kind](store, self.scale, spec)
+            elif system == "direct":
+                systems[system] = DirectIngest(store, self.scale, spec)
             elif system == ON_MLFLOW_SCHEMA and on_mlflow is not None:
                 systems[system] = workload_class(spec.kind)(on_mlflow, self.scale, spec)
+            elif system == "mlflow" and peer is not None and spec.kind == "otlp_ingest":
+                systems[system] = MlflowServerIngest(peer, self.scale, spec)
             elif system == "mlflow" and peer is not None:
                 from asyncstore.bench.mlflow_peer import MLFLOW_WORKLOADS
 
                 systems[system] = MLFLOW_WORKLOADS[spec.kind](peer, self.scale)
+        for workload in systems.values():
+            if isinstance(workload, (OtlpIngest, MlflowServerIngest)):
+                workload.note = self.progress.note  # the soak prints its readings
         return systems
 
 

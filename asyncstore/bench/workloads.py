@@ -86,6 +86,9 @@ class Spec:
         once: measured once without warm-up (the million-span memory run).
         mlflow: whether ``--compare mlflow`` measures it.
         runs: runs in the experiment searched (``search_scale``).
+        direct: whether the in-process ceiling of the OTLP workloads is measured (the
+            same spans written by ``store.spans.log_spans``, without HTTP).
+        minutes: how long a time-bound workload runs (the OTLP soak); 0: ``size`` items.
     """
 
     name: str
@@ -101,6 +104,8 @@ class Spec:
     once: bool = False
     mlflow: bool = True
     runs: int = 0
+    direct: bool = False
+    minutes: float = 0
 
     @property
     def kind(self) -> str:
@@ -110,7 +115,7 @@ class Spec:
     def systems(self, compare: bool) -> list[str]:
         """The systems measured for this workload, asyncstore first."""
         found = ["asyncstore"]
-        found += ["raw"] * self.raw + ["raw_fk"] * self.raw_fk + ["naive"] * self.naive
+        found += ["raw"] * self.raw + ["raw_fk"] * self.raw_fk + ["naive"] * self.naive + ["direct"] * self.direct
         return found + [ON_MLFLOW_SCHEMA, "mlflow"] * (compare and self.mlflow)
 
 
