@@ -34,6 +34,7 @@ from asyncstore.bench.options import MILLION, OPT_IN, SCALE_RUNS, variants
 from asyncstore.bench.progress import Progress
 from asyncstore.bench.scale import SCALES, Scale
 from asyncstore.bench.workloads import ON_MLFLOW_SCHEMA, SPECS, Spec
+from asyncstore.cliargs import positive_int, positive_number
 from asyncstore.config import redact
 from asyncstore.errors import StoreError
 from asyncstore.store import AsyncStore
@@ -85,17 +86,17 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "lost claims are counted",
     )
     parser.add_argument(
-        "--million", type=_positive, nargs="?", const=MILLION, default=0, metavar="SPANS",
+        "--million", type=positive_int, nargs="?", const=MILLION, default=0, metavar="SPANS",
         help=f"also ingest {MILLION:,} spans (or SPANS) in 1,000-span batches once, reporting resident memory "
         "along the way and the peak (it must stay flat)",
     )
     parser.add_argument(
-        "--search-scale", type=_positive, nargs="?", const=SCALE_RUNS, default=0, metavar="RUNS",
+        "--search-scale", type=positive_int, nargs="?", const=SCALE_RUNS, default=0, metavar="RUNS",
         help=f"also search {SCALE_RUNS:,} runs (or RUNS) with 20 metrics each (filled in bulk, untimed): metric "
         "filters ordered by another metric, pages of 100 and 1,000, with the raw ceiling",
     )
     parser.add_argument(
-        "--otlp-minutes", type=_minutes, default=0, metavar="M",
+        "--otlp-minutes", type=positive_number, default=0, metavar="M",
         help="run otlp_soak (asyncstore serve under otlp_ingest's load, printing its resident memory and the "
         "throughput every 30 s) for M minutes (default 10 when --workload names otlp_soak)",
     )
@@ -118,26 +119,6 @@ def _sizes(text: str) -> tuple[int, ...]:
     if not found or min(found) < 1:
         raise argparse.ArgumentTypeError(f"expected positive integers separated by commas, got {text!r}")
     return found
-
-
-def _positive(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        value = 0
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
-    return value
-
-
-def _minutes(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        value = 0.0
-    if not value > 0 or value == float("inf"):
-        raise argparse.ArgumentTypeError(f"expected a positive number of minutes, got {text!r}")
-    return value
 
 
 def add_bench_command(subparsers: Subparsers) -> None:
