@@ -511,3 +511,19 @@ def test_mlflow_tracing_exports_to_serve_and_mlflow_reads_the_trace(
 
     stored = asyncio.run(ours())
     assert {s.name: s.span_type for s in stored.spans} == {n: s.span_type for n, s in spans.items()}
+
+
+@pytest.mark.parametrize(("option", "value", "says"), [
+    ("--writers", "0", "positive integer"), ("--queue-limit", "-3", "positive integer"),
+    ("--max-batch-spans", "x", "positive integer"), ("--max-body-mb", "0", "positive number"),
+    ("--max-wait-ms", "-1", "number of at least 0"), ("--grace-seconds", "nan", "number of at least 0"),
+    ("--port", "70000", "port number from 1 to 65535"),
+])
+def test_serve_refuses_bad_options_naming_them(option: str, value: str, says: str,
+                                               capsys: pytest.CaptureFixture[str]) -> None:
+    from asyncstore import cli
+
+    with pytest.raises(SystemExit) as info:
+        cli.main(["serve", option, value])
+    assert info.value.code == 2
+    assert f"argument {option}: expected a {says}" in capsys.readouterr().err

@@ -19,7 +19,7 @@ from starlette.routing import Route
 from asyncstore import migrate
 from asyncstore.dialect import chunks
 from asyncstore.entities import Span
-from asyncstore.errors import StoreError
+from asyncstore.errors import InvalidParameter, StoreError
 from asyncstore.otel import from_otlp_request
 from asyncstore.server.body import JSON, BodyError, decompress, encoding_of, parse, read_limited
 from asyncstore.server.batcher import BatchObserver, GroupCommitter, QueueFull, ShuttingDown
@@ -35,6 +35,7 @@ DEFAULT_MAX_BATCH_SPANS = 5000
 DEFAULT_MAX_WAIT_MS = 5.0
 DEFAULT_QUEUE_LIMIT = 1000
 DEFAULT_GRACE_SECONDS = 30.0
+DEFAULT_WRITERS = 2
 RETRY_AFTER_SECONDS = "1"
 
 # google.rpc.Code values for the OTLP Status body of each HTTP status.
@@ -132,6 +133,7 @@ def create_app(
     max_wait_ms: float = DEFAULT_MAX_WAIT_MS,
     queue_limit: int = DEFAULT_QUEUE_LIMIT,
     grace_seconds: float = DEFAULT_GRACE_SECONDS,
+    writers: int = DEFAULT_WRITERS,
     upgrade: bool = False,
 ) -> Starlette:
     """An ASGI app receiving OTLP/HTTP traces into an asyncstore database.
@@ -150,13 +152,14 @@ def create_app(
         max_wait_ms: how long the writer waits for more requests to join a batch.
         queue_limit: requests waiting for the writer before new ones get 429.
         grace_seconds: at shutdown, how long the queue may take to drain.
+        writers: batches written concurrently, each in its own transaction.
 
     The app answers a request only once its spans are committed (or refused).
     """
     for name, value in (("max_body_bytes", max_body_bytes), ("max_batch_spans", max_batch_spans),
-                        ("queue_limit", queue_limit)):
+                        ("queue_limit", queue_limit), ("writers", writers)):
         if value < 1:
-            raise ValueError(f"{name} must be at least 1, got {value}")
+            raise InvalidParameter(f"{name} must be at least 1, got {value}")
     default_exp = None if default_experiment_id is None else str(default_experiment_id)
     metrics = _Metrics.create()
     state: dict[str, Any] = {}
@@ -179,7 +182,7 @@ def create_app(
         observer = BatchObserver(on_batch=_on_batch, on_queue=metrics.queue_depth.set)
         writer = GroupCommitter(
             opened.spans.log_spans, max_batch_spans=max_batch_spans, max_wait_ms=max_wait_ms,
-            queue_limit=queue_limit, observer=observer,
+            queue_limit=queue_limit, writers=writers, observer=observer,
         )
         state.update(store=opened, committer=writer)
         writer.start()
@@ -206,15 +209,13 @@ def create_app(
             encoding = encoding_of(request.headers.get("content-type"))
         except BodyError as exc:
             return answer(JSON, exc.status, exc.message)
+        rejected: list[str] = []
         try:
             raw = await read_limited(request.stream(), request.headers.get("content-length"), max_body_bytes)
             body = decompress(raw, request.headers.get("content-encoding"), max_body_bytes)
-            parsed = parse(body, encoding)
+            spans = from_otlp_request(parse(body, encoding), rejected=rejected)
         except BodyError as exc:
             return answer(encoding, exc.status, exc.message)
-        rejected: list[str] = []
-        try:
-            spans = from_otlp_request(parsed, rejected=rejected)
         except StoreError as exc:
             return answer(encoding, 400, exc.message)
         total = len(spans) + len(rejected)

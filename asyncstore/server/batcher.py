@@ -51,32 +51,48 @@ class BatchObserver:
     """Called with the queue depth (requests) whenever it changes."""
 
 
+@dataclass
+class _Writer:
+    """One writer task and the requests it has taken from the queue."""
+
+    task: asyncio.Task[None] | None = None
+    batch: list[_Job] = field(default_factory=list)
+    """Taken from the queue, being collected or written."""
+    carry: _Job | None = None
+    """Taken from the queue, too big for the last batch: first of the next one."""
+
+
 class GroupCommitter:
     """Coalesces requests into ``log_spans`` calls of at most ``max_batch_spans`` spans.
 
-    The writer takes the first waiting request, then whatever else is queued, waiting at
+    A writer takes the first waiting request, then whatever else is queued, waiting at
     most ``max_wait_ms`` for more while the batch is under ``max_batch_spans`` spans
-    (a single larger request is written alone). Requests are grouped by experiment,
-    one ``log_spans`` call per experiment.
+    (a single larger request is written alone). Requests are grouped by
+    experiment, one ``log_spans`` call per experiment. ``writers`` writers do this
+    concurrently, each in its own transaction, so the database's wait of one overlaps
+    the next batch's preparation (two transactions that touch the same trace are
+    ordered by its row lock; a deadlock between them is retried by the store).
     """
 
     def __init__(
         self, log_spans: LogSpans, *, max_batch_spans: int, max_wait_ms: float, queue_limit: int,
-        observer: BatchObserver | None = None,
+        writers: int = 1, observer: BatchObserver | None = None,
     ) -> None:
         self._log_spans = log_spans
         self.max_batch_spans = max_batch_spans
         self.max_wait = max_wait_ms / 1000
         self._queue: asyncio.Queue[_Job] = asyncio.Queue(maxsize=queue_limit)
         self._observer = observer or BatchObserver()
-        self._writer: asyncio.Task[None] | None = None
+        self._writers = [_Writer() for _ in range(writers)]
+        self._started = False
         self._closing = False
-        self._carry: _Job | None = None  # taken from the queue, too big for the last batch
-        self._batch: list[_Job] = []  # taken from the queue, being collected or written
 
     def start(self) -> None:
-        """Start the writer task on the running loop."""
-        self._writer = asyncio.get_running_loop().create_task(self._run(), name="asyncstore-otlp-writer")
+        """Start the writer tasks on the running loop."""
+        loop = asyncio.get_running_loop()
+        for n, writer in enumerate(self._writers):
+            writer.task = loop.create_task(self._run(writer), name=f"asyncstore-otlp-writer-{n}")
+        self._started = True
 
     @property
     def depth(self) -> int:
@@ -91,7 +107,7 @@ class GroupCommitter:
             ShuttingDown: the receiver is stopping (nothing queued).
             StoreError: what ``log_spans`` raised for this request's spans.
         """
-        if self._closing or self._writer is None:
+        if self._closing or not self._started:
             raise ShuttingDown("the receiver is shutting down")
         job = _Job(experiment_id, spans)
         job.future.add_done_callback(_retrieve)  # read even when the client went away
@@ -103,34 +119,37 @@ class GroupCommitter:
         return await asyncio.shield(job.future)  # a client gone away does not cancel the write
 
     async def close(self, grace_seconds: float) -> None:
-        """Stop accepting requests, write what is queued (within ``grace_seconds``), stop the writer.
+        """Stop accepting requests, write what is queued (within ``grace_seconds``), stop the writers.
 
         Requests still queued after the grace period fail with :class:`ShuttingDown`.
         """
         self._closing = True
-        if self._writer is None:
+        if not self._started:
             return
         try:
             await asyncio.wait_for(self._queue.join(), grace_seconds)
         except asyncio.TimeoutError:
             log.warning("shutdown grace period over: %d request(s) not written", self._queue.qsize())
-        self._writer.cancel()
-        try:
-            await self._writer
-        except asyncio.CancelledError:
-            pass
-        left = [*self._batch, *([self._carry] if self._carry is not None else [])]
+        left: list[_Job] = []
+        for writer in self._writers:
+            if writer.task is not None:
+                writer.task.cancel()
+                try:
+                    await writer.task
+                except asyncio.CancelledError:
+                    pass
+            left += [*writer.batch, *([writer.carry] if writer.carry is not None else [])]
         while not self._queue.empty():
             left.append(self._queue.get_nowait())
         for job in left:
             _fail(job, ShuttingDown("the receiver shut down before writing this request"))
-        self._writer = None
+        self._started = False
 
-    async def _run(self) -> None:
+    async def _run(self, writer: _Writer) -> None:
         while True:
             jobs: list[_Job] = []
-            self._batch = jobs
-            await self._take(jobs)
+            writer.batch = jobs
+            await self._take(writer, jobs)
             try:
                 await self._write(jobs)
             except Exception:  # never let the writer die: each job gets an outcome
@@ -143,9 +162,9 @@ class GroupCommitter:
                     self._queue.task_done()
                 self._observer.on_queue(self._queue.qsize())
 
-    async def _take(self, jobs: list[_Job]) -> None:
+    async def _take(self, writer: _Writer, jobs: list[_Job]) -> None:
         """Fill ``jobs`` with the next batch: at least one job, more while under the span cap and the wait."""
-        first, self._carry = self._carry, None
+        first, writer.carry = writer.carry, None
         jobs.append(first if first is not None else await self._queue.get())
         count = len(jobs[0].spans)
         deadline = time.monotonic() + self.max_wait
@@ -161,7 +180,7 @@ class GroupCommitter:
             else:
                 job = self._queue.get_nowait()
             if count + len(job.spans) > self.max_batch_spans:
-                self._carry = job  # too big to join: first of the next batch
+                writer.carry = job  # too big to join: first of the next batch
                 break
             jobs.append(job)
             count += len(job.spans)

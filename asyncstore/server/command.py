@@ -12,6 +12,7 @@ import importlib.util
 import sys
 from typing import TYPE_CHECKING
 
+from asyncstore.cliargs import non_negative_number, port, positive_int, positive_number
 from asyncstore.server import INSTALL_HINT
 
 if TYPE_CHECKING:
@@ -40,21 +41,23 @@ def add_serve_command(subparsers: Subparsers) -> None:
     )
     parser.add_argument("--uri", default=None, help="database URI (default: $ASYNCSTORE_DATABASE_URI, else sqlite:///asyncstore.db)")
     parser.add_argument("--host", default="127.0.0.1", help="address to listen on (default: 127.0.0.1)")
-    parser.add_argument("--port", type=int, default=4318, help="port to listen on (default: 4318, OTLP/HTTP's)")
+    parser.add_argument("--port", type=port, default=4318, help="port to listen on (default: 4318, OTLP/HTTP's)")
     parser.add_argument("--upgrade", action="store_true", help="migrate the database to the latest revision first")
     parser.add_argument(
         "--experiment-id", default=None, metavar="ID",
         help="experiment of requests without the x-mlflow-experiment-id header (default: none, such requests get 400)",
     )
-    parser.add_argument("--max-body-mb", type=float, default=16.0, metavar="N",
+    parser.add_argument("--max-body-mb", type=positive_number, default=16.0, metavar="N",
                         help="largest request body in MiB, before and after gzip (default: 16); larger is 413")
-    parser.add_argument("--max-batch-spans", type=int, default=5000, metavar="N",
+    parser.add_argument("--max-batch-spans", type=positive_int, default=5000, metavar="N",
                         help="most spans written in one transaction by group commit (default: 5000)")
-    parser.add_argument("--max-wait-ms", type=float, default=5.0, metavar="MS",
+    parser.add_argument("--max-wait-ms", type=non_negative_number, default=5.0, metavar="MS",
                         help="how long the writer waits for more requests to join a batch (default: 5)")
-    parser.add_argument("--queue-limit", type=int, default=1000, metavar="N",
+    parser.add_argument("--writers", type=positive_int, default=2, metavar="N",
+                        help="batches written concurrently, each in its own transaction (default: 2)")
+    parser.add_argument("--queue-limit", type=positive_int, default=1000, metavar="N",
                         help="requests waiting to be written before new ones get 429 (default: 1000)")
-    parser.add_argument("--grace-seconds", type=float, default=30.0, metavar="S",
+    parser.add_argument("--grace-seconds", type=non_negative_number, default=30.0, metavar="S",
                         help="at shutdown, how long accepted requests may take to be written (default: 30)")
     parser.add_argument("--log-level", default="info", choices=["critical", "error", "warning", "info", "debug"],
                         help="uvicorn's log level (default: info)")
@@ -76,7 +79,7 @@ async def run_serve(args: argparse.Namespace) -> int:
     app = create_app(
         uri, default_experiment_id=args.experiment_id, max_body_bytes=int(args.max_body_mb * 1024 * 1024),
         max_batch_spans=args.max_batch_spans, max_wait_ms=args.max_wait_ms, queue_limit=args.queue_limit,
-        grace_seconds=args.grace_seconds, upgrade=args.upgrade,
+        grace_seconds=args.grace_seconds, writers=args.writers, upgrade=args.upgrade,
     )
     config = uvicorn.Config(
         app, host=args.host, port=args.port, log_level=args.log_level, lifespan="on",
