@@ -8,6 +8,7 @@ from asyncstore.engines import dispose_engines, get_engine
 from asyncstore.entities import (
     Experiment,
     ExperimentTag,
+    FinishedJob,
     Job,
     JobStatus,
     LifecycleStage,
@@ -56,6 +57,7 @@ __all__ = [
     "ErrorCode",
     "Experiment",
     "ExperimentTag",
+    "FinishedJob",
     "InternalError",
     "InvalidParameter",
     "InvalidState",

@@ -326,16 +326,18 @@ def _workspace(label: str, value: Any) -> str:
     return value
 
 
-def _float(*, minimum: float) -> Callable[[str, Any], float]:
+def _float(*, minimum: float, maximum: float = float("inf")) -> Callable[[str, Any], float]:
+    allowed = f"a finite number >= {minimum}" if maximum == float("inf") else f"a number from {minimum} to {maximum}"
+
     def parse(label: str, value: Any) -> float:
         if isinstance(value, bool):
-            raise _bad(label, value, f"expected a number of seconds >= {minimum}")
+            raise _bad(label, value, f"expected {allowed}")
         try:
             number = float(value) if isinstance(value, (int, float, str)) else None
         except (ValueError, OverflowError):  # not a number; an int beyond every double
             number = None
-        if number is None or not number >= minimum or number == float("inf"):
-            raise _bad(label, value, f"expected a finite number >= {minimum}")
+        if number is None or not minimum <= number <= maximum or number == float("inf"):
+            raise _bad(label, value, f"expected {allowed}")
         return number
 
     return parse
@@ -454,5 +456,11 @@ JOB_BACKOFF_BASE = _job_setting(
     "backoff_base", _float(minimum=0.0), 1.0, "seconds; the n-th retry waits min(cap, base * 2**n)"
 )
 JOB_BACKOFF_CAP = _job_setting("backoff_cap", _float(minimum=0.0), 300.0, "seconds; the longest wait before a retry")
-JOB_SETTINGS: dict[str, Setting[Any]] = {s.keyword: s for s in (JOB_MAX_RETRIES, JOB_BACKOFF_BASE, JOB_BACKOFF_CAP)}
+JOB_BACKOFF_JITTER = _job_setting(
+    "backoff_jitter", _float(minimum=0.0, maximum=1.0), 0.5,
+    "share of each wait drawn at random: a wait of w lasts between (1 - jitter) * w and w",
+)
+JOB_SETTINGS: dict[str, Setting[Any]] = {
+    s.keyword: s for s in (JOB_MAX_RETRIES, JOB_BACKOFF_BASE, JOB_BACKOFF_CAP, JOB_BACKOFF_JITTER)
+}
 """The job queue's retry settings, read when a job call needs them (a keyword of that call wins)."""

@@ -323,6 +323,18 @@ class Job:
     lease_expires_at: int | None
     next_attempt_at: int | None
 
+    @property
+    def lease_token(self) -> int | None:
+        """The fencing token of a RUNNING job's current claim, None for a job in any other state.
+
+        It is the claim's ``last_update_time``, which every claim sets greater than
+        any value the job had before: give it as ``token=`` to ``heartbeat``,
+        ``finish``, ``fail``, ``retry_or_fail``, ``mark_timed_out`` and ``release``,
+        and they refuse (``InvalidState``) once the job has been claimed again by
+        someone else.
+        """
+        return self.last_update_time if self.status is JobStatus.RUNNING else None
+
 
 @dataclasses.dataclass(frozen=True)
 class NewJob:
@@ -346,15 +358,34 @@ class RequeueResult:
     Attributes:
         requeued: RUNNING jobs whose lease expired, returned to PENDING.
         timed_out: RUNNING jobs past their own timeout, marked TIMEOUT.
+        failed: RUNNING jobs whose lease expired with no retries left, marked FAILED
+            (a poison job: its worker died or hung on every attempt).
     """
 
     requeued: int
     timed_out: int
+    failed: int = 0
+
+
+@dataclasses.dataclass(frozen=True)
+class FinishedJob:
+    """A job that ended well, for ``store.jobs.finish_many``.
+
+    Attributes:
+        job_id: the job.
+        result: its result (a string of at most 65,535 bytes).
+        token: the claim's :attr:`Job.lease_token`; None finishes it under any claim.
+    """
+
+    job_id: str
+    result: str
+    token: int | None = None
 
 
 __all__ = [
     "Experiment",
     "ExperimentTag",
+    "FinishedJob",
     "Job",
     "JobStatus",
     "LifecycleStage",

@@ -222,7 +222,7 @@ async def test_claim_takes_oldest_due_jobs_and_leases_them(store: AsyncStore) ->
 
 async def test_claim_skips_jobs_waiting_for_their_backoff(store: AsyncStore) -> None:
     job = await _running(store)
-    assert await store.jobs.retry_or_fail(job.job_id, "later", backoff_base=30) == 1
+    assert await store.jobs.retry_or_fail(job.job_id, "later", backoff_base=30, backoff_jitter=0) == 1
     waiting = await store.jobs.get(job.job_id)
     assert waiting.status is PENDING and waiting.next_attempt_at == waiting.last_update_time + 30_000
     assert await store.jobs.claim() == []
@@ -271,18 +271,20 @@ async def test_requeue_expired_requeues_dead_workers_jobs_and_times_out_overdue(
     await store.jobs.claim(limit=2, lease_seconds=600)  # overdue (still leased), alive
     await store.jobs.start(unleased.job_id)
     await asyncio.sleep(0.2)
-    result = await store.jobs.requeue_expired()
-    assert (result.requeued, result.timed_out) == (1, 1)
+    result = await store.jobs.requeue_expired(backoff_base=0)
+    assert (result.requeued, result.timed_out, result.failed) == (1, 1, 0)
     requeued = await store.jobs.get(expired.job_id)
     assert requeued.status is PENDING and requeued.lease_expires_at is None
-    assert requeued.next_attempt_at == expired.next_attempt_at  # keeps its place in the queue
+    # The expired lease was an attempt: counted, with the reason, due after the backoff (0 here).
+    assert requeued.retry_count == 1 and requeued.result == "lease expired: its worker died or hung 1 time in a row"
+    assert requeued.next_attempt_at == requeued.last_update_time
     timed_out = await store.jobs.get(overdue.job_id)
     assert timed_out.status is JobStatus.TIMEOUT and "timeout" in (timed_out.result or "")
     assert (await store.jobs.get(alive.job_id)).status is RUNNING
     assert (await store.jobs.get(unleased.job_id)).status is RUNNING
     # Nothing left to do: a second sweep (from another host, say) counts nothing.
     again = await store.jobs.requeue_expired()
-    assert (again.requeued, again.timed_out) == (0, 0)
+    assert (again.requeued, again.timed_out, again.failed) == (0, 0, 0)
     assert [j.job_id for j in await store.jobs.claim(limit=5)] == [expired.job_id]
 
 

@@ -7,7 +7,7 @@ import uuid
 import pytest
 
 from asyncstore import AsyncStore, ConfigurationError, InvalidState, NotFound
-from asyncstore.entities import Job, JobStatus
+from asyncstore.entities import Job, JobStatus, NewJob
 from asyncstore.jobs.rules import RetryPolicy, retry_policy
 
 
@@ -36,7 +36,9 @@ async def test_backoff_doubles_from_base_up_to_cap_on_the_database_clock(store: 
     waits = []
     for _ in range(5):
         await _claimed(store, job.job_id)
-        await store.jobs.retry_or_fail(job.job_id, "e", max_retries=10, backoff_base=2, backoff_cap=10)
+        await store.jobs.retry_or_fail(
+            job.job_id, "e", max_retries=10, backoff_base=2, backoff_cap=10, backoff_jitter=0
+        )
         retried = await store.jobs.get(job.job_id)
         waits.append(retried.next_attempt_at - retried.last_update_time)
     assert waits == [2_000, 4_000, 8_000, 10_000, 10_000]
@@ -49,6 +51,7 @@ async def test_retry_defaults_come_from_the_environment_at_call_time(
     monkeypatch.setenv("ASYNCSTORE_JOB_MAX_RETRIES", "1")
     monkeypatch.setenv("ASYNCSTORE_JOB_BACKOFF_BASE", "0.25")
     monkeypatch.setenv("ASYNCSTORE_JOB_BACKOFF_CAP", "60")
+    monkeypatch.setenv("ASYNCSTORE_JOB_BACKOFF_JITTER", "0")
     await _claimed(store, job.job_id)
     assert await store.jobs.retry_or_fail(job.job_id, "e") == 1
     retried = await store.jobs.get(job.job_id)
@@ -101,10 +104,40 @@ async def test_retry_or_fail_needs_a_running_job(store: AsyncStore) -> None:
 
 
 def test_retry_policy_defaults_and_precedence() -> None:
-    assert retry_policy(environ={}) == RetryPolicy(max_retries=3, backoff_base=1.0, backoff_cap=300.0)
+    assert retry_policy(environ={}) == RetryPolicy(max_retries=3, backoff_base=1.0, backoff_cap=300.0, backoff_jitter=0.5)
     env = {"ASYNCSTORE_JOB_MAX_RETRIES": "7", "ASYNCSTORE_JOB_BACKOFF_BASE": "", "ASYNCSTORE_JOB_BACKOFF_CAP": "9"}
-    assert retry_policy(environ=env) == RetryPolicy(max_retries=7, backoff_base=1.0, backoff_cap=9.0)
+    assert retry_policy(environ=env) == RetryPolicy(max_retries=7, backoff_base=1.0, backoff_cap=9.0, backoff_jitter=0.5)
     assert retry_policy(max_retries=0, backoff_cap=1, environ=env).max_retries == 0
     policy = RetryPolicy(max_retries=3, backoff_base=0.5, backoff_cap=3.0)
     assert [policy.backoff_ms(n) for n in range(5)] == [500, 1000, 2000, 3000, 3000]
     assert RetryPolicy(3, 1.0, 60.0).backoff_ms(10_000) == 60_000  # no overflow on huge counts
+
+
+def test_jitter_takes_a_random_share_off_each_wait() -> None:
+    policy = RetryPolicy(max_retries=3, backoff_base=1.0, backoff_cap=60.0, backoff_jitter=0.5)
+    waits = [policy.backoff_ms(2) for _ in range(200)]
+    assert all(2_000 <= wait <= 4_000 for wait in waits)
+    assert len(set(waits)) > 50  # spread out, not one instant for every job
+    assert max(waits) - min(waits) > 1_000
+    assert {RetryPolicy(3, 1.0, 60.0, 0.0).backoff_ms(2) for _ in range(20)} == {4_000}
+
+
+async def test_jittered_retries_of_jobs_that_failed_together_are_spread(store: AsyncStore) -> None:
+    created = await store.jobs.create_many([NewJob("together", {"i": i}) for i in range(20)])
+    for job in created:
+        await _claimed(store, job.job_id)
+    for job in created:
+        await store.jobs.retry_or_fail(job.job_id, "db down", backoff_base=10, backoff_jitter=0.5)
+    waits = [(j.next_attempt_at or 0) - j.last_update_time for j in [await store.jobs.get(c.job_id) for c in created]]
+    assert all(5_000 <= wait <= 10_000 for wait in waits)
+    assert len(set(waits)) > 10
+
+
+async def test_bad_jitter_is_refused(store: AsyncStore, monkeypatch: pytest.MonkeyPatch) -> None:
+    job = await _claimed(store, (await store.jobs.create("flaky", {})).job_id)
+    with pytest.raises(ConfigurationError, match="backoff_jitter.*from 0.0 to 1.0"):
+        await store.jobs.retry_or_fail(job.job_id, "e", backoff_jitter=1.5)
+    monkeypatch.setenv("ASYNCSTORE_JOB_BACKOFF_JITTER", "-0.1")
+    with pytest.raises(ConfigurationError, match="ASYNCSTORE_JOB_BACKOFF_JITTER"):
+        await store.jobs.retry_or_fail(job.job_id, "e")
+    assert (await store.jobs.get(job.job_id)).status is JobStatus.RUNNING

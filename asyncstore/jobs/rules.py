@@ -12,10 +12,11 @@ import dataclasses
 import json
 import math
 import os
+import random
 from collections.abc import Iterable, Mapping
 from typing import Any
 
-from asyncstore.config import JOB_BACKOFF_BASE, JOB_BACKOFF_CAP, JOB_MAX_RETRIES
+from asyncstore.config import JOB_BACKOFF_BASE, JOB_BACKOFF_CAP, JOB_BACKOFF_JITTER, JOB_MAX_RETRIES
 from asyncstore.entities import JobStatus
 from asyncstore.errors import InvalidParameter
 from asyncstore.rules import as_double
@@ -43,18 +44,26 @@ class RetryPolicy:
         max_retries: retries allowed before ``retry_or_fail`` marks the job FAILED.
         backoff_base: seconds the first retry waits.
         backoff_cap: the longest wait in seconds.
+        backoff_jitter: the share of each wait drawn at random (0 to 1), so that jobs
+            that failed together (a database outage, a dead worker) do not all come
+            back at the same instant.
     """
 
     max_retries: int
     backoff_base: float
     backoff_cap: float
+    backoff_jitter: float = 0.0
 
     def backoff_ms(self, retry_count: int) -> int:
         """Milliseconds before a job retried ``retry_count`` times already may run again.
 
-        ``min(cap, base * 2 ** retry_count)``: base, 2 base, 4 base … up to cap.
+        The full wait is ``min(cap, base * 2 ** retry_count)``: base, 2 base, 4 base …
+        up to cap; the wait returned lies uniformly between ``(1 - jitter)`` times it
+        and all of it ("equal jitter" at 0.5, none at 0).
         """
         seconds = min(self.backoff_cap, self.backoff_base * 2.0 ** min(retry_count, 60))
+        if self.backoff_jitter:
+            seconds *= 1.0 - self.backoff_jitter * random.random()
         return int(seconds * 1000)
 
 
@@ -62,6 +71,7 @@ def retry_policy(
     max_retries: int | None = None,
     backoff_base: float | None = None,
     backoff_cap: float | None = None,
+    backoff_jitter: float | None = None,
     *,
     environ: Mapping[str, str] | None = None,
 ) -> RetryPolicy:
@@ -69,7 +79,7 @@ def retry_policy(
 
     The settings, their ``ASYNCSTORE_JOB_*`` variables and defaults are
     :data:`asyncstore.config.JOB_SETTINGS` (defaults: 3 retries, MLflow's; 1 s first
-    wait; no wait longer than five minutes).
+    wait; no wait longer than five minutes; half of each wait at random).
 
     Raises:
         ConfigurationError: a bad keyword or variable value, naming it.
@@ -79,6 +89,7 @@ def retry_policy(
         max_retries=JOB_MAX_RETRIES.pick(max_retries, env),
         backoff_base=JOB_BACKOFF_BASE.pick(backoff_base, env),
         backoff_cap=JOB_BACKOFF_CAP.pick(backoff_cap, env),
+        backoff_jitter=JOB_BACKOFF_JITTER.pick(backoff_jitter, env),
     )
 
 
@@ -170,6 +181,17 @@ def seconds_ms(label: str, value: Any) -> int:
     if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 < value <= year:
         raise InvalidParameter(f"{label} {value!r} is not valid: expected a number of seconds > 0 and <= {year:.0f}")
     return max(1, int(value * 1000))
+
+
+def token(value: Any) -> int | None:
+    """Check a lease token: None, or the whole number a claim returned (``Job.lease_token``)."""
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+        raise InvalidParameter(
+            f"lease token {value!r} is not valid: expected the Job.lease_token of the claim (a whole number) or None"
+        )
+    return value
 
 
 def bounded_int(label: str, value: Any, low: int, high: int) -> int:

@@ -101,6 +101,23 @@ async def update_one(conn: AsyncConnection, backend: Backend, stmt: Update, job_
     assert_never(backend)
 
 
+async def update_many(conn: AsyncConnection, backend: Backend, stmt: Update, matched: ColumnElement[bool]) -> list[str]:
+    """Run an UPDATE of several jobs whose WHERE clause is ``matched``; return the ids it changed.
+
+    PostgreSQL and SQLite: ``UPDATE ... RETURNING id``. MySQL/MariaDB: the UPDATE,
+    then ``SELECT id FROM jobs WHERE <matched>``: the rows it changed are locked by
+    this transaction and still match (the UPDATE changes no column ``matched``
+    reads), and a row that matches now would have been changed by it.
+    """
+    if backend is Backend.POSTGRESQL or backend is Backend.SQLITE:
+        return list((await conn.execute(stmt.returning(jobs.c.id))).scalars().all())
+    if backend is Backend.MYSQL:
+        if (await conn.execute(stmt)).rowcount == 0:
+            return []
+        return list((await conn.execute(select(jobs.c.id).where(matched))).scalars().all())
+    assert_never(backend)
+
+
 # --- claiming ----------------------------------------------------------------------------
 #
 # The queue order is "due first": next_attempt_at (set to the creation time on
@@ -130,14 +147,49 @@ def _candidates(backend: Backend, job_names: Sequence[str] | None, limit: int) -
     return query.order_by(jobs.c.next_attempt_at, jobs.c.creation_time, jobs.c.id).limit(limit)
 
 
+def new_lease_token(backend: Backend) -> ColumnElement[int]:
+    """The ``last_update_time`` a claim writes: ``GREATEST(<now_ms>, last_update_time + 1)``.
+
+    A claimed job's ``last_update_time`` is its lease token (:attr:`Job.lease_token`):
+    the claimer's calls are guarded by ``last_update_time = :token``, and a heartbeat
+    never moves it. Every claim of a job takes a token greater than any that job had
+    before, even within one millisecond or when the database clock steps back (the
+    moves back to PENDING write :func:`status_time`, never less than the token), so
+    a worker whose lease was taken over holds a token that no longer matches.
+    MLflow's ``jobs`` table needs no new column for it.
+    """
+    return _not_before(backend, jobs.c.last_update_time + 1)
+
+
+def status_time(backend: Backend) -> ColumnElement[int]:
+    """The ``last_update_time`` of a move back to PENDING: ``GREATEST(<now_ms>, last_update_time)``.
+
+    Never earlier than the claim it ends, so the next claim's token is greater. A
+    retry's ``next_attempt_at`` is this plus the backoff; the expression is the same
+    whether MySQL evaluates it before or after it assigns ``last_update_time``.
+    """
+    return _not_before(backend, jobs.c.last_update_time)
+
+
+def _not_before(backend: Backend, floor: ColumnElement[int]) -> ColumnElement[int]:
+    """``GREATEST(<now_ms>, floor)`` (SQLite: the scalar ``max(a, b)``)."""
+    if backend is Backend.POSTGRESQL or backend is Backend.MYSQL:
+        return func.greatest(now_ms(backend), floor)
+    if backend is Backend.SQLITE:
+        return func.max(now_ms(backend), floor)
+    assert_never(backend)
+
+
 def _running_values(backend: Backend, lease_ms: int) -> dict[str, Any]:
-    """SET status = 1 /* RUNNING */, lease_expires_at = <now_ms> + :lease_ms, last_update_time = <now_ms>."""
-    now = now_ms(backend)
+    """SET status = 1 /* RUNNING */, lease_expires_at = <now_ms> + :lease_ms, last_update_time = <new token>.
+
+    The result is kept: while a retried job runs it still shows the last attempt's
+    error (as in MLflow), and a lease that expires again counts deaths in a row.
+    """
     return {
         "status": int(JobStatus.RUNNING),
-        "lease_expires_at": now + bindparam("lease_ms", lease_ms, type_=BigInteger),
-        "last_update_time": now,
-        "result": None,
+        "lease_expires_at": now_ms(backend) + bindparam("lease_ms", lease_ms, type_=BigInteger),
+        "last_update_time": new_lease_token(backend),
     }
 
 
@@ -200,6 +252,62 @@ async def claim(
         stmt = update(jobs).where(guarded).values(**values).returning(*jobs.c)
         return list((await conn.execute(stmt)).all())
     assert_never(backend)
+
+
+# --- expired leases ------------------------------------------------------------------------
+
+
+async def lock_expired(conn: AsyncConnection, backend: Backend, limit: int) -> list[Any]:
+    """Lock and return up to ``limit`` RUNNING jobs whose lease has expired::
+
+        SELECT id, retry_count, last_update_time, result FROM jobs
+        WHERE status = 1 AND lease_expires_at <= <now_ms>
+        ORDER BY id LIMIT :limit
+        [FOR UPDATE SKIP LOCKED]   -- PostgreSQL, MySQL/MariaDB
+
+    Sweepers on many hosts skip each other's rows, so each expired lease is handled
+    once; a late heartbeat of the dead worker waits for the lock, then finds the job
+    no longer RUNNING under its token. SQLite holds its write lock already.
+    """
+    query = (
+        select(jobs.c.id, jobs.c.retry_count, jobs.c.last_update_time, jobs.c.result)
+        .where(
+            jobs.c.status == int(JobStatus.RUNNING),
+            jobs.c.lease_expires_at.is_not(None),
+            jobs.c.lease_expires_at <= now_ms(backend),
+        )
+        .order_by(jobs.c.id)
+        .limit(limit)
+    )
+    if backend is Backend.POSTGRESQL or backend is Backend.MYSQL:
+        query = query.with_for_update(skip_locked=True)
+    elif backend is not Backend.SQLITE:
+        assert_never(backend)
+    return list((await conn.execute(query)).all())
+
+
+# --- wake-ups ----------------------------------------------------------------------------------
+
+NOTIFY_CHANNEL = "asyncstore_jobs"
+"""The PostgreSQL channel on which a job's creation (or release) is announced; the
+payload is the job's name, so an idle worker of that name claims it at once."""
+_NOTIFY_NAMES_MAX = 16
+"""More distinct names than this in one call are announced as one empty payload ("any")."""
+
+
+async def notify(conn: AsyncConnection, backend: Backend, job_names: Sequence[str]) -> None:
+    """Announce new claimable jobs: ``SELECT pg_notify('asyncstore_jobs', :name)`` per name.
+
+    PostgreSQL delivers the notification when the transaction commits, so a worker
+    never wakes for a job it cannot see yet. Other backends have no such channel:
+    their workers poll (see :mod:`asyncstore.worker`).
+    """
+    if backend is not Backend.POSTGRESQL:
+        return
+    names = sorted(set(job_names))
+    payloads = names if len(names) <= _NOTIFY_NAMES_MAX else [""]
+    for payload in payloads:
+        await conn.execute(select(func.pg_notify(NOTIFY_CHANNEL, payload)))
 
 
 # --- params matching -----------------------------------------------------------------------
