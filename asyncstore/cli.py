@@ -7,6 +7,7 @@
     asyncstore db current [URI]                    print the revision the database is at
     asyncstore db check [URI]                      exit 0 when at head, 1 when out of date
     asyncstore serve [--uri URI] [--port 4318] ...  OTLP/HTTP trace receiver (asyncstore.server)
+    asyncstore worker MODULE:OBJECT [--uri URI] ...  run the handlers of queued jobs (asyncstore.worker)
 
 URI defaults to ``ASYNCSTORE_DATABASE_URI``, else ``sqlite:///asyncstore.db``. Any
 failure (a bad URI, an unreachable server, no database at that path or by that
@@ -35,6 +36,7 @@ from asyncstore.config import StoreConfig
 from asyncstore.engines import create_engine, create_readonly_engine
 from asyncstore.errors import InvalidParameter, StoreError
 from asyncstore.server.command import add_serve_command
+from asyncstore.worker.command import add_worker_command
 
 if TYPE_CHECKING:
     from sqlalchemy.ext.asyncio import AsyncEngine
@@ -109,7 +111,9 @@ def add_db_command(subparsers: Subparsers) -> None:
     check.set_defaults(handler=_db_check)
 
 
-SUBCOMMANDS: list[Callable[[Subparsers], None]] = [add_db_command, add_bench_command, add_serve_command]
+SUBCOMMANDS: list[Callable[[Subparsers], None]] = [
+    add_db_command, add_bench_command, add_serve_command, add_worker_command,
+]
 """Registrars of the top-level subcommands, called in order by :func:`build_parser`."""
 
 
