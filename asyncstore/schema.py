@@ -391,8 +391,9 @@ jobs = Table(
     PrimaryKeyConstraint("id", name="jobs_pk"),
     # MLflow's index: jobs of one name by workspace and status, oldest first.
     Index("index_jobs_name_status_creation_time", "job_name", "workspace", "status", "creation_time"),
-    # Claiming: PENDING jobs whose next attempt is due, oldest first.
-    Index("index_jobs_status_next_attempt_at", "status", "next_attempt_at", "creation_time"),
+    # Claiming: PENDING jobs whose next attempt is due, in the claim's order (id last, so
+    # the jobs of one batch need no sort).
+    Index("index_jobs_claim_order", "status", "next_attempt_at", "creation_time", "id"),
     # Requeueing: RUNNING jobs whose lease has expired.
     Index("index_jobs_status_lease_expires_at", "status", "lease_expires_at"),
     # Listing: keyset pagination on (creation_time, id).

@@ -144,7 +144,7 @@ def test_asyncstore_s_indexes_are_added_to_an_mlflow_database_only_when_asked(
     downgrade --indexes` drops them again, and only them."""
     cmd = InProcess(capsys)
     check = cmd("db", "check", mlflow_uri)
-    assert check.returncode == 0 and "index_jobs_status_next_attempt_at" in check.stdout, check
+    assert check.returncode == 0 and "index_jobs_claim_order" in check.stdout, check
     assert "`asyncstore db upgrade --indexes " in check.stdout
 
     async def indexes() -> dict[str, set[str]]:
@@ -163,7 +163,7 @@ def test_asyncstore_s_indexes_are_added_to_an_mlflow_database_only_when_asked(
     after = asyncio.run(indexes())
     new = {(t, n) for t in after for n in after[t] - before.get(t, set())}
     assert new and all(n.startswith("asyncstore_") for _, n in new), new
-    assert ("jobs", "asyncstore_index_jobs_status_next_attempt_at") in new
+    assert ("jobs", "asyncstore_index_jobs_claim_order") in new
     # MLflow's own indexes stay; MySQL itself drops the index it made for a foreign key
     # when another one starts with the same columns.
     replaced = {"experiment_tags": {"experiment_id"}, "runs": {"experiment_id"}} if backend == "mysql" else {}

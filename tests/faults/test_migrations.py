@@ -118,6 +118,7 @@ async def test_state_left_by_a_killed_upgrade_is_one_whole_revision(db_uri: str,
             "0001_initial": (TABLES_BEFORE_0003, frozenset()),
             "0002_job_queue": (TABLES_BEFORE_0003, REVISION_0002_COLUMNS),
             "0003_mlflow_3_17_columns": (ALL_TABLES, REVISION_0002_COLUMNS),
+            "0004_job_claim_order": (ALL_TABLES, REVISION_0002_COLUMNS),
         }
         assert revision in expected
         assert shape == expected[revision]

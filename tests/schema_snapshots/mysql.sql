@@ -1,4 +1,4 @@
--- revision 0003_mlflow_3_17_columns; regenerate with: python -m tests.schema_snapshots --update
+-- revision 0004_job_claim_order; regenerate with: python -m tests.schema_snapshots --update
 
 CREATE TABLE `alembic_version` (
   `version_num` varchar(32) NOT NULL,
@@ -62,9 +62,9 @@ CREATE TABLE `jobs` (
   `token_hash` varchar(64) DEFAULT NULL,
   PRIMARY KEY (`id`),
   KEY `index_jobs_creation_time_id` (`creation_time`,`id`),
-  KEY `index_jobs_status_next_attempt_at` (`status`,`next_attempt_at`,`creation_time`),
   KEY `index_jobs_status_lease_expires_at` (`status`,`lease_expires_at`),
-  KEY `index_jobs_name_status_creation_time` (`job_name`,`workspace`,`status`,`creation_time`)
+  KEY `index_jobs_name_status_creation_time` (`job_name`,`workspace`,`status`,`creation_time`),
+  KEY `index_jobs_claim_order` (`status`,`next_attempt_at`,`creation_time`,`id`)
 ) ENGINE=InnoDB DEFAULT CHARSET=utf8mb4 COLLATE=utf8mb4_nopad_bin;
 
 CREATE TABLE `latest_metrics` (

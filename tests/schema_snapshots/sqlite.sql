@@ -1,4 +1,4 @@
--- revision 0003_mlflow_3_17_columns; regenerate with: python -m tests.schema_snapshots --update
+-- revision 0004_job_claim_order; regenerate with: python -m tests.schema_snapshots --update
 
 CREATE TABLE alembic_version (
 	version_num VARCHAR(32) NOT NULL,
@@ -192,13 +192,13 @@ CREATE INDEX index_entity_associations_reverse_lookup ON entity_associations (de
 
 CREATE INDEX index_experiment_tags_experiment_id ON experiment_tags (experiment_id);
 
+CREATE INDEX index_jobs_claim_order ON jobs (status, next_attempt_at, creation_time, id);
+
 CREATE INDEX index_jobs_creation_time_id ON jobs (creation_time, id);
 
 CREATE INDEX index_jobs_name_status_creation_time ON jobs (job_name, workspace, status, creation_time);
 
 CREATE INDEX index_jobs_status_lease_expires_at ON jobs (status, lease_expires_at);
-
-CREATE INDEX index_jobs_status_next_attempt_at ON jobs (status, next_attempt_at, creation_time);
 
 CREATE INDEX index_latest_metrics_key_value ON latest_metrics ("key", value);
 
