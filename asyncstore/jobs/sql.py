@@ -9,6 +9,7 @@ job names, ids, times and params filters are bound parameters.
 
 from __future__ import annotations
 
+import functools
 import json
 import math
 from collections.abc import Mapping, Sequence
@@ -19,11 +20,13 @@ from sqlalchemy import (
     Text,
     and_,
     bindparam,
+    case,
     cast,
     func,
     literal_column,
     or_,
     select,
+    tuple_,
     update,
 )
 from sqlalchemy.dialects.postgresql import JSONB
@@ -122,15 +125,16 @@ async def update_many(conn: AsyncConnection, backend: Backend, stmt: Update, mat
 #
 # The queue order is "due first": next_attempt_at (set to the creation time on
 # create, pushed into the future by a retry's backoff), then creation_time, then id.
-# It is exactly the index index_jobs_status_next_attempt_at (status, next_attempt_at,
-# creation_time), so a claimer reads the first `limit` due rows of that index and
-# stops: it never scans, let alone locks, the rest of the queue. A NULL
+# It is exactly the index index_jobs_claim_order (status, next_attempt_at,
+# creation_time, id), so a claimer reads the first `limit` due rows of that index and
+# stops: it never scans, let alone locks, the rest of the queue, nor sorts the jobs of
+# one batch (one creation time). A NULL
 # next_attempt_at (a job MLflow created) is due; it sorts where the backend sorts
 # NULLs in the index (first on SQLite and MySQL, last on PostgreSQL), so the index
 # still gives the order.
 
 
-def _candidates(backend: Backend, job_names: Sequence[str] | None, limit: int) -> Select[Any]:
+def _candidates(backend: Backend, by_name: bool) -> Select[Any]:
     """The ids of the oldest due PENDING jobs::
 
         SELECT id FROM jobs
@@ -142,9 +146,10 @@ def _candidates(backend: Backend, job_names: Sequence[str] | None, limit: int) -
     """
     due = or_(jobs.c.next_attempt_at <= now_ms(backend), jobs.c.next_attempt_at.is_(None))
     query = select(jobs.c.id).where(jobs.c.status == int(JobStatus.PENDING), due)
-    if job_names is not None:
-        query = query.where(jobs.c.job_name.in_(job_names))
-    return query.order_by(jobs.c.next_attempt_at, jobs.c.creation_time, jobs.c.id).limit(limit)
+    if by_name:
+        query = query.where(jobs.c.job_name.in_(bindparam("names", expanding=True)))
+    order = query.order_by(jobs.c.next_attempt_at, jobs.c.creation_time, jobs.c.id)
+    return order.limit(bindparam("limit", type_=BigInteger))
 
 
 def new_lease_token(backend: Backend) -> ColumnElement[int]:
@@ -180,7 +185,7 @@ def _not_before(backend: Backend, floor: ColumnElement[int]) -> ColumnElement[in
     assert_never(backend)
 
 
-def _running_values(backend: Backend, lease_ms: int) -> dict[str, Any]:
+def _running_values(backend: Backend) -> dict[str, Any]:
     """SET status = 1 /* RUNNING */, lease_expires_at = <now_ms> + :lease_ms, last_update_time = <new token>.
 
     The result is kept: while a retried job runs it still shows the last attempt's
@@ -188,9 +193,29 @@ def _running_values(backend: Backend, lease_ms: int) -> dict[str, Any]:
     """
     return {
         "status": int(JobStatus.RUNNING),
-        "lease_expires_at": now_ms(backend) + bindparam("lease_ms", lease_ms, type_=BigInteger),
+        "lease_expires_at": now_ms(backend) + bindparam("lease_ms", type_=BigInteger),
         "last_update_time": new_lease_token(backend),
     }
+
+
+@functools.cache
+def _claim_statements(backend: Backend, by_name: bool) -> tuple[Any, ...]:
+    """The claim's statements for ``backend``, built once (see :func:`claim`); values are bound per call."""
+    values = _running_values(backend)
+    if backend is Backend.POSTGRESQL:
+        picked = _candidates(backend, by_name).with_for_update(skip_locked=True).cte("candidates")
+        return (update(jobs).where(jobs.c.id == picked.c.id).values(**values).returning(*jobs.c),)
+    if backend is Backend.MYSQL:
+        guarded = jobs.c.id.in_(bindparam("ids", expanding=True)) & (jobs.c.status == int(JobStatus.PENDING))
+        return (
+            _candidates(backend, by_name).with_for_update(skip_locked=True),
+            update(jobs).where(guarded).values(**values),
+            select(jobs).where(jobs.c.id.in_(bindparam("ids", expanding=True))),
+        )
+    if backend is Backend.SQLITE:
+        guarded = jobs.c.id.in_(_candidates(backend, by_name)) & (jobs.c.status == int(JobStatus.PENDING))
+        return (update(jobs).where(guarded).values(**values).returning(*jobs.c),)
+    assert_never(backend)
 
 
 async def claim(
@@ -232,25 +257,89 @@ async def claim(
           WHERE id IN (SELECT id FROM jobs WHERE status = 0 AND ... LIMIT :limit)
             AND status = 0
           RETURNING *
+
+    The statements are built once per backend (:func:`_claim_statements`); a call
+    only binds its values, so a worker's claim costs no statement construction.
     """
-    values = _running_values(backend, lease_ms)
-    if backend is Backend.POSTGRESQL:
-        picked = _candidates(backend, job_names, limit).with_for_update(skip_locked=True).cte("candidates")
-        stmt = update(jobs).where(jobs.c.id == picked.c.id).values(**values).returning(*jobs.c)
-        return list((await conn.execute(stmt)).all())
+    statements = _claim_statements(backend, job_names is not None)
+    params: dict[str, Any] = {"limit": limit, "lease_ms": lease_ms}
+    if job_names is not None:
+        params["names"] = list(job_names)
+    if backend is Backend.POSTGRESQL or backend is Backend.SQLITE:
+        return list((await conn.execute(statements[0], params)).all())
     if backend is Backend.MYSQL:
-        locked = _candidates(backend, job_names, limit).with_for_update(skip_locked=True)
-        ids = list((await conn.execute(locked)).scalars().all())
+        locked, take, read = statements
+        ids = list((await conn.execute(locked, params)).scalars().all())
         if not ids:
             return []
-        guarded = jobs.c.id.in_(ids) & (jobs.c.status == int(JobStatus.PENDING))
-        await conn.execute(update(jobs).where(guarded).values(**values))
-        return list((await conn.execute(select(jobs).where(jobs.c.id.in_(ids)))).all())
-    if backend is Backend.SQLITE:
-        picked_ids = _candidates(backend, job_names, limit)
-        guarded = jobs.c.id.in_(picked_ids) & (jobs.c.status == int(JobStatus.PENDING))
-        stmt = update(jobs).where(guarded).values(**values).returning(*jobs.c)
-        return list((await conn.execute(stmt)).all())
+        await conn.execute(take, {**params, "ids": ids})
+        return list((await conn.execute(read, {"ids": ids})).all())
+    assert_never(backend)
+
+
+# --- finishing many -------------------------------------------------------------------------
+
+
+@functools.cache
+def _finish_statements(backend: Backend, by_token: bool, by_id: bool) -> tuple[Any, ...]:
+    """The statements that finish held jobs, built once per shape (see :func:`finish`)."""
+    held: list[ColumnElement[bool]] = []
+    if by_token:
+        held.append(tuple_(jobs.c.id, jobs.c.last_update_time).in_(bindparam("leases", expanding=True)))
+    if by_id:
+        held.append(jobs.c.id.in_(bindparam("any_claim", expanding=True)))
+    running = jobs.c.status == int(JobStatus.RUNNING)
+    guard = and_(running, jobs.c.id.in_(bindparam("ids", expanding=True)), or_(*held))
+    values = {
+        "status": int(JobStatus.SUCCEEDED), "result": bindparam("result", type_=Text), "lease_expires_at": None,
+        "last_update_time": now_ms(backend),
+    }
+    if backend is Backend.POSTGRESQL or backend is Backend.SQLITE:
+        return (update(jobs).where(guard).values(**values).returning(jobs.c.id),)
+    if backend is Backend.MYSQL:
+        locked = select(jobs.c.id).where(guard).order_by(jobs.c.id).with_for_update()
+        taken = jobs.c.id.in_(bindparam("taken", expanding=True))
+        return (locked, update(jobs).where(taken).values(**values))
+    assert_never(backend)
+
+
+async def finish(conn: AsyncConnection, backend: Backend, items: Sequence[tuple[str, int | None, str]]) -> set[str]:
+    """Mark the held jobs of ``items`` (job id, lease token or None, result) SUCCEEDED; return the ids finished.
+
+    A job is held when it is RUNNING and, if a token is given, under that claim::
+
+        UPDATE jobs SET status = 2, result = :result | CASE id WHEN … END, …
+        WHERE status = 1 AND id IN (:ids)
+          AND ((id, last_update_time) IN ((:id, :token), …) OR id IN (:ids_without_token))
+        RETURNING id                                    -- PostgreSQL, SQLite
+
+    MySQL/MariaDB, which has no UPDATE … RETURNING: ``SELECT id … FOR UPDATE`` with
+    that WHERE clause, then the UPDATE of the ids it locked. The plain ``id IN``
+    lets every backend find the rows by primary key. When every result is the same
+    (no-op handlers, a status word) it is one bound value and the statement is built
+    once; otherwise a ``CASE`` of the results.
+    """
+    leases = [(job_id, token) for job_id, token, _ in items if token is not None]
+    any_claim = [job_id for job_id, token, _ in items if token is None]
+    results = {result for _, _, result in items}
+    statements = _finish_statements(backend, bool(leases), bool(any_claim))
+    params: dict[str, Any] = {"ids": [job_id for job_id, _, _ in items]}
+    if leases:
+        params["leases"] = leases
+    if any_claim:
+        params["any_claim"] = any_claim
+    statement = statements[-1]
+    if len(results) == 1:
+        params["result"] = results.pop()
+    else:
+        statement = statement.values(result=case({job_id: result for job_id, _, result in items}, value=jobs.c.id))
+    if backend is Backend.POSTGRESQL or backend is Backend.SQLITE:
+        return set((await conn.execute(statement, params)).scalars().all())
+    if backend is Backend.MYSQL:
+        taken = list((await conn.execute(statements[0], params)).scalars().all())
+        if taken:
+            await conn.execute(statement, {**params, "taken": taken})
+        return set(taken)
     assert_never(backend)
 
 

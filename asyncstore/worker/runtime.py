@@ -274,7 +274,7 @@ class Worker:
                 continue
             self._wake.clear()
             try:
-                claimed = await store.jobs.claim(self.queues, limit=free, lease_seconds=self.lease_seconds)
+                claimed = await self._finish_and_claim(store, free)
             except StoreError as exc:
                 log.warning("claim failed (%s); trying again in %.2f s", exc, idle_wait)
                 claimed = []
@@ -285,7 +285,8 @@ class Worker:
                 continue
             # The queue has no more due jobs: wait for a notification, a freed slot or the timer.
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._wake.wait(), idle_wait)
+                async with asyncio.timeout(idle_wait):
+                    await self._wake.wait()
             idle_wait = self.poll_interval if claimed else min(idle_wait * 2, self.max_poll_interval)
             if self.listen and store.backend is Backend.POSTGRESQL and (listener is None or not listener.alive):
                 if time.monotonic() - last_listen_try >= self.max_poll_interval:
@@ -294,6 +295,21 @@ class Worker:
                         await listener.close()
                     listener = await wakeup.listen(store, self._notified)
         return listener
+
+    async def _finish_and_claim(self, store: AsyncStore, free: int) -> list[Job]:
+        """Write the results waiting for the finisher and claim up to ``free`` jobs, in one transaction."""
+        async with self._flushing:
+            batch, self._finished = self._finished, []
+            try:
+                refused, claimed = await store.jobs.finish_and_claim(
+                    batch, self.queues, limit=free, lease_seconds=self.lease_seconds
+                )
+            except BaseException:
+                self._finished[:0] = batch  # the finisher tries them again
+                self._finished_ready.set()
+                raise
+            self._settled(batch, refused)
+        return claimed
 
     def _start(self, job: Job) -> None:
         token = job.lease_token
@@ -330,11 +346,13 @@ class Worker:
             except (TypeError, ValueError, InvalidParameter) as exc:
                 await self._end(run, self._unstorable(run, exc))
                 return
+            # Written by the claim loop's next finish_and_claim (woken first, below), or the finisher.
             self._finished.append(FinishedJob(job.job_id, result, context.lease_token))
-            self._finished_ready.set()
         finally:
             if self._runs.pop(job.job_id, None) is not None:
                 self._wake.set()  # a slot is free
+            if self._finished:
+                self._finished_ready.set()
 
     async def _call(self, handler: Handler, job: Job, context: JobContext) -> Any:
         if inspect.iscoroutinefunction(handler) or inspect.iscoroutinefunction(getattr(handler, "__call__", None)):
@@ -402,6 +420,10 @@ class Worker:
             await asyncio.sleep(min(self.lease_seconds / 10, 1.0))
             self._finished_ready.set()
             return
+        self._settled(batch, refused)
+
+    def _settled(self, batch: list[FinishedJob], refused: list[str]) -> None:
+        """Account for a batch of results written (``refused``: those no longer ours)."""
         for item in batch:
             self._held.pop(item.job_id, None)
         self.counts["succeeded"] += len(batch) - len(refused)
