@@ -5,8 +5,9 @@ never from one another.
 
 * Backend selection by what a test needs, not by backend name, so that a new backend
   runs every test whose needs it meets: :data:`needs_server`,
-  :data:`needs_transactional_ddl`; :data:`sqlite_only` and :data:`mysql_only` for tests
-  of one engine's own behaviour (SQLite's file locking, MariaDB's ``wait_timeout``).
+  :data:`needs_transactional_ddl`; :data:`sqlite_only`, :data:`mysql_only` and
+  :data:`postgresql_only` for tests of one engine's own behaviour (SQLite's file
+  locking, MariaDB's ``wait_timeout``, PostgreSQL-only peers).
 * Span and experiment factories (:func:`make_span`, :func:`make_experiment`, …).
 * Counting what the store did: rows (:func:`count_rows`), SQL statements
   (:func:`count_statements`), transaction retries (:func:`transaction_retries`).
@@ -75,6 +76,9 @@ sqlite_only = _on(["sqlite"])
 """SQLite's own file-level behaviour: locking, busy timeout, unenforced VARCHAR lengths."""
 mysql_only = _on(["mysql"])
 """MySQL/MariaDB's own behaviour (``wait_timeout``)."""
+postgresql_only = _on(["postgresql"])
+"""What exists on PostgreSQL alone: the job queues compared with asyncstore's worker
+(procrastinate and PgQueuer run on nothing else)."""
 
 
 # --- spans and experiments -------------------------------------------------------------------

@@ -49,7 +49,7 @@ from asyncstore.bench.scale import SCALES
 from asyncstore.bench.workloads import SPEC_BY_NAME, SPECS, STORE_WORKLOADS
 from asyncstore.schema import metrics, spans, trace_info
 from tests import dbadmin
-from tests.helpers import count_rows
+from tests.helpers import count_rows, postgresql_only
 
 SMALL = SCALES["small"]
 
@@ -182,7 +182,9 @@ def test_extra_options_add_their_workloads_and_figures(tmp_path: Path, capsys: p
         assert _positive(entry["ratio_raw"]) and _positive(entry["ratio_raw_fk"])
         assert f"{size:,}" in entry["description"]
     jobs = workloads["claim_jobs@2"]
-    assert jobs["concurrency"] == 2 and "2 concurrent workers" in jobs["description"]
+    assert jobs["concurrency"] == 2 and "Worker at concurrency 2" in jobs["description"]
+    latency = jobs["asyncstore"]["extra"]
+    assert 0 < latency["start_latency_p50_ms"] <= latency["start_latency_max_ms"]
     for system in ("asyncstore", "raw", "naive"):
         _check_figures(jobs[system], latency=False)
         assert jobs[system]["items"] == SMALL.jobs
@@ -277,6 +279,37 @@ def test_failure_or_interrupt_still_drops_the_scratch_database(
         assert "FAILED" in stream.getvalue()
     assert seen and seen[0].startswith(database.NAME_PREFIX)
     assert _leftovers(backend, uri) == before
+
+
+@postgresql_only
+@pytest.mark.slow
+def test_compare_queue_peers_drains_with_procrastinate_and_pgqueuer(backend: str, tmp_path: Path) -> None:
+    uri = _server_uri("postgresql", tmp_path)
+    before = _leftovers("postgresql", uri)
+    stream = io.StringIO()
+    args = runner.build_parser().parse_args([
+        "--uri", uri, "--workload", "claim_jobs", "--job-workers", "2", "--compare", "procrastinate", "pgqueuer",
+        "--out", str(tmp_path),
+    ])
+    assert asyncio.run(runner.run_bench(args, stream)) == 0, stream.getvalue()
+    result = _only_json(tmp_path)
+    assert result["command"].endswith("--job-workers 2 --compare procrastinate pgqueuer")
+    entry = result["workloads"]["claim_jobs@2"]
+    for peer in ("procrastinate", "pgqueuer"):
+        _check_figures(entry[peer], latency=False)
+        assert entry[peer]["items"] == SMALL.jobs and entry[peer]["extra"]["start_latency_p50_ms"] > 0
+        assert entry[f"ratio_{peer}"] == round(entry["asyncstore"]["throughput"] / entry[peer]["throughput"], 2)
+        assert result["versions"][peer]
+        assert f"{peer}: " in stream.getvalue()
+    assert _leftovers("postgresql", uri) == before  # the peers' scratch databases too
+
+
+def test_compare_queue_peers_elsewhere_than_postgresql_is_a_usage_error(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    code = cli.main(["bench", "--uri", f"sqlite:///{tmp_path / 'x.db'}", "--compare", "pgqueuer", "--out", str(tmp_path)])
+    assert code == 2 and "runs on PostgreSQL only" in capsys.readouterr().err
+    assert not list(tmp_path.iterdir())
 
 
 def test_compare_mlflow_without_mlflow_says_how_to_install(

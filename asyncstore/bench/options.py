@@ -111,7 +111,7 @@ def variants(
                 found.append(dataclasses.replace(
                     spec, naive=True, mlflow=spec.mlflow and plain, concurrency=workers,
                     name=spec.name if plain else f"claim_jobs@{workers}", family="" if plain else "claim_jobs",
-                    description=spec.description.replace(f"{JOB_WORKERS} concurrent", f"{workers} concurrent")
+                    description=spec.description.replace(f"concurrency {JOB_WORKERS}", f"concurrency {workers}")
                     + " (naive: SELECT the oldest, then UPDATE it if still pending; lost claims counted)",
                 ))
         elif spec.name == "otlp_soak":

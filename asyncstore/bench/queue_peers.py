@@ -90,7 +90,9 @@ import logging
 import statistics
 import time
 from collections.abc import Awaitable, Callable, Iterator
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
+
+from asyncstore.bench.measure import Outcome
 
 if TYPE_CHECKING:
     # Both libraries ship types, but they come with the bench extra, which CI's
@@ -382,3 +384,45 @@ async def drain_with_peer(peer: str, dsn: str, jobs: int, concurrency: int) -> P
         if peer == "procrastinate":
             return await _procrastinate(dsn, jobs, concurrency, version)
         return await _pgqueuer(dsn, jobs, concurrency, version)
+
+
+class QueuePeerJobs:
+    """The ``claim_jobs`` workload by a queue peer: a :class:`~asyncstore.bench.measure.Workload`.
+
+    Each repetition gets a fresh scratch database next to the bench's (the library's
+    schema installed there by :func:`drain_with_peer`), dropped after it; the
+    throughput is the drain's own seconds (enqueueing and the latency probe are not
+    timed), and the latency probe's median is reported as ``start_latency_p50_ms``,
+    as for asyncstore's worker.
+    """
+
+    def __init__(self, peer: str, uri: str | None, jobs: int, concurrency: int) -> None:
+        self.peer, self.uri, self.jobs, self.concurrency = peer, uri, jobs, concurrency
+        self.scratch: Any = None
+
+    async def setup(self) -> None:
+        """Check that the library is installed."""
+        _require(self.peer)
+
+    async def prepare(self, rep: int) -> None:
+        """A fresh, empty scratch database for this repetition."""
+        from asyncstore.bench.database import create_scratch
+
+        await self._drop()
+        self.scratch = await create_scratch(self.uri, f"{self.peer}_{rep}")
+
+    async def run(self, rep: int) -> Outcome:
+        """Enqueue, drain (timed), probe the idle worker's latency."""
+        dsn = self.scratch.url.set(drivername="postgresql").render_as_string(hide_password=False)
+        found = await drain_with_peer(self.peer, dsn, self.jobs, self.concurrency)
+        extra = {"start_latency_p50_ms": round(found.latency_p50_ms, 1)} if found.latency_p50_ms is not None else {}
+        return Outcome(found.jobs, extra=extra, seconds=found.seconds)
+
+    async def teardown(self) -> None:
+        """Drop the last scratch database."""
+        await self._drop()
+
+    async def _drop(self) -> None:
+        if self.scratch is not None:
+            await self.scratch.drop()
+            self.scratch = None

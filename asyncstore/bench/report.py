@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from asyncstore.config import Backend
+from asyncstore.bench.queue_peers import QUEUE_PEERS
 from asyncstore.bench.workloads import ON_MLFLOW_SCHEMA
 
 SYSTEMS = ("asyncstore", "mlflow", "raw")
@@ -35,8 +36,8 @@ def package_version(name: str) -> str | None:
         return None
 
 
-def versions(backend: Backend, server_version: str, *, mlflow: bool) -> dict[str, Any]:
-    """Versions of everything that shapes the figures."""
+def versions(backend: Backend, server_version: str, *, mlflow: bool, peers: Sequence[str] = ()) -> dict[str, Any]:
+    """Versions of everything that shapes the figures (``peers``: the job queues compared)."""
     drivers = {name: package_version(name) for name in _DRIVERS[backend]}
     if backend is Backend.SQLITE:
         drivers["sqlite3 library"] = sqlite3.sqlite_version
@@ -50,6 +51,8 @@ def versions(backend: Backend, server_version: str, *, mlflow: bool) -> dict[str
         # Optional speed-ups asyncstore uses when installed (span content JSON).
         "optional": {name: package_version(name) for name in ("orjson",) if package_version(name)},
     }
+    for peer in peers:
+        found[peer] = package_version(peer)
     if mlflow:
         found["mlflow"] = package_version("mlflow")
         found["mlflow_drivers"] = {
@@ -111,11 +114,12 @@ def add_ratios(workloads: Mapping[str, dict[str, Any]]) -> None:
     ``ratio_raw_fk`` of the identical-table one (foreign keys included),
     ``ratio_direct`` of the OTLP workload's in-process ceiling (the same spans written
     by ``log_spans`` without HTTP).
-    ``ratio_mlflow_same_tables`` is asyncstore on MLflow's own tables over MLflow.
+    ``ratio_mlflow_same_tables`` is asyncstore on MLflow's own tables over MLflow;
+    ``ratio_procrastinate`` and ``ratio_pgqueuer`` asyncstore's worker over theirs.
     """
     for entry in workloads.values():
         ours = _throughput(entry.get("asyncstore"))
-        for peer in ("mlflow", "raw", "raw_fk", "direct"):
+        for peer in ("mlflow", "raw", "raw_fk", "direct", *QUEUE_PEERS):
             value = ratio(ours, _throughput(entry.get(peer)))
             if value is not None:
                 entry[f"ratio_{peer}"] = value
@@ -245,8 +249,10 @@ def _extras(entry: Mapping[str, Any]) -> str:
         if isinstance(figures, Mapping) and figures.get("extra"):
             counters = ", ".join(f"{k} {v:,.1f}".replace(".0 ", " ").removesuffix(".0")
                                  for k, v in figures["extra"].items())
-            throughput = f"{format_rate(figures['throughput'])} {entry['unit']}, " if system == "naive" else ""
-            parts.append(f"{system}: {throughput}{counters}")
+            beside = system in ("naive", *QUEUE_PEERS)  # systems with no column of their own
+            throughput = f"{format_rate(figures['throughput'])} {entry['unit']}, " if beside else ""
+            ratio_to = f", asyncstore {entry[f'ratio_{system}']:.2f}x" if f"ratio_{system}" in entry else ""
+            parts.append(f"{system}: {throughput}{counters}{ratio_to}")
         if isinstance(figures, Mapping) and figures.get("parts"):
             kinds = ", ".join(
                 f"{name} {format_rate(f['throughput'])}/s (p50 {f['p50_ms']:.1f} / p99 {f['p99_ms']:.1f} ms)"

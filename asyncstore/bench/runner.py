@@ -4,7 +4,8 @@
 
     asyncstore bench [--uri URI] [--workload NAME ...] [--scale small|medium|large]
                      [--batch-sizes N,N,...] [--job-workers N,N,...] [--million [SPANS]]
-                     [--search-scale [RUNS]] [--otlp-minutes M] [--out DIR] [--compare mlflow] [--plot]
+                     [--search-scale [RUNS]] [--otlp-minutes M] [--out DIR]
+                     [--compare mlflow|procrastinate|pgqueuer ...] [--plot]
 
 Without ``--uri`` it runs on a SQLite file in a new temporary directory; with a
 PostgreSQL or MySQL URI it creates a database with a random name on that server
@@ -32,10 +33,11 @@ from asyncstore.bench.database import ScratchDatabase, create_scratch
 from asyncstore.bench.measure import Workload, measure_all
 from asyncstore.bench.options import MILLION, OPT_IN, SCALE_RUNS, variants
 from asyncstore.bench.progress import Progress
+from asyncstore.bench.queue_peers import QUEUE_PEERS
 from asyncstore.bench.scale import SCALES, Scale
 from asyncstore.bench.workloads import ON_MLFLOW_SCHEMA, SPECS, Spec
 from asyncstore.cliargs import positive_int, positive_number
-from asyncstore.config import redact
+from asyncstore.config import Backend, redact
 from asyncstore.errors import StoreError
 from asyncstore.store import AsyncStore
 
@@ -104,8 +106,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--out", default=DEFAULT_OUT, metavar="DIR", help=f"where the JSON (and PNG) go (default: ./{DEFAULT_OUT})"
     )
     parser.add_argument(
-        "--compare", choices=["mlflow"], default=None,
-        help="also run the workloads through MLflow's SqlAlchemyStore (needs the bench extra)",
+        "--compare", nargs="+", action="extend", choices=["mlflow", *QUEUE_PEERS], default=None, metavar="PEER",
+        help="also run the workloads through MLflow's SqlAlchemyStore (mlflow), and the claim_jobs workloads "
+        "through procrastinate's and PgQueuer's workers (procrastinate, pgqueuer; PostgreSQL only); "
+        "all need the bench extra",
     )
     parser.add_argument("--plot", action="store_true", help="write a PNG chart (needs matplotlib, the bench extra)")
 
@@ -160,7 +164,13 @@ def main(argv: Sequence[str] | None = None) -> int:
 async def run_bench(args: argparse.Namespace, stream: TextIO | None = None) -> int:
     """The ``bench`` command: check options, run, report. See the module docstring."""
     out = stream if stream is not None else sys.stdout
-    compare = args.compare == "mlflow"
+    compare = "mlflow" in (args.compare or [])
+    queue_peers = [peer for peer in QUEUE_PEERS if peer in (args.compare or [])]
+    if queue_peers:
+        problem = _queue_peers_problem(args.uri, queue_peers)
+        if problem:
+            print(f"asyncstore bench: {problem}", file=sys.stderr)
+            return EXIT_USAGE
     if compare:
         from asyncstore.bench.mlflow_peer import INSTALL_HINT, mlflow_available
 
@@ -189,7 +199,7 @@ async def run_bench(args: argparse.Namespace, stream: TextIO | None = None) -> i
         if missing:
             print(f"asyncstore bench: the OTLP workloads need {', '.join(missing)}: {OTLP_HINT}", file=sys.stderr)
             return EXIT_USAGE
-    bench = _Bench(scale, specs, compare, out)
+    bench = _Bench(scale, specs, compare, out, queue_peers)
     result = await bench.run(args.uri)
     result["command"] = _command(args)
     report.add_ratios(result["workloads"])
@@ -222,7 +232,7 @@ def _command(args: argparse.Namespace) -> str:
     if args.otlp_minutes:
         parts += ["--otlp-minutes", f"{args.otlp_minutes:g}"]
     if args.compare:
-        parts += ["--compare", args.compare]
+        parts += ["--compare", *dict.fromkeys(args.compare)]
     if args.plot:
         parts.append("--plot")
     return " ".join(parts)
@@ -231,11 +241,15 @@ def _command(args: argparse.Namespace) -> str:
 class _Bench:
     """One benchmark run: scratch databases, the systems, the measured figures."""
 
-    def __init__(self, scale: Scale, specs: list[Spec], compare: bool, out: TextIO) -> None:
+    def __init__(
+        self, scale: Scale, specs: list[Spec], compare: bool, out: TextIO, queue_peers: Sequence[str] = ()
+    ) -> None:
         self.scale = scale
         self.specs = specs
         self.compare = compare
-        steps = sum(sum(self._reps(s)) * len(s.systems(compare)) for s in specs)
+        self.queue_peers = list(queue_peers)
+        self.uri: str | None = None
+        steps = sum(sum(self._reps(s)) * len(s.systems(compare, queue_peers)) for s in specs)
         self.progress = Progress(total=steps, stream=out)
         self.failed: list[str] = []
 
@@ -243,6 +257,7 @@ class _Bench:
         """Create the scratch database(s), measure every workload, drop them; return the result."""
         scratches: list[ScratchDatabase] = []
         workloads: dict[str, dict[str, Any]] = {}
+        self.uri = uri
         try:
             scratch = await create_scratch(uri, "store")
             scratches.append(scratch)
@@ -277,7 +292,7 @@ class _Bench:
             "scale": self.scale.name,
             "warmup": self.scale.warmup,
             "repetitions": self.scale.repetitions,
-            "versions": report.versions(backend, server, mlflow=self.compare),
+            "versions": report.versions(backend, server, mlflow=self.compare, peers=self.queue_peers),
             "machine": report.machine(),
             "workloads": workloads,
             "failed": self.failed,
@@ -361,7 +376,7 @@ class _Bench:
 
         ours = workload_class(spec.kind)(store, self.scale, spec)
         systems: dict[str, Workload] = {"asyncstore": ours}
-        for system in spec.systems(peer is not None):
+        for system in spec.systems(peer is not None, self.queue_peers):
             if system in ("raw", "raw_fk"):
                 from asyncstore.bench.raw import RAW_FK_WORKLOADS
                 from asyncstore.bench.replay import RAW_WORKLOADS
@@ -382,10 +397,28 @@ class _Bench:
                 from asyncstore.bench.mlflow_peer import MLFLOW_WORKLOADS
 
                 systems[system] = MLFLOW_WORKLOADS[spec.kind](peer, self.scale)
+            elif system in QUEUE_PEERS:
+                from asyncstore.bench.queue_peers import QueuePeerJobs
+
+                systems[system] = QueuePeerJobs(system, self.uri, spec.size(self.scale), spec.concurrency)
         for workload in systems.values():
             if isinstance(workload, (OtlpIngest, MlflowServerIngest)):
                 workload.note = self.progress.note  # the soak prints its readings
         return systems
+
+
+def _queue_peers_problem(uri: str | None, peers: Sequence[str]) -> str | None:
+    """Why ``--compare procrastinate/pgqueuer`` cannot run here, or None."""
+    import importlib.util
+
+    from asyncstore.config import StoreConfig
+
+    if uri is None or StoreConfig.load(uri).backend is not Backend.POSTGRESQL:
+        return f"--compare {' '.join(peers)} runs on PostgreSQL only: give --uri postgresql://..."
+    missing = [peer for peer in peers if importlib.util.find_spec(peer) is None]
+    if missing:
+        return f"--compare {' '.join(missing)} needs the {', '.join(missing)} package: pip install '.[bench]'"
+    return None
 
 
 def _describe(exc: Exception) -> str:

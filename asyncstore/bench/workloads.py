@@ -14,8 +14,9 @@ import asyncio
 import dataclasses
 import functools
 import secrets
+import statistics
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
 from asyncstore.bench.data import SpanRow, metric_batch, span_batch
@@ -60,6 +61,11 @@ TRACE_SEARCHES: tuple[tuple[str, list[str]], ...] = (
     ("", ["timestamp_ms DESC"]),
 )
 JOB_NAME = "bench.noop"
+LATENCY_PROBES = 20
+"""Single jobs sent to an idle worker to measure enqueue-to-start latency."""
+LATENCY_IDLE_SECONDS = 1.5
+"""How long the probed worker idles first (its polling backs off to the longest wait)."""
+LATENCY_SPACING_SECONDS = 0.1
 MIXED_WRITE_RUNS = 16
 """Runs the ``mixed`` workload's writes log to (runs in training), apart from the runs it reads."""
 ON_MLFLOW_SCHEMA = "asyncstore_on_mlflow_schema"
@@ -112,11 +118,16 @@ class Spec:
         """The workload class's name in :data:`STORE_WORKLOADS`."""
         return self.family or self.name
 
-    def systems(self, compare: bool) -> list[str]:
-        """The systems measured for this workload, asyncstore first."""
+    def systems(self, compare: bool, queue_peers: Sequence[str] = ()) -> list[str]:
+        """The systems measured for this workload, asyncstore first.
+
+        ``queue_peers`` (procrastinate, pgqueuer: ``--compare``) drain the jobs of the
+        ``claim_jobs`` workloads.
+        """
         found = ["asyncstore"]
         found += ["raw"] * self.raw + ["raw_fk"] * self.raw_fk + ["naive"] * self.naive + ["direct"] * self.direct
-        return found + [ON_MLFLOW_SCHEMA, "mlflow"] * (compare and self.mlflow)
+        found += [ON_MLFLOW_SCHEMA, "mlflow"] * (compare and self.mlflow)
+        return found + list(queue_peers) * (self.kind == "claim_jobs")
 
 
 SPECS: tuple[Spec, ...] = (
@@ -132,7 +143,8 @@ SPECS: tuple[Spec, ...] = (
          1, lambda s: s.span_batches * SPAN_BATCH, raw=True, raw_fk=True),
     Spec("search_traces", "searches/s", f"search_traces by span name or latest first, {SEARCH_PAGE} per page "
          f"({SEARCH_CONCURRENCY} concurrent callers)", SEARCH_CONCURRENCY, lambda s: s.trace_searches, raw=True),
-    Spec("claim_jobs", "jobs/s", f"claim + finish queued jobs with {JOB_WORKERS} concurrent workers",
+    Spec("claim_jobs", "jobs/s", f"drain queued no-op jobs: asyncstore's Worker at concurrency {JOB_WORKERS} (batched "
+         "claims and finishes); raw and naive: claim + finish one job at a time",
          JOB_WORKERS, lambda s: s.jobs, raw=True),
     Spec("mixed", "calls/s", f"a web app's load: get_run and log_batch of {MIXED_METRICS} metrics at "
          f"{MIXED_WRITE_EVERY - 1}:1 ({MIXED_CONCURRENCY} concurrent callers), beside the same callers making only "
@@ -435,6 +447,76 @@ class ClaimJobs(_StoreWorkload):
         return Outcome(total, extra=dict(self.counts))
 
 
+class WorkerClaimJobs(ClaimJobs):
+    """asyncstore's :class:`~asyncstore.worker.Worker` running no-op handlers until the queue is drained.
+
+    Concurrency ``spec.concurrency`` (claims of up to that many jobs, results written
+    by batched finishes). Timed: from the worker's start until its last result is
+    committed. Then, untimed, the enqueue-to-start latency with the worker idle
+    (:data:`LATENCY_PROBES` single jobs, each from just before ``create`` to its
+    handler's start), reported as ``start_latency_p50_ms`` / ``_max_ms``.
+    """
+
+    counters = ()
+
+    async def run(self, rep: int) -> Outcome:
+        """Drain the queue with one worker; then probe the idle worker's wake-up."""
+        from asyncstore.worker import Worker
+
+        total = self.scale.jobs
+        done = 0
+        drained = asyncio.Event()
+
+        async def noop(params: dict[str, Any], ctx: Any) -> str:
+            nonlocal done
+            done += 1
+            if done == total:
+                drained.set()
+            return "ok"
+
+        worker = Worker(self.store, {self.job_name: noop}, concurrency=self.spec.concurrency, lease_seconds=60)
+        started = time.perf_counter()
+        running = asyncio.create_task(worker.run())
+        await asyncio.wait([running, asyncio.create_task(drained.wait())], return_when=asyncio.FIRST_COMPLETED)
+        worker.stop()
+        await running
+        seconds = time.perf_counter() - started
+        if worker.counts["succeeded"] != total:
+            raise RuntimeError(f"the worker finished {worker.counts} of {total} jobs")
+        latencies = await self._start_latencies()
+        extra = {
+            "start_latency_p50_ms": round(statistics.median(latencies) * 1000, 1),
+            "start_latency_max_ms": round(max(latencies) * 1000, 1),
+        }
+        return Outcome(total, extra=extra, seconds=seconds)
+
+    async def _start_latencies(self) -> list[float]:
+        """Seconds from enqueue to handler start of single jobs sent to an idle worker (default polling)."""
+        from asyncstore.worker import Worker
+
+        name = f"{self.job_name}.probe"
+        started: asyncio.Queue[float] = asyncio.Queue()
+
+        async def mark(params: dict[str, Any], ctx: Any) -> str:
+            started.put_nowait(time.perf_counter())
+            return "ok"
+
+        worker = Worker(self.store, {name: mark}, concurrency=1)
+        running = asyncio.create_task(worker.run())
+        latencies = []
+        try:
+            await asyncio.sleep(LATENCY_IDLE_SECONDS)  # idle: polling has backed off to its longest wait
+            for i in range(LATENCY_PROBES):
+                sent = time.perf_counter()
+                await self.store.jobs.create(name, {"probe": i})
+                latencies.append(await asyncio.wait_for(started.get(), 30) - sent)
+                await asyncio.sleep(LATENCY_SPACING_SECONDS)
+        finally:
+            worker.stop()
+            await running
+        return latencies
+
+
 class Mixed(_StoreWorkload):
     """Reads alone, then reads and writes at 4:1, from 64 callers (:func:`~asyncstore.bench.measure.mixed_load`).
 
@@ -474,7 +556,7 @@ STORE_WORKLOADS: dict[str, type[_StoreWorkload]] = {
     "search_runs": SearchRuns,
     "log_spans": LogSpans,
     "search_traces": SearchTraces,
-    "claim_jobs": ClaimJobs,
+    "claim_jobs": WorkerClaimJobs,
     "mixed": Mixed,
 }
 STORE_NAMES = {cls: name for name, cls in STORE_WORKLOADS.items()}
