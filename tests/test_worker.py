@@ -263,3 +263,28 @@ async def test_an_idle_worker_wakes_for_a_new_job(store: AsyncStore) -> None:
 
 async def _succeeded(store: AsyncStore, name: str) -> bool:
     return (await store.jobs.count_by_status(name))[JobStatus.SUCCEEDED] == 1
+
+
+@pytest.mark.parametrize(
+    ("target", "message"),
+    [
+        ("no_colon", "is not MODULE:OBJECT"),
+        ("tests.no_such_module:HANDLERS", "cannot import module 'tests.no_such_module'"),
+        ("tests.worker_handlers:MISSING", "has no 'MISSING'"),
+        ("tests.worker_handlers:ok", "is function; expected a dict of job name -> handler"),
+    ],
+)
+def test_worker_command_names_a_bad_target(target: str, message: str, capsys: pytest.CaptureFixture[str]) -> None:
+    from asyncstore import cli
+
+    assert cli.main(["worker", target, "--uri", "sqlite:///unused.db"]) == 2
+    assert message in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("option", ["--concurrency=0", "--lease-seconds=-1", "--grace-seconds=x"])
+def test_worker_command_refuses_bad_option_values(option: str, capsys: pytest.CaptureFixture[str]) -> None:
+    from asyncstore import cli
+
+    with pytest.raises(SystemExit) as exited:
+        cli.main(["worker", "tests.worker_handlers:HANDLERS", option])
+    assert exited.value.code == 2 and option.split("=")[0] in capsys.readouterr().err
