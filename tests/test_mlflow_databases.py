@@ -16,7 +16,7 @@ import pytest
 from sqlalchemy import inspect, text
 from sqlalchemy.engine import make_url
 
-from asyncstore import AsyncStore, Metric, Param, RunTag, SchemaOutOfDate, ViewType, migrate
+from asyncstore import AsyncStore, JobStatus, Metric, Param, RunTag, SchemaOutOfDate, ViewType, migrate
 from asyncstore.bench.database import ScratchDatabase
 from asyncstore.bench.mlflow_peer import MlflowPeer
 from asyncstore.config import Backend, StoreConfig
@@ -348,6 +348,65 @@ def test_jobs_both_ways(backend: str, mlflow_uri: str) -> None:
         assert (new.job_name, json.loads(new.params), new.timeout, new.status, new.retry_count, new.workspace) == (
             "tests.eval", {"k": "v"}, 5.0, MlflowJobStatus.PENDING, 0, "default",
         )
+    finally:
+        ml.engine.dispose()
+
+
+def test_a_worker_runs_mlflows_jobs_on_its_tables(backend: str, mlflow_uri: str) -> None:
+    """asyncstore's Worker drains jobs MLflow created, on MLflow's own jobs table (no
+    column added): MLflow reads each outcome (result, retries, failure), and a stale
+    lease token is refused there too."""
+    from mlflow.entities._job_status import JobStatus as MlflowJobStatus
+
+    from asyncstore import InvalidState
+    from asyncstore.worker import Worker
+
+    ml = _mlflow_jobs(mlflow_uri, backend)
+    ok = [ml.create_job("tests.ok", json.dumps({"n": n})) for n in range(20)]
+    bad = ml.create_job("tests.bad", "{}")
+
+    async def ok_handler(params: dict[str, Any], ctx: Any) -> Any:
+        return {"double": params["n"] * 2}
+
+    async def bad_handler(params: dict[str, Any], ctx: Any) -> Any:
+        raise ValueError(f"attempt {ctx.attempt}")
+
+    async def work() -> None:
+        async with AsyncStore.open(mlflow_uri) as store:
+            worker = Worker(
+                store, {"tests.ok": ok_handler, "tests.bad": bad_handler}, concurrency=4, poll_interval=0.01,
+                max_poll_interval=0.05, max_retries=1, backoff_base=0, backoff_jitter=0,
+            )
+            task = asyncio.create_task(worker.run())
+            for _ in range(600):
+                counts = await store.jobs.count_by_status()
+                if counts[JobStatus.PENDING] == 0 and counts[JobStatus.RUNNING] == 0:
+                    break
+                await asyncio.sleep(0.05)
+            worker.stop()
+            await asyncio.wait_for(task, 60)
+            assert worker.counts["succeeded"] == 20 and worker.counts["failed"] == 1
+            # Fencing on MLflow's rows: a claim's token, then a newer claim, refuses the old one.
+            stale_job = await store.jobs.create("tests.fence", {})
+            [first] = await store.jobs.claim(["tests.fence"], lease_seconds=0.05)
+            await asyncio.sleep(0.15)
+            await store.jobs.requeue_expired(backoff_base=0)
+            [second] = await store.jobs.claim(["tests.fence"])
+            assert first.job_id == second.job_id == stale_job.job_id and second.lease_token != first.lease_token
+            with pytest.raises(InvalidState, match="claimed again"):
+                await store.jobs.finish(first.job_id, "late", token=first.lease_token)
+            await store.jobs.finish(second.job_id, "on time", token=second.lease_token)
+
+    asyncio.run(work())
+    try:
+        for job in ok:
+            done = ml.get_job(job.job_id)
+            assert done.status == MlflowJobStatus.SUCCEEDED
+            assert json.loads(done.result) == {"double": json.loads(job.params)["n"] * 2}
+        failed = ml.get_job(bad.job_id)
+        assert (failed.status, failed.retry_count, failed.result) == (MlflowJobStatus.FAILED, 1, "ValueError: attempt 2")
+        fenced = [j for j in ml.list_jobs(job_name="tests.fence")]
+        assert [(j.status, j.result) for j in fenced] == [(MlflowJobStatus.SUCCEEDED, "on time")]
     finally:
         ml.engine.dispose()
 
