@@ -228,6 +228,7 @@ class StoreConfig:
     mysql_ssl_ca: str | None
     mysql_ssl_cert: str | None
     mysql_ssl_key: str | None
+    mysql_local_infile: bool
     workspace: str
 
     def __repr__(self) -> str:
@@ -436,6 +437,12 @@ SETTINGS: dict[str, Setting[Any]] = {
         _setting("mysql_ssl_ca", _path, cast("str | None", None), "CA certificate file for TLS to MySQL"),
         _setting("mysql_ssl_cert", _path, cast("str | None", None), "client certificate file for TLS to MySQL"),
         _setting("mysql_ssl_key", _path, cast("str | None", None), "client key file for TLS to MySQL"),
+        _setting(
+            "mysql_local_infile", _bool, True,
+            "write large span batches by LOAD DATA LOCAL INFILE, streamed (the server must allow local_infile, "
+            "else multi-row INSERT); the client then sends what a server's LOAD DATA request names: "
+            "trusted servers only",
+        ),
         _setting(
             "workspace", _workspace, "default",
             "MLflow workspace of the experiments (created, found by name, searched) and jobs created",

@@ -28,6 +28,8 @@ fires only when the call succeeded, as SQLAlchemy's does.
 from __future__ import annotations
 
 import asyncio
+import os
+import warnings
 from collections.abc import Awaitable, Callable, Sequence
 from functools import partial
 from typing import Any, TypeVar
@@ -123,6 +125,18 @@ class Driver:
         call = partial(_pg_copy, self._driver, table, list(columns), records)
         await self._observed(statement, {"records": len(records)}, False, call)
 
+    async def load_data(
+        self, table: str, columns: Sequence[str], rows: Sequence[Sequence[Any]], *, replace: bool = False
+    ) -> tuple[int, int]:
+        """LOAD DATA LOCAL INFILE of ``rows`` (MySQL/MariaDB, streamed: :func:`mysql_load_data`).
+
+        Returns the affected rows and the server's warnings.
+        """
+        self._require(Backend.MYSQL)
+        statement = load_data_statement(table, columns, "<stream>", replace=replace)
+        call = partial(mysql_load_data, self._driver, table, columns, rows, replace=replace)
+        return await self._observed(statement, {"rows": len(rows)}, False, call)
+
     def _require(self, *backends: Backend) -> None:
         if self.backend not in backends:
             raise InvalidState(
@@ -186,6 +200,97 @@ async def _pg_copy(driver: Any, table: str, columns: list[str], records: Sequenc
     if not copying.done():  # abandoned above: the connection was lost first
         raise ConnectionDoesNotExistError("the connection was closed in the middle of COPY")
     copying.result()
+
+
+# --- MySQL/MariaDB: LOAD DATA LOCAL INFILE, streamed --------------------------------------
+
+LOAD_SLICE = 500
+"""Rows formatted at a time by :func:`mysql_load_data`'s feeding thread."""
+def _load_text(value: str) -> str:
+    """``value`` with LOAD DATA's escapes (``FIELDS ESCAPED BY '\\'``): backslash, tab, newline,
+    carriage return, NUL; most text has none of them and is returned as it is."""
+    if not ("\\" in value or "\t" in value or "\n" in value or "\r" in value or "\0" in value):
+        return value
+    return (
+        value.replace("\\", "\\\\").replace("\t", "\\t").replace("\n", "\\n").replace("\r", "\\r")
+        .replace("\0", "\\0")
+    )
+
+
+def _load_field(value: Any) -> str:
+    if value.__class__ is str:
+        return _load_text(value)
+    if value is None:
+        return "\\N"
+    if value is True or value is False:
+        return "1" if value else "0"
+    if isinstance(value, int):
+        return str(value)
+    if isinstance(value, float):
+        if value != value or value in (float("inf"), float("-inf")):
+            raise ValueError(f"LOAD DATA cannot carry the float {value!r}")
+        return repr(value)
+    return _load_text(str(value))
+
+
+def load_data_text(rows: Sequence[Sequence[Any]]) -> bytes:
+    """``rows`` in LOAD DATA's default format: tab-separated fields, one row per line, UTF-8.
+
+    None is ``\\N``; booleans 1 and 0; numbers as Python writes them (``repr`` of a
+    float reads back as the same double); text with backslash, tab, newline, carriage
+    return and NUL escaped. A float that is not finite cannot be stored by MySQL and
+    raises ValueError.
+    """
+    return "".join(["\t".join(map(_load_field, row)) + "\n" for row in rows]).encode("utf-8")
+
+
+def load_data_statement(table: str, columns: Sequence[str], path: str, *, replace: bool = False) -> str:
+    """``LOAD DATA LOCAL INFILE '<path>' [REPLACE] INTO TABLE <table> CHARACTER SET utf8mb4 (<columns>)``."""
+    quoted = ", ".join(f"`{c}`" for c in columns)
+    mode = " REPLACE" if replace else ""
+    return f"LOAD DATA LOCAL INFILE '{path}'{mode} INTO TABLE `{table}` CHARACTER SET utf8mb4 ({quoted})"
+
+
+async def mysql_load_data(
+    connection: Any, table: str, columns: Sequence[str], rows: Sequence[Sequence[Any]], *, replace: bool = False
+) -> tuple[int, int]:
+    """LOAD DATA LOCAL INFILE of ``rows`` into ``table`` through aiomysql ``connection``.
+
+    The rows never touch a disk: a worker thread formats them, :data:`LOAD_SLICE` at a
+    time, into an OS pipe while aiomysql, which opens the "file" the server asks
+    for, reads the pipe's other end (``/dev/fd/N``, Linux), so memory holds a slice
+    and the pipe's buffer whatever the batch's size. The connection must have been opened with
+    ``local_infile=True``, and the server must allow it (``local_infile``); else the
+    server's error propagates. MySQL's LOCAL keyword implies IGNORE: a row whose key
+    exists already is skipped, and a value the column cannot hold is changed, each
+    with a warning, not an error; with ``replace`` a row whose key exists replaces
+    the stored one.
+
+    Returns:
+        The affected rows (a replaced row counts twice) and the number of warnings.
+    """
+    read_end, write_end = os.pipe()
+    loop = asyncio.get_running_loop()
+
+    def feed() -> None:
+        try:
+            with os.fdopen(write_end, "wb") as pipe:
+                for start in range(0, len(rows), LOAD_SLICE):
+                    pipe.write(load_data_text(rows[start : start + LOAD_SLICE]))
+        except BrokenPipeError:  # the statement failed and the reading end was closed
+            pass
+
+    feeding = loop.run_in_executor(None, feed)
+    statement = load_data_statement(table, columns, f"/dev/fd/{read_end}", replace=replace)
+    try:
+        async with connection.cursor() as cursor:
+            with warnings.catch_warnings():  # aiomysql re-raises each server warning as a Python one
+                warnings.simplefilter("ignore")
+                affected = int(await cursor.execute(statement))
+            return affected, int(cursor._result.warning_count if cursor._result is not None else 0)
+    finally:
+        os.close(read_end)
+        await feeding  # a row that could not be formatted raises here: the caller rolls back
 
 
 def _consume(task: asyncio.Future[Any]) -> None:

@@ -58,6 +58,9 @@ class EngineState:
     write_queue: collections.deque[Any] = dataclasses.field(default_factory=collections.deque)
     """SQLite: grouped write calls waiting for the next group commit (see
     :meth:`asyncstore.uow.UnitOfWork.run_grouped`)."""
+    load_data: bool = True
+    """MySQL/MariaDB: whether bulk writes try LOAD DATA LOCAL INFILE (the
+    ``mysql_local_infile`` setting, until the server or account refuses it once)."""
     writer: asyncio.Task[None] | None = None
     """SQLite: the task writing the queued groups while there are any."""
 
@@ -221,6 +224,7 @@ def _create_engine(config: StoreConfig) -> AsyncEngine:
         )
         if config.mysql_ssl_ca or config.mysql_ssl_cert:
             connect_args["ssl"] = _mysql_ssl_context(config)
+        connect_args["local_infile"] = config.mysql_local_infile
         kwargs["pool_reset_on_return"] = None  # _install_mysql_reset rolls back when needed
     engine = create_async_engine(url, connect_args=connect_args, **kwargs)
     memory = is_sqlite_memory(url)
@@ -229,6 +233,7 @@ def _create_engine(config: StoreConfig) -> AsyncEngine:
         backend=backend,
         write_lock=asyncio.Lock() if backend is Backend.SQLITE else None,
         serialize_all=memory,
+        load_data=backend is Backend.MYSQL and config.mysql_local_infile,
     )
     if backend is Backend.SQLITE and not memory and url.database:
         _install_sqlite_parent_dir(engine, url.database)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 import uuid
 
 import pytest
@@ -12,7 +13,8 @@ from asyncstore import AsyncStore
 from asyncstore.entities import Span, SpanEvent, SpanStatus, TraceState
 from asyncstore.errors import InvalidParameter, NotFound
 from asyncstore.schema import spans, trace_info
-from tests.helpers import MS, T0, make_experiment, make_span, new_trace_id
+from tests import dbadmin
+from tests.helpers import MS, T0, make_experiment, make_span, mysql_only, new_trace_id
 from tests.helpers import count_rows as count
 
 
@@ -145,7 +147,9 @@ async def test_large_batch_spans_many_statements_chunks(store: AsyncStore) -> No
     sent = [(s, many) for s, many in statements if not s.upper().startswith(("BEGIN", "COMMIT", "ROLLBACK"))]
     trace_writes = [s for s, _ in sent if s.startswith("INSERT INTO trace_info")]
     checks = [s for s, _ in sent if s.startswith("SELECT")]
-    span_writes = [(s, many) for s, many in sent if s.startswith(("INSERT INTO spans", "COPY spans"))]
+    span_writes = [
+        (s, many) for s, many in sent if s.startswith(("INSERT INTO spans", "COPY spans", "LOAD DATA LOCAL INFILE"))
+    ]
     assert len(trace_writes) == 1 and len(checks) == 1, sent
     if store.backend == "postgresql":
         # New spans: one COPY under a savepoint.
@@ -154,12 +158,19 @@ async def test_large_batch_spans_many_statements_chunks(store: AsyncStore) -> No
             "SAVEPOINT asyncstore_span_copy",
             "RELEASE SAVEPOINT asyncstore_span_copy",
         ], sent
+    elif store.backend == "mysql":
+        # New spans: one LOAD DATA (rows streamed, REPLACE for re-sent ones) under a savepoint.
+        assert [s.split(" INTO ")[0] for s, _ in span_writes] == ["LOAD DATA LOCAL INFILE '<stream>' REPLACE"], sent
+        assert [s for s, _ in sent if "SAVEPOINT" in s] == [
+            "SAVEPOINT asyncstore_span_load",
+            "RELEASE SAVEPOINT asyncstore_span_load",
+        ], sent
     else:
         # ceil(12000 / 5000) executemany upserts.
         assert len(span_writes) == 3 and all(many for _, many in span_writes), sent
     # MLflow's trace tags (spans location, artifact location): one upsert for the batch.
     assert len([s for s, _ in sent if s.startswith("INSERT INTO trace_tags")]) == 1, sent
-    # Bounded: trace upsert, experiment check, tag upsert, and three span statements.
+    # Bounded: trace upsert, experiment check, tag upsert, and the span statements.
     assert len(sent) == 6, sent
 
 
@@ -307,3 +318,53 @@ async def test_content_encoding_same_with_orjson_or_the_json_module(
     for bad in ({"obj": object()}, {"when": __import__("datetime").datetime(2024, 1, 1)}, cyclic):
         with pytest.raises(InvalidParameter, match="JSON"):
             await store.spans.log_spans(exp, [make_span(tid, attributes=bad)])
+
+
+@mysql_only
+async def test_a_server_that_refuses_local_infile_gets_the_upsert_once_and_for_all(
+    store: AsyncStore, caplog: pytest.LogCaptureFixture
+) -> None:
+    """MySQL/MariaDB: with the server's local_infile off, the first large batch is
+    refused LOAD DATA, says so in one log line, and is written by the upsert; later
+    batches go straight to the upsert. Nothing is lost or duplicated."""
+    exp = await make_experiment(store)
+    tids = [new_trace_id() for _ in range(5)]
+    statements: list[str] = []
+
+    def record(conn: object, cursor: object, statement: str, *args: object) -> None:
+        statements.append(statement.strip())
+
+    await _set_local_infile(False)
+    event.listen(store.engine.sync_engine, "before_cursor_execute", record)
+    try:
+        with caplog.at_level(logging.WARNING, logger="asyncstore.tracing.ingest"):
+            for round_ in range(3):
+                batch = [make_span(tids[i % 5], name=f"r{round_}") for i in range(150)]
+                assert await store.spans.log_spans(exp, batch) == 150
+    finally:
+        event.remove(store.engine.sync_engine, "before_cursor_execute", record)
+        await _set_local_infile(True)
+    assert await count(store, spans) == 450
+    refusals = [r for r in caplog.records if "refuses LOAD DATA LOCAL INFILE" in r.getMessage()]
+    assert len(refusals) == 1
+    assert len([s for s in statements if s.startswith("LOAD DATA")]) == 1  # tried once, then never
+    assert len([s for s in statements if s.startswith("INSERT INTO spans")]) == 3
+
+
+async def _set_local_infile(on: bool) -> None:
+    async with dbadmin.mysql_cursor(dbadmin.server_url("mysql")) as cur:
+        await cur.execute(f"SET GLOBAL local_infile = {1 if on else 0}")
+
+
+async def test_a_large_batch_round_trips_every_character_through_the_bulk_path(store: AsyncStore) -> None:
+    """Text that LOAD DATA and COPY must escape (tabs, newlines, backslashes, NUL-free
+    control characters, 4-byte UTF-8, the \\N marker itself) reads back exactly."""
+    exp = await make_experiment(store)
+    tid = new_trace_id()
+    tricky = "tab\there\nnewline\\backslash \\N \r\x01 \U0001f600 é"
+    batch = [make_span(tid, name=f"{tricky}{i}", attributes={"text": tricky, "i": i}) for i in range(150)]
+    assert await store.spans.log_spans(exp, batch) == 150
+    stored = {s.span_id: s for s in await store.spans.get_spans(tid)}
+    for sent in batch:
+        got = stored[sent.span_id]
+        assert (got.name, got.attributes) == (sent.name, sent.attributes)

@@ -14,8 +14,11 @@ transaction per batch, into two copies of the store's table:
 The fastest path per driver: SQLite the standard library's ``sqlite3``
 ``executemany`` in one transaction, with the store's pragmas (WAL,
 ``synchronous = NORMAL``); PostgreSQL asyncpg's ``copy_records_to_table`` (binary
-COPY); MySQL/MariaDB aiomysql's ``executemany`` (multi-row ``INSERT`` statements
-of up to 1 MB). Row tuples are built in the untimed ``prepare``.
+COPY); MySQL/MariaDB ``LOAD DATA LOCAL INFILE`` through aiomysql, the rows streamed
+through a pipe (:func:`asyncstore.driver.mysql_load_data`). On MySQL/MariaDB a third
+ceiling, ``raw_insert``, writes the bare table by aiomysql's ``executemany``
+(multi-row ``INSERT`` statements of up to 1 MB), the path asyncstore took before.
+Row tuples are built in the untimed ``prepare``.
 
 The read and job ceilings, which replay the statements the store sends, are in
 :mod:`asyncstore.bench.replay`.
@@ -53,6 +56,7 @@ from asyncstore.bench.database import ScratchDatabase
 from asyncstore.bench.measure import Outcome
 from asyncstore.bench.scale import METRIC_BATCH, SPAN_BATCH, Scale
 from asyncstore.config import Backend, StoreConfig, backend_of
+from asyncstore.driver import mysql_load_data
 from asyncstore.engines import create_engine
 from asyncstore.schema import metrics, spans
 
@@ -114,16 +118,19 @@ class RawDriver:
 
     One transaction per batch: ``sqlite3`` ``executemany`` (with the store's pragmas:
     WAL, ``synchronous = NORMAL``, foreign keys on, case-sensitive LIKE), asyncpg
-    ``copy_records_to_table``, or aiomysql ``executemany`` (multi-row INSERT
-    statements). :meth:`fetch_all` and :meth:`replay` run recorded statements.
+    ``copy_records_to_table``, or aiomysql ``LOAD DATA LOCAL INFILE`` (with
+    ``multirow_insert``: ``executemany``, multi-row INSERT statements).
+    :meth:`fetch_all` and :meth:`replay` run recorded statements.
 
     Args:
         uri: the database (a plain or async URI; the driver is chosen by its backend).
+        multirow_insert: MySQL/MariaDB: write by multi-row INSERT instead of LOAD DATA.
     """
 
-    def __init__(self, uri: str) -> None:
+    def __init__(self, uri: str, *, multirow_insert: bool = False) -> None:
         self.url = make_url(uri)
         self.backend = backend_of(self.url)
+        self.multirow_insert = multirow_insert
         self._sqlite: sqlite3.Connection | None = None
         self._pg: asyncpg.Connection | None = None
         self._my: aiomysql.Connection | None = None
@@ -134,7 +141,10 @@ class RawDriver:
         return {
             Backend.SQLITE: "sqlite3 executemany",
             Backend.POSTGRESQL: "asyncpg copy_records_to_table",
-            Backend.MYSQL: "aiomysql executemany (multi-row INSERT)",
+            Backend.MYSQL: (
+                "aiomysql executemany (multi-row INSERT)" if self.multirow_insert
+                else "aiomysql LOAD DATA LOCAL INFILE (streamed)"
+            ),
         }[self.backend]
 
     async def open(self) -> None:
@@ -157,6 +167,7 @@ class RawDriver:
                 password=url.password or "", db=url.database, charset="utf8mb4", autocommit=False,
                 # The store's isolation level, so that replayed reads and claims behave alike.
                 init_command="SET SESSION TRANSACTION ISOLATION LEVEL READ COMMITTED",
+                local_infile=not self.multirow_insert,
             )
         else:
             assert_never(self.backend)
@@ -172,6 +183,12 @@ class RawDriver:
         elif self._pg is not None:
             async with self._pg.transaction():
                 await self._pg.copy_records_to_table(table, records=rows, columns=list(columns))
+        elif self._my is not None and not self.multirow_insert:
+            loaded, warned = await mysql_load_data(self._my, table, columns, rows)
+            if loaded != len(rows) or warned:  # LOCAL implies IGNORE: a skipped row is only a warning
+                await self._my.rollback()
+                raise RuntimeError(f"LOAD DATA loaded {loaded} of {len(rows)} rows into {table} ({warned} warnings)")
+            await self._my.commit()
         elif self._my is not None:
             marks = ", ".join(["%s"] * len(columns))
             quoted = ", ".join(f"`{c}`" for c in columns)
@@ -272,11 +289,13 @@ class RawWriter:
         columns: the columns each row tuple gives, in order.
     """
 
-    def __init__(self, scratch: ScratchDatabase, table: Table, columns: Sequence[str]) -> None:
+    def __init__(
+        self, scratch: ScratchDatabase, table: Table, columns: Sequence[str], *, multirow_insert: bool = False
+    ) -> None:
         self.scratch = scratch
         self.table = table
         self.columns = tuple(columns)
-        self.driver = RawDriver(scratch.uri)
+        self.driver = RawDriver(scratch.uri, multirow_insert=multirow_insert)
 
     async def open(self) -> None:
         """Create the empty table (through SQLAlchemy, untimed) and connect the driver."""
@@ -302,13 +321,14 @@ class _RawWrites:
 
     table: Table
     columns: tuple[str, ...]
+    multirow_insert = False
 
     def __init__(self, scratch: ScratchDatabase, scale: Scale, spec: Spec, peer: _StoreWorkload) -> None:
         self.scratch = scratch
         self.scale = scale
         self.spec = spec
         self.peer = peer
-        self.writer = RawWriter(scratch, self.table, self.columns)
+        self.writer = RawWriter(scratch, self.table, self.columns, multirow_insert=self.multirow_insert)
         self.batches: list[list[tuple[Any, ...]]] = []
         self.salt = secrets.token_hex(8)  # rows of their own: several variants share a table
 
@@ -409,7 +429,21 @@ class RawFkSpans(RawSpans):
         await self.writer.driver.write("trace_info", TRACE_COLUMNS, traces)
 
 
+class RawInsertMetrics(RawMetrics):
+    """MySQL/MariaDB: the ``raw`` rows of ``log_batch`` by multi-row INSERT (``raw_insert``)."""
+
+    multirow_insert = True
+
+
+class RawInsertSpans(RawSpans):
+    """MySQL/MariaDB: the ``raw`` rows of ``log_spans`` by multi-row INSERT (``raw_insert``)."""
+
+    multirow_insert = True
+
+
 RAW_WRITES: dict[str, type[_RawWrites]] = {"log_batch": RawMetrics, "log_spans": RawSpans}
 """The ``raw`` ceiling (bare table) of the write workloads."""
+RAW_INSERT_WORKLOADS: dict[str, type[_RawWrites]] = {"log_batch": RawInsertMetrics, "log_spans": RawInsertSpans}
+"""MySQL/MariaDB's ``raw_insert`` ceiling (bare table, multi-row INSERT) of the write workloads."""
 RAW_FK_WORKLOADS: dict[str, type[_RawWrites]] = {"log_batch": RawFkMetrics, "log_spans": RawFkSpans}
 """The ``raw_fk`` ceiling (identical table, foreign keys included) of the write workloads."""

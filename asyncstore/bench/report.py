@@ -119,7 +119,7 @@ def add_ratios(workloads: Mapping[str, dict[str, Any]]) -> None:
     """
     for entry in workloads.values():
         ours = _throughput(entry.get("asyncstore"))
-        for peer in ("mlflow", "raw", "raw_fk", "direct", *QUEUE_PEERS):
+        for peer in ("mlflow", "raw", "raw_fk", "raw_insert", "direct", *QUEUE_PEERS):
             value = ratio(ours, _throughput(entry.get(peer)))
             if value is not None:
                 entry[f"ratio_{peer}"] = value
@@ -191,12 +191,15 @@ def table(result: Mapping[str, Any]) -> str:
     compare = any("mlflow" in w for w in workloads.values())
     fk = any("raw_fk" in w for w in workloads.values())
     direct = any("direct" in w for w in workloads.values())
+    multirow = any("raw_insert" in w for w in workloads.values())
     header = ["workload", "unit", "asyncstore"]
     if compare:
         header += ["MLflow", "x MLflow", "asyncstore on MLflow's tables", "x MLflow"]
     header += ["raw driver", "of raw"]
     if fk:
         header += ["raw, same table", "of same"]
+    if multirow:
+        header += ["raw, multi-row INSERT", "of it"]
     if direct:
         header += ["direct (no HTTP)", "of direct"]
     rows: list[Sequence[str]] = [header]
@@ -216,6 +219,9 @@ def table(result: Mapping[str, Any]) -> str:
             same = entry.get("raw_fk")
             row += [_cell(same) if same is not None else "-"]
             row += [f"{entry['ratio_raw_fk']:.0%}" if "ratio_raw_fk" in entry else "-"]
+        if multirow:
+            row += [_cell(entry["raw_insert"]) if "raw_insert" in entry else "-"]
+            row += [f"{entry['ratio_raw_insert']:.0%}" if "ratio_raw_insert" in entry else "-"]
         if direct:
             row += [_cell(entry["direct"]) if "direct" in entry else "-"]
             row += [f"{entry['ratio_direct']:.0%}" if "ratio_direct" in entry else "-"]
@@ -234,6 +240,11 @@ def table(result: Mapping[str, Any]) -> str:
         "raw driver: the same rows written (bare table, no foreign keys) or the same queries run by the bare "
         "driver; raw, same table: an identical table, foreign keys included"
     )
+    if multirow:
+        ceilings += (
+            "; on MySQL/MariaDB the raw ceilings are LOAD DATA LOCAL INFILE (streamed), and raw, multi-row "
+            "INSERT is aiomysql's executemany into the bare table"
+        )
     if direct:
         ceilings += (
             "; direct (no HTTP): the OTLP requests' spans written by store.spans.log_spans in the bench's "

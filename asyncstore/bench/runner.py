@@ -24,7 +24,7 @@ import argparse
 import asyncio
 import contextlib
 import sys
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TextIO
 
@@ -37,7 +37,7 @@ from asyncstore.bench.queue_peers import QUEUE_PEERS
 from asyncstore.bench.scale import SCALES, Scale
 from asyncstore.bench.workloads import ON_MLFLOW_SCHEMA, SPECS, Spec
 from asyncstore.cliargs import positive_int, positive_number
-from asyncstore.config import Backend, redact
+from asyncstore.config import Backend, StoreConfig, redact
 from asyncstore.errors import StoreError
 from asyncstore.store import AsyncStore
 
@@ -199,7 +199,8 @@ async def run_bench(args: argparse.Namespace, stream: TextIO | None = None) -> i
         if missing:
             print(f"asyncstore bench: the OTLP workloads need {', '.join(missing)}: {OTLP_HINT}", file=sys.stderr)
             return EXIT_USAGE
-    bench = _Bench(scale, specs, compare, out, queue_peers)
+    backend = StoreConfig.load(args.uri).backend if args.uri else Backend.SQLITE
+    bench = _Bench(scale, specs, compare, out, queue_peers, backend)
     result = await bench.run(args.uri)
     result["command"] = _command(args)
     report.add_ratios(result["workloads"])
@@ -242,14 +243,16 @@ class _Bench:
     """One benchmark run: scratch databases, the systems, the measured figures."""
 
     def __init__(
-        self, scale: Scale, specs: list[Spec], compare: bool, out: TextIO, queue_peers: Sequence[str] = ()
+        self, scale: Scale, specs: list[Spec], compare: bool, out: TextIO, queue_peers: Sequence[str] = (),
+        backend: Backend = Backend.SQLITE,
     ) -> None:
         self.scale = scale
         self.specs = specs
         self.compare = compare
         self.queue_peers = list(queue_peers)
+        self.backend = backend
         self.uri: str | None = None
-        steps = sum(sum(self._reps(s)) * len(s.systems(compare, queue_peers)) for s in specs)
+        steps = sum(sum(self._reps(s)) * len(s.systems(compare, queue_peers, backend)) for s in specs)
         self.progress = Progress(total=steps, stream=out)
         self.failed: list[str] = []
 
@@ -376,13 +379,15 @@ class _Bench:
 
         ours = workload_class(spec.kind)(store, self.scale, spec)
         systems: dict[str, Workload] = {"asyncstore": ours}
-        for system in spec.systems(peer is not None, self.queue_peers):
-            if system in ("raw", "raw_fk"):
-                from asyncstore.bench.raw import RAW_FK_WORKLOADS
+        for system in spec.systems(peer is not None, self.queue_peers, scratch.backend):
+            if system in ("raw", "raw_fk", "raw_insert"):
+                from asyncstore.bench.raw import RAW_FK_WORKLOADS, RAW_INSERT_WORKLOADS
                 from asyncstore.bench.replay import RAW_WORKLOADS
 
-                table = RAW_WORKLOADS if system == "raw" else RAW_FK_WORKLOADS
-                systems[system] = table[spec.kind](scratch, self.scale, spec, ours)  # type: ignore[arg-type]
+                tables: dict[str, Mapping[str, Any]] = {
+                    "raw": RAW_WORKLOADS, "raw_fk": RAW_FK_WORKLOADS, "raw_insert": RAW_INSERT_WORKLOADS,
+                }
+                systems[system] = tables[system][spec.kind](scratch, self.scale, spec, ours)
             elif system == "naive":
                 from asyncstore.bench.options import NAIVE_WORKLOADS
 
@@ -410,8 +415,6 @@ class _Bench:
 def _queue_peers_problem(uri: str | None, peers: Sequence[str]) -> str | None:
     """Why ``--compare procrastinate/pgqueuer`` cannot run here, or None."""
     import importlib.util
-
-    from asyncstore.config import StoreConfig
 
     if uri is None or StoreConfig.load(uri).backend is not Backend.POSTGRESQL:
         return f"--compare {' '.join(peers)} runs on PostgreSQL only: give --uri postgresql://..."

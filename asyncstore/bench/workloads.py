@@ -42,6 +42,7 @@ from asyncstore.entities import (
     Span,
     SpanStatus,
 )
+from asyncstore.config import Backend
 from asyncstore.store import AsyncStore
 
 SETUP_CONCURRENCY = 8
@@ -118,14 +119,17 @@ class Spec:
         """The workload class's name in :data:`STORE_WORKLOADS`."""
         return self.family or self.name
 
-    def systems(self, compare: bool, queue_peers: Sequence[str] = ()) -> list[str]:
+    def systems(self, compare: bool, queue_peers: Sequence[str] = (), backend: Backend | None = None) -> list[str]:
         """The systems measured for this workload, asyncstore first.
 
         ``queue_peers`` (procrastinate, pgqueuer: ``--compare``) drain the jobs of the
-        ``claim_jobs`` workloads.
+        ``claim_jobs`` workloads. On MySQL/MariaDB (``backend``) the write workloads
+        with both ceilings also get ``raw_insert`` (multi-row INSERT beside LOAD DATA).
         """
         found = ["asyncstore"]
-        found += ["raw"] * self.raw + ["raw_fk"] * self.raw_fk + ["naive"] * self.naive + ["direct"] * self.direct
+        found += ["raw"] * self.raw + ["raw_fk"] * self.raw_fk
+        found += ["raw_insert"] * (self.raw_fk and backend is Backend.MYSQL)
+        found += ["naive"] * self.naive + ["direct"] * self.direct
         found += [ON_MLFLOW_SCHEMA, "mlflow"] * (compare and self.mlflow)
         return found + list(queue_peers) * (self.kind == "claim_jobs")
 

@@ -51,18 +51,29 @@ SQLAlchemy's statement events and ``echo`` still see them):
   bind-parameter limit never applies.
 * SQLite: ``executemany`` of a one-row upsert (sqlite3 loops in C, one call into
   the aiosqlite thread per batch).
-* MySQL/MariaDB: ``executemany`` of a one-row ``INSERT ... ON DUPLICATE KEY
-  UPDATE``, which aiomysql rewrites into multi-row statements of at most ~1 MB each
-  (below MariaDB's 16 MB ``max_allowed_packet``).
+* MySQL/MariaDB: batches of ``MYSQL_LOAD_MIN`` spans or more are first tried with
+  ``LOAD DATA LOCAL INFILE ... REPLACE INTO TABLE spans``, the rows streamed
+  through a pipe (:meth:`asyncstore.driver.Driver.load_data`; no file on disk),
+  under a savepoint. REPLACE gives a re-sent span the upsert's outcome (the whole
+  row replaced, derived columns it lacks NULL). LOCAL turns a value the column
+  cannot hold into a warning instead of an error, so a load with any warning is
+  rolled back to the savepoint and the batch takes the upsert path, which refuses
+  such a value as strict mode does. A server or account that refuses LOCAL INFILE
+  is remembered for the engine (one log line) and the upsert used from then on.
+  The upsert: ``executemany`` of a one-row ``INSERT ... ON DUPLICATE KEY UPDATE``,
+  which aiomysql rewrites into multi-row statements of at most ~1 MB each (below
+  MariaDB's 16 MB ``max_allowed_packet``).
 
 ``duration_ns`` is a generated column and is never written.
 """
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Sequence
 from typing import Any
 
+import pymysql
 from asyncpg.exceptions import UniqueViolationError
 from sqlalchemy import case, literal_column
 from sqlalchemy.ext.asyncio import AsyncConnection
@@ -71,10 +82,13 @@ from typing_extensions import assert_never
 from asyncstore.config import Backend
 from asyncstore.dialect import chunks, upsert
 from asyncstore.driver import Driver
+from asyncstore.engines import engine_state
 from asyncstore.errors import InvalidParameter, InvalidState
 from asyncstore.schema import trace_request_metadata, trace_tags
 from asyncstore.tracing import analytics, derive, keys
 from asyncstore.tracing.rows import PreparedBatch, SpanRow
+
+log = logging.getLogger(__name__)
 
 SPAN_CHUNK = 5000
 """Spans per statement: bounds the size of one message (~5 MB of 1 KB spans)."""
@@ -98,6 +112,11 @@ _SPAN_OVERWRITE = tuple(c for c, _ in _SPAN_FIELDS[3:])
 PG_COPY_MIN = 100
 """Below this many spans the single upsert statement is as fast as COPY plus its
 savepoint round trips."""
+MYSQL_LOAD_MIN = 100
+"""Likewise for LOAD DATA on MySQL/MariaDB."""
+_LOCAL_INFILE_REFUSED = {1148, 3948, 4166}
+"""MySQL/MariaDB errors of a server or account that does not take LOAD DATA LOCAL:
+"command not allowed" (1148), "loading local data is disabled" (3948, 4166)."""
 
 
 def _span_overwrite(fields: Sequence[tuple[str, str]], new: str) -> str:
@@ -403,10 +422,43 @@ async def _write_spans(
         for chunk in chunks(batch.span_rows, SPAN_CHUNK):
             await db.executemany(SQLITE_SPANS[derived], _span_records(chunk, experiment_id, derived))
     elif backend is Backend.MYSQL:
+        if len(batch.span_rows) >= MYSQL_LOAD_MIN and await _load_spans_mysql(conn, experiment_id, batch):
+            return
         for chunk in chunks(batch.span_rows, SPAN_CHUNK):
             await conn.exec_driver_sql(MYSQL_SPANS[derived], _span_records(chunk, experiment_id, derived))
     else:
         assert_never(backend)
+
+
+async def _load_spans_mysql(conn: AsyncConnection, experiment_id: int, batch: PreparedBatch) -> bool:
+    """LOAD DATA the spans into ``spans`` (REPLACE), under a savepoint; whether it wrote the batch.
+
+    False (nothing written) when LOAD DATA is off or refused, or when the server
+    warned about a value: the caller then writes the batch with the upsert.
+    """
+    state = engine_state(conn.engine)
+    if not state.load_data:
+        return False
+    my = await Driver.of(conn)
+    derived = batch.derives_span_columns
+    fields = _SPAN_FIELDS if derived else _PLAIN_SPAN_FIELDS
+    records = _span_records(batch.span_rows, experiment_id, derived)
+    await conn.exec_driver_sql("SAVEPOINT asyncstore_span_load")
+    try:
+        _, warned = await my.load_data("spans", [c for c, _ in fields], records, replace=True)
+    except pymysql.err.MySQLError as exc:
+        code = exc.args[0] if exc.args else None
+        if code not in _LOCAL_INFILE_REFUSED:
+            raise
+        state.load_data = False
+        log.warning("the server refuses LOAD DATA LOCAL INFILE (%s); writing spans by INSERT from now on", exc)
+        await conn.exec_driver_sql("ROLLBACK TO SAVEPOINT asyncstore_span_load")
+        return False
+    if warned:
+        await conn.exec_driver_sql("ROLLBACK TO SAVEPOINT asyncstore_span_load")
+        return False
+    await conn.exec_driver_sql("RELEASE SAVEPOINT asyncstore_span_load")
+    return True
 
 
 async def _copy_new_spans_pg(conn: AsyncConnection, experiment_id: int, batch: PreparedBatch) -> bool:

@@ -27,7 +27,7 @@ from sqlalchemy import event
 from sqlalchemy.engine import make_url
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from asyncstore.config import Backend
+from asyncstore.config import Backend, backend_of
 from tests import dbadmin
 from tests.faults import admin
 
@@ -80,7 +80,7 @@ class StatementKiller:
 
 
 class MidStatementKiller:
-    """Kill the PostgreSQL session while it runs the first statement starting with ``prefix``.
+    """Kill the session (PostgreSQL, MySQL/MariaDB) while it runs the first statement starting with ``prefix``.
 
     When the statement begins (``before_cursor_execute``), a task on the test's loop
     watches the session from an admin connection until the server shows it running a
@@ -103,8 +103,10 @@ class MidStatementKiller:
         if self.started or not statement.lstrip().startswith(self.prefix):
             return
         self.started = True
-        session = _session_id(Backend.POSTGRESQL, conn.connection.driver_connection)
-        self._task = asyncio.get_running_loop().create_task(self._kill_while_running(session))
+        backend = backend_of(make_url(self.uri))
+        session = _session_id(backend, conn.connection.driver_connection)
+        watch = self._kill_while_running if backend is Backend.POSTGRESQL else self._kill_while_running_mysql
+        self._task = asyncio.get_running_loop().create_task(watch(session))
 
     def _after(self, conn: Any, cursor: Any, statement: str, *args: Any) -> None:
         if self.started and statement.lstrip().startswith(self.prefix):
@@ -120,6 +122,21 @@ class MidStatementKiller:
                 )
                 if query is not None and query.lstrip().upper().startswith(self.server_prefix.upper()):
                     self.killed = bool(await pg.fetchval("SELECT pg_terminate_backend($1, 5000)", session))
+                    return
+                await asyncio.sleep(0.001)
+
+    async def _kill_while_running_mysql(self, session: int) -> None:
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + 30.0
+        async with dbadmin.mysql_cursor(make_url(self.uri)) as cur:
+            while not self.finished and loop.time() < deadline:
+                await cur.execute(
+                    "SELECT INFO FROM information_schema.PROCESSLIST WHERE ID = %s AND COMMAND = 'Query'", (session,)
+                )
+                row = await cur.fetchone()
+                if row is not None and row[0] and row[0].lstrip().upper().startswith(self.server_prefix.upper()):
+                    await cur.execute(f"KILL {int(session)}")
+                    self.killed = True
                     return
                 await asyncio.sleep(0.001)
 

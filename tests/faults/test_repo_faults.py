@@ -7,8 +7,9 @@ caller gets success (after a safe retry) or TEMPORARILY_UNAVAILABLE, the batch i
 then fully there or fully absent, and the next call on the same store works.
 
 On PostgreSQL a span batch of ``PG_COPY_MIN`` spans or more is written with COPY
-under a savepoint, straight through the driver: those statements are killed too,
-after each of them and in the middle of the COPY itself.
+under a savepoint, straight through the driver, and on MySQL/MariaDB one of
+``MYSQL_LOAD_MIN`` or more with LOAD DATA LOCAL INFILE: those statements are killed
+too, after each of them and in the middle of the COPY or LOAD DATA itself.
 """
 
 from __future__ import annotations
@@ -22,14 +23,22 @@ from sqlalchemy import select
 from asyncstore import AsyncStore, TemporarilyUnavailable
 from asyncstore.entities import JobStatus, Metric, Param, RunTag, Span, SpanStatus
 from asyncstore.schema import latest_metrics, metrics, params, spans, tags, trace_info
-from asyncstore.tracing.ingest import PG_COPY_MIN
+from asyncstore.tracing.ingest import MYSQL_LOAD_MIN, PG_COPY_MIN
 from tests.faults.killer import MidStatementKiller, StatementKiller
 from tests.helpers import count_rows, needs_server
 
 KEYS, STEPS = 10, 20
 T0_NS = 1_700_000_000_000_000_000
-postgresql_copy = pytest.mark.parametrize("backend", ["postgresql"], indirect=True)
-"""PostgreSQL only: the backend whose span batches are written with COPY."""
+bulk_path = pytest.mark.parametrize("backend", ["postgresql", "mysql"], indirect=True)
+"""The backends whose large span batches take the driver's bulk path under a savepoint:
+PostgreSQL's COPY, MySQL/MariaDB's LOAD DATA LOCAL INFILE."""
+BULK_STEPS = {
+    "postgresql": ["SAVEPOINT asyncstore_span_copy", "COPY spans (", "RELEASE SAVEPOINT asyncstore_span_copy"],
+    "mysql": ["SAVEPOINT asyncstore_span_load", "LOAD DATA LOCAL INFILE", "RELEASE SAVEPOINT asyncstore_span_load"],
+}
+"""Per backend, the statements of the bulk path, in order (what the killer sees)."""
+BULK_SERVER = {"postgresql": ("COPY spans", "COPY"), "mysql": ("LOAD DATA", "LOAD DATA")}
+"""Per backend, the bulk statement as the client sends it and as the server shows it running."""
 
 
 async def _kill_after(
@@ -143,21 +152,22 @@ async def test_log_spans_killed_at_every_statement(store: AsyncStore) -> None:
     assert "ok" in outcomes
 
 
-@postgresql_copy
-async def test_log_spans_copy_batch_killed_at_every_statement(store: AsyncStore) -> None:
-    """Promise: a log_spans batch large enough for COPY (4 traces, 160 spans) whose
-    session is killed after any one of its statements, the SAVEPOINT, the COPY and the
-    RELEASE included, either succeeds with every trace row and span stored once, or
-    raises TEMPORARILY_UNAVAILABLE with nothing stored (always so without retries); the
-    next call on the same store then stores the batch whole."""
+@bulk_path
+async def test_log_spans_copy_batch_killed_at_every_statement(store: AsyncStore, backend: str) -> None:
+    """Promise: a log_spans batch large enough for the bulk path (COPY, LOAD DATA; 4
+    traces, 160 spans) whose session is killed after any one of its statements, the
+    SAVEPOINT, the bulk statement and the RELEASE included, either succeeds with every
+    trace row and span stored once, or raises TEMPORARILY_UNAVAILABLE with nothing
+    stored (always so without retries); the next call on the same store then stores
+    the batch whole."""
     traces, per_trace = 4, 40
     total = traces * per_trace
-    assert total >= PG_COPY_MIN
+    assert total >= max(PG_COPY_MIN, MYSQL_LOAD_MIN)
     exp = await store.experiments.create("kill-copy")
     _, count, probe = await _kill_after(
         store, None, lambda: store.spans.log_spans(exp, _spans("copy-probe", traces, per_trace))
     )
-    copy_steps = ["SAVEPOINT asyncstore_span_copy", "COPY spans (", "RELEASE SAVEPOINT asyncstore_span_copy"]
+    copy_steps = BULK_STEPS[backend]
     assert [s for s in probe if s.startswith(tuple(copy_steps))] == probe[-3:], probe
     async with AsyncStore.open(store.config.uri, transaction_retries=0) as strict:
         for target, retried in ((store, True), (strict, False)):
@@ -179,16 +189,17 @@ async def test_log_spans_copy_batch_killed_at_every_statement(store: AsyncStore)
             assert target.engine.sync_engine.pool.checkedout() == 0
 
 
-@postgresql_copy
-async def test_log_spans_copy_killed_mid_way_leaves_nothing(store: AsyncStore) -> None:
-    """Promise: a log_spans batch whose session is killed while the server runs its COPY
-    (20,000 spans, so the COPY lasts long enough to be caught) raises
+@bulk_path
+async def test_log_spans_copy_killed_mid_way_leaves_nothing(store: AsyncStore, backend: str) -> None:
+    """Promise: a log_spans batch whose session is killed while the server runs its
+    COPY or LOAD DATA (20,000 spans, so it lasts long enough to be caught) raises
     TEMPORARILY_UNAVAILABLE when retries are off and leaves no trace row and no span;
     the next call stores the batch whole."""
     exp = await store.experiments.create("kill-mid-copy")
     batch = _spans("mid-copy", traces=20, per_trace=1000)
     async with AsyncStore.open(store.config.uri, transaction_retries=0) as strict:
-        killer = MidStatementKiller(strict.engine, strict.config.uri, prefix="COPY spans", server_prefix="COPY")
+        prefix, server_prefix = BULK_SERVER[backend]
+        killer = MidStatementKiller(strict.engine, strict.config.uri, prefix=prefix, server_prefix=server_prefix)
         with killer.armed(), pytest.raises(TemporarilyUnavailable):
             await strict.spans.log_spans(exp, batch)
         await killer.wait()
