@@ -12,8 +12,8 @@ from tests.helpers import make_experiment, make_span, new_trace_id
 
 
 async def test_echo_logs_the_statements_sent_to_the_driver(migrated_uri: str, caplog: pytest.LogCaptureFixture) -> None:
-    """``echo=True`` logs every span-ingestion statement with its parameters, COPY and
-    SQLite's executemany included, on SQLAlchemy's engine logger."""
+    """``echo=True`` logs every span-ingestion statement with its parameters, COPY,
+    LOAD DATA and SQLite's executemany included, on SQLAlchemy's engine logger."""
     async with AsyncStore.open(migrated_uri, echo=True) as store:
         exp = await make_experiment(store)
         tid = new_trace_id()
@@ -23,7 +23,7 @@ async def test_echo_logs_the_statements_sent_to_the_driver(migrated_uri: str, ca
             assert await store.spans.log_spans(exp, batch) == PG_COPY_MIN
         logged = [r.getMessage().strip() for r in caplog.records if r.name.startswith("sqlalchemy.engine")]
         backend = store.backend
-    statements = [m for m in logged if m.startswith(("INSERT", "SELECT", "COPY", "SAVEPOINT", "RELEASE"))]
+    statements = [m for m in logged if m.startswith(("INSERT", "SELECT", "COPY", "LOAD", "SAVEPOINT", "RELEASE"))]
     assert sum(s.startswith("INSERT INTO trace_info") for s in statements) == 1, logged
     # one lookup: the experiment's artifact location and any trace id owned by another experiment
     assert sum(s.startswith("SELECT e.artifact_location, f.request_id") for s in statements) == 1, logged
@@ -34,6 +34,14 @@ async def test_echo_logs_the_statements_sent_to_the_driver(migrated_uri: str, ca
             "RELEASE SAVEPOINT asyncstore_span_copy",
         ], logged
         assert f"[raw driver call] {{'records': {PG_COPY_MIN}}}" in logged, logged
+    elif backend == "mysql":
+        # LOAD DATA LOCAL INFILE, its rows streamed: the statement and the number of rows.
+        assert [s.split(" INTO ")[0] for s in statements if s.startswith(("LOAD", "SAVEPOINT", "RELEASE"))] == [
+            "SAVEPOINT asyncstore_span_load",
+            "LOAD DATA LOCAL INFILE '<stream>' REPLACE",
+            "RELEASE SAVEPOINT asyncstore_span_load",
+        ], logged
+        assert f"[raw driver call] {{'rows': {PG_COPY_MIN}}}" in logged, logged
     else:
         assert sum(s.startswith("INSERT INTO spans") for s in statements) == 1, logged
     if backend == "sqlite":
