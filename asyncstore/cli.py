@@ -32,6 +32,7 @@ from typing import TYPE_CHECKING, Any
 
 from asyncstore import migrate
 from asyncstore.bench.runner import add_bench_command
+from asyncstore.cliargs import URI_HELP
 from asyncstore.config import StoreConfig
 from asyncstore.engines import create_engine, create_readonly_engine
 from asyncstore.errors import InvalidParameter, StoreError
@@ -50,7 +51,6 @@ EXIT_OK = 0
 EXIT_OUT_OF_DATE = 1  # `db check` only
 EXIT_ERROR = 2  # same code argparse uses for a usage error
 
-_URI_HELP = "database URI (default: $ASYNCSTORE_DATABASE_URI, else sqlite:///asyncstore.db)"
 
 
 def add_db_command(subparsers: Subparsers) -> None:
@@ -66,7 +66,7 @@ def add_db_command(subparsers: Subparsers) -> None:
         description="Migrate the database to the latest revision (or to --revision). "
         "An empty database gets the whole schema. Safe to run from several processes at once.",
     )
-    up.add_argument("uri", nargs="?", default=None, metavar="URI", help=_URI_HELP)
+    up.add_argument("uri", nargs="?", default=None, metavar="URI", help=URI_HELP)
     up.add_argument("--revision", default="head", metavar="REV", help="target revision (default: head)")
     up.add_argument(
         "--indexes", action="store_true",
@@ -97,7 +97,7 @@ def add_db_command(subparsers: Subparsers) -> None:
         description="Print the revision the database is at. It only reads: a database that does not "
         "exist is an error (exit 2), never created.",
     )
-    current.add_argument("uri", nargs="?", default=None, metavar="URI", help=_URI_HELP)
+    current.add_argument("uri", nargs="?", default=None, metavar="URI", help=URI_HELP)
     current.set_defaults(handler=_db_current)
 
     check = actions.add_parser(
@@ -107,7 +107,7 @@ def add_db_command(subparsers: Subparsers) -> None:
         "date (or empty), 2 when it cannot be reached or does not exist. It only reads: it creates "
         "no file, directory, database or table.",
     )
-    check.add_argument("uri", nargs="?", default=None, metavar="URI", help=_URI_HELP)
+    check.add_argument("uri", nargs="?", default=None, metavar="URI", help=URI_HELP)
     check.set_defaults(handler=_db_check)
 
 

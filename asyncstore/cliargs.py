@@ -1,10 +1,19 @@
-"""Argument types shared by the ``asyncstore`` subcommands: a bad value is argparse's
-usage error (exit 2) naming the option, never a traceback."""
+"""Argument types and options shared by the ``asyncstore`` subcommands: a bad value is
+argparse's usage error (exit 2) naming the option, never a traceback."""
 
 from __future__ import annotations
 
 import argparse
 import math
+
+URI_HELP = "database URI (default: $ASYNCSTORE_DATABASE_URI, else sqlite:///asyncstore.db)"
+"""What every subcommand that opens a store says of its URI."""
+
+
+def add_store_options(parser: argparse.ArgumentParser) -> None:
+    """``--uri`` and ``--upgrade``, for the long-running commands that open one store (serve, worker)."""
+    parser.add_argument("--uri", default=None, help=URI_HELP)
+    parser.add_argument("--upgrade", action="store_true", help="migrate the database to the latest revision first")
 
 
 def positive_int(text: str) -> int:

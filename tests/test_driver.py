@@ -27,21 +27,18 @@ async def test_echo_logs_the_statements_sent_to_the_driver(migrated_uri: str, ca
     assert sum(s.startswith("INSERT INTO trace_info") for s in statements) == 1, logged
     # one lookup: the experiment's artifact location and any trace id owned by another experiment
     assert sum(s.startswith("SELECT e.artifact_location, f.request_id") for s in statements) == 1, logged
-    if backend == "postgresql":
-        assert [s.split(" (")[0] for s in statements if s.startswith(("COPY", "SAVEPOINT", "RELEASE"))] == [
-            "SAVEPOINT asyncstore_span_copy",
-            "COPY spans",
-            "RELEASE SAVEPOINT asyncstore_span_copy",
+    # The bulk path of the servers, under its savepoint, with the number of rows it carries.
+    bulk = {
+        "postgresql": ("COPY spans", "asyncstore_span_copy", f"{{'records': {PG_COPY_MIN}}}"),
+        "mysql": ("LOAD DATA LOCAL INFILE '<stream>' REPLACE", "asyncstore_span_load", f"{{'rows': {PG_COPY_MIN}}}"),
+    }
+    if backend in bulk:
+        statement, savepoint, parameters = bulk[backend]
+        steps = [s for s in statements if s.startswith(("COPY", "LOAD", "SAVEPOINT", "RELEASE"))]
+        assert [s.split(" (")[0].split(" INTO ")[0] for s in steps] == [
+            f"SAVEPOINT {savepoint}", statement, f"RELEASE SAVEPOINT {savepoint}",
         ], logged
-        assert f"[raw driver call] {{'records': {PG_COPY_MIN}}}" in logged, logged
-    elif backend == "mysql":
-        # LOAD DATA LOCAL INFILE, its rows streamed: the statement and the number of rows.
-        assert [s.split(" INTO ")[0] for s in statements if s.startswith(("LOAD", "SAVEPOINT", "RELEASE"))] == [
-            "SAVEPOINT asyncstore_span_load",
-            "LOAD DATA LOCAL INFILE '<stream>' REPLACE",
-            "RELEASE SAVEPOINT asyncstore_span_load",
-        ], logged
-        assert f"[raw driver call] {{'rows': {PG_COPY_MIN}}}" in logged, logged
+        assert f"[raw driver call] {parameters}" in logged, logged
     else:
         assert sum(s.startswith("INSERT INTO spans") for s in statements) == 1, logged
     if backend == "sqlite":

@@ -250,7 +250,6 @@ class _Bench:
         self.specs = specs
         self.compare = compare
         self.queue_peers = list(queue_peers)
-        self.backend = backend
         self.uri: str | None = None
         steps = sum(sum(self._reps(s)) * len(s.systems(compare, queue_peers, backend)) for s in specs)
         self.progress = Progress(total=steps, stream=out)

@@ -33,7 +33,7 @@ import uuid
 from collections.abc import AsyncIterator, Iterable, Mapping, Sequence
 from typing import Any, NoReturn
 
-from sqlalchemy import BigInteger, and_, bindparam, case, func, insert, select, tuple_, update
+from sqlalchemy import BigInteger, and_, bindparam, func, insert, select, update
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from asyncstore.config import Backend
@@ -330,13 +330,7 @@ class JobRepository:
         async def fn(conn: AsyncConnection) -> builtins.set[str]:
             held: builtins.set[str] = set()
             for start in range(0, len(pairs), _INSERT_BATCH):
-                chunk = pairs[start : start + _INSERT_BATCH]
-                stmt = (
-                    update(jobs)
-                    .where(_held(chunk))
-                    .values(lease_expires_at=job_sql.now_ms(backend) + lease_ms)
-                )
-                held.update(await job_sql.update_many(conn, backend, stmt, _held(chunk)))
+                held |= await job_sql.heartbeat(conn, backend, pairs[start : start + _INSERT_BATCH], lease_ms)
             return held
 
         if not pairs:
@@ -354,20 +348,10 @@ class JobRepository:
             NotFound: no such job. InvalidState: the job is not RUNNING, or was claimed
                 again since ``token``.
         """
-        rules.job_id(job_id)
-        stmt = update(jobs).where(_guard("release", job_id, token)).values(
-            status=int(_P), lease_expires_at=None, last_update_time=job_sql.status_time(self._backend)
+        return await self._transition(
+            "release", job_id, token, announce=True,
+            status=int(_P), lease_expires_at=None, last_update_time=job_sql.status_time(self._backend),
         )
-        backend = self._backend
-
-        async def fn(conn: AsyncConnection) -> Job:
-            row = await job_sql.update_one(conn, backend, stmt, job_id)
-            if row is None:
-                await _refuse(conn, "release", job_id, token)
-            await job_sql.notify(conn, backend, [row.job_name])
-            return job_sql.to_job(row)
-
-        return await self._uow.run(fn)
 
     async def requeue_expired(
         self,
@@ -541,6 +525,7 @@ class JobRepository:
             "reset",
             job_id,
             None,
+            announce=True,
             status=int(_P),
             retry_count=0,
             result=None,
@@ -629,8 +614,14 @@ class JobRepository:
             last_update_time=job_sql.now_ms(self._backend),
         )
 
-    async def _transition(self, op: str, job_id: str, token: int | None, **values: Any) -> Job:
-        """One guarded UPDATE: ``... WHERE id = :id AND status IN (<allowed for op>) [AND last_update_time = :token]``."""
+    async def _transition(
+        self, op: str, job_id: str, token: int | None, *, announce: bool = False, **values: Any
+    ) -> Job:
+        """One guarded UPDATE: ``... WHERE id = :id AND status IN (<allowed for op>) [AND last_update_time = :token]``.
+
+        ``announce``: the job is claimable at once afterwards; tell idle workers
+        (:func:`asyncstore.jobs.sql.notify`).
+        """
         rules.job_id(job_id)
         stmt = update(jobs).where(_guard(op, job_id, token)).values(**values)
         backend = self._backend
@@ -639,7 +630,7 @@ class JobRepository:
             row = await job_sql.update_one(conn, backend, stmt, job_id)
             if row is None:
                 await _refuse(conn, op, job_id, token)
-            if op == "reset":
+            if announce:
                 await job_sql.notify(conn, backend, [row.job_name])
             return job_sql.to_job(row)
 
@@ -740,18 +731,6 @@ def _leases(leases: Mapping[str, int]) -> builtins.list[tuple[str, int]]:
             raise InvalidParameter(f"the lease token of job {job_id!r} is None; give the token its claim returned")
         pairs.append((job_id, checked))
     return pairs
-
-
-def _held(pairs: Sequence[tuple[str, int]]) -> Any:
-    """``status = RUNNING AND id IN (:ids) AND (id, last_update_time) IN ((:id, :token), …)``.
-
-    The plain ``id IN`` lets every backend find the rows by primary key.
-    """
-    return and_(
-        jobs.c.status == int(_R),
-        jobs.c.id.in_([job_id for job_id, _ in pairs]),
-        tuple_(jobs.c.id, jobs.c.last_update_time).in_(pairs),
-    )
 
 
 async def _refuse(conn: AsyncConnection, op: str, job_id: str, token: int | None = None) -> NoReturn:

@@ -1,4 +1,5 @@
-"""The job queue's backend-specific SQL, in one place: the clock, locks and updates, the claim, params matching.
+"""The job queue's backend-specific SQL, in one place: the clock, lease tokens, locks and updates
+(one job, or the jobs a worker holds), the claim, expired leases, NOTIFY, params matching.
 
 Everything else in :mod:`asyncstore.jobs.queue` is plain SQLAlchemy Core that renders
 the same on every backend. The things below differ per backend, so each is
@@ -101,23 +102,6 @@ async def update_one(conn: AsyncConnection, backend: Backend, stmt: Update, job_
         if (await conn.execute(stmt)).rowcount != 1:
             return None
         return (await conn.execute(select(jobs).where(jobs.c.id == job_id))).one()
-    assert_never(backend)
-
-
-async def update_many(conn: AsyncConnection, backend: Backend, stmt: Update, matched: ColumnElement[bool]) -> list[str]:
-    """Run an UPDATE of several jobs whose WHERE clause is ``matched``; return the ids it changed.
-
-    PostgreSQL and SQLite: ``UPDATE ... RETURNING id``. MySQL/MariaDB: the UPDATE,
-    then ``SELECT id FROM jobs WHERE <matched>``: the rows it changed are locked by
-    this transaction and still match (the UPDATE changes no column ``matched``
-    reads), and a row that matches now would have been changed by it.
-    """
-    if backend is Backend.POSTGRESQL or backend is Backend.SQLITE:
-        return list((await conn.execute(stmt.returning(jobs.c.id))).scalars().all())
-    if backend is Backend.MYSQL:
-        if (await conn.execute(stmt)).rowcount == 0:
-            return []
-        return list((await conn.execute(select(jobs.c.id).where(matched))).scalars().all())
     assert_never(backend)
 
 
@@ -277,12 +261,22 @@ async def claim(
     assert_never(backend)
 
 
-# --- finishing many -------------------------------------------------------------------------
+# --- updating the jobs a worker holds ------------------------------------------------------
+
+
+def _held_values(backend: Backend, kind: str) -> dict[str, Any]:
+    """The SET clause of :func:`finish` (``kind`` "finish") or :func:`heartbeat` ("heartbeat")."""
+    if kind == "finish":
+        return {
+            "status": int(JobStatus.SUCCEEDED), "result": bindparam("result", type_=Text), "lease_expires_at": None,
+            "last_update_time": now_ms(backend),
+        }
+    return {"lease_expires_at": now_ms(backend) + bindparam("lease_ms", type_=BigInteger)}
 
 
 @functools.cache
-def _finish_statements(backend: Backend, by_token: bool, by_id: bool) -> tuple[Any, ...]:
-    """The statements that finish held jobs, built once per shape (see :func:`finish`)."""
+def _held_statements(backend: Backend, kind: str, by_token: bool, by_id: bool) -> tuple[Any, ...]:
+    """The statements of :func:`_update_held` for one backend, kind of update and shape, built once."""
     held: list[ColumnElement[bool]] = []
     if by_token:
         held.append(tuple_(jobs.c.id, jobs.c.last_update_time).in_(bindparam("leases", expanding=True)))
@@ -290,10 +284,7 @@ def _finish_statements(backend: Backend, by_token: bool, by_id: bool) -> tuple[A
         held.append(jobs.c.id.in_(bindparam("any_claim", expanding=True)))
     running = jobs.c.status == int(JobStatus.RUNNING)
     guard = and_(running, jobs.c.id.in_(bindparam("ids", expanding=True)), or_(*held))
-    values = {
-        "status": int(JobStatus.SUCCEEDED), "result": bindparam("result", type_=Text), "lease_expires_at": None,
-        "last_update_time": now_ms(backend),
-    }
+    values = _held_values(backend, kind)
     if backend is Backend.POSTGRESQL or backend is Backend.SQLITE:
         return (update(jobs).where(guard).values(**values).returning(jobs.c.id),)
     if backend is Backend.MYSQL:
@@ -303,44 +294,69 @@ def _finish_statements(backend: Backend, by_token: bool, by_id: bool) -> tuple[A
     assert_never(backend)
 
 
-async def finish(conn: AsyncConnection, backend: Backend, items: Sequence[tuple[str, int | None, str]]) -> set[str]:
-    """Mark the held jobs of ``items`` (job id, lease token or None, result) SUCCEEDED; return the ids finished.
+async def _update_held(
+    conn: AsyncConnection,
+    backend: Backend,
+    kind: str,
+    leases: Sequence[tuple[str, int | None]],
+    params: Mapping[str, Any],
+    values: Mapping[str, Any] | None = None,
+) -> set[str]:
+    """Update the jobs of ``leases`` (job id, lease token or None) that are still held; return their ids.
 
     A job is held when it is RUNNING and, if a token is given, under that claim::
 
-        UPDATE jobs SET status = 2, result = :result | CASE id WHEN … END, …
+        UPDATE jobs SET <kind's values>
         WHERE status = 1 AND id IN (:ids)
           AND ((id, last_update_time) IN ((:id, :token), …) OR id IN (:ids_without_token))
         RETURNING id                                    -- PostgreSQL, SQLite
 
     MySQL/MariaDB, which has no UPDATE … RETURNING: ``SELECT id … FOR UPDATE`` with
     that WHERE clause, then the UPDATE of the ids it locked. The plain ``id IN``
-    lets every backend find the rows by primary key. When every result is the same
-    (no-op handlers, a status word) it is one bound value and the statement is built
-    once; otherwise a ``CASE`` of the results.
+    lets every backend find the rows by primary key. The statements are built once
+    per shape; ``values`` replaces some of the SET clause for this call only.
     """
-    leases = [(job_id, token) for job_id, token, _ in items if token is not None]
-    any_claim = [job_id for job_id, token, _ in items if token is None]
-    results = {result for _, _, result in items}
-    statements = _finish_statements(backend, bool(leases), bool(any_claim))
-    params: dict[str, Any] = {"ids": [job_id for job_id, _, _ in items]}
-    if leases:
-        params["leases"] = leases
+    with_token = [(job_id, token) for job_id, token in leases if token is not None]
+    any_claim = [job_id for job_id, token in leases if token is None]
+    statements = _held_statements(backend, kind, bool(with_token), bool(any_claim))
+    bound: dict[str, Any] = {**params, "ids": [job_id for job_id, _ in leases]}
+    if with_token:
+        bound["leases"] = with_token
     if any_claim:
-        params["any_claim"] = any_claim
-    statement = statements[-1]
-    if len(results) == 1:
-        params["result"] = results.pop()
-    else:
-        statement = statement.values(result=case({job_id: result for job_id, _, result in items}, value=jobs.c.id))
+        bound["any_claim"] = any_claim
+    statement = statements[-1] if values is None else statements[-1].values(**values)
     if backend is Backend.POSTGRESQL or backend is Backend.SQLITE:
-        return set((await conn.execute(statement, params)).scalars().all())
+        return set((await conn.execute(statement, bound)).scalars().all())
     if backend is Backend.MYSQL:
-        taken = list((await conn.execute(statements[0], params)).scalars().all())
+        taken = list((await conn.execute(statements[0], bound)).scalars().all())
         if taken:
-            await conn.execute(statement, {**params, "taken": taken})
+            await conn.execute(statement, {**bound, "taken": taken})
         return set(taken)
     assert_never(backend)
+
+
+async def finish(conn: AsyncConnection, backend: Backend, items: Sequence[tuple[str, int | None, str]]) -> set[str]:
+    """Mark the held jobs of ``items`` (job id, lease token or None, result) SUCCEEDED; return the ids finished.
+
+    ``SET status = 2, result = :result, lease_expires_at = NULL, last_update_time =
+    <now>`` through :func:`_update_held`. When every result is the same (no-op
+    handlers, a status word) it is one bound value and the statement is built once;
+    otherwise ``result`` is a ``CASE id WHEN … END`` of the results.
+    """
+    results = {result for _, _, result in items}
+    if len(results) == 1:
+        params, values = {"result": results.pop()}, None
+    else:
+        params, values = {}, {"result": case({job_id: result for job_id, _, result in items}, value=jobs.c.id)}
+    return await _update_held(conn, backend, "finish", [(job_id, token) for job_id, token, _ in items], params, values)
+
+
+async def heartbeat(conn: AsyncConnection, backend: Backend, leases: Sequence[tuple[str, int]], lease_ms: int) -> set[str]:
+    """Extend the leases of the held jobs of ``leases`` (job id, token) to now + ``lease_ms``; the ids extended.
+
+    ``SET lease_expires_at = <now> + :lease_ms`` through :func:`_update_held`.
+    """
+    return await _update_held(conn, backend, "heartbeat", leases, {"lease_ms": lease_ms})
 
 
 # --- expired leases ------------------------------------------------------------------------

@@ -12,7 +12,7 @@ import importlib.util
 import sys
 from typing import TYPE_CHECKING
 
-from asyncstore.cliargs import non_negative_number, port, positive_int, positive_number
+from asyncstore.cliargs import add_store_options, non_negative_number, port, positive_int, positive_number
 from asyncstore.server import INSTALL_HINT
 
 if TYPE_CHECKING:
@@ -39,10 +39,9 @@ def add_serve_command(subparsers: Subparsers) -> None:
         "concurrent requests are written together (group commit). SIGTERM or Ctrl-C stops accepting "
         "requests and writes those already accepted (within --grace-seconds) before exiting.",
     )
-    parser.add_argument("--uri", default=None, help="database URI (default: $ASYNCSTORE_DATABASE_URI, else sqlite:///asyncstore.db)")
+    add_store_options(parser)
     parser.add_argument("--host", default="127.0.0.1", help="address to listen on (default: 127.0.0.1)")
     parser.add_argument("--port", type=port, default=4318, help="port to listen on (default: 4318, OTLP/HTTP's)")
-    parser.add_argument("--upgrade", action="store_true", help="migrate the database to the latest revision first")
     parser.add_argument(
         "--experiment-id", default=None, metavar="ID",
         help="experiment of requests without the x-mlflow-experiment-id header (default: none, such requests get 400)",

@@ -440,20 +440,16 @@ async def _load_spans_mysql(conn: AsyncConnection, experiment_id: int, batch: Pr
     if not state.load_data:
         return False
     my = await Driver.of(conn)
-    derived = batch.derives_span_columns
-    fields = _SPAN_FIELDS if derived else _PLAIN_SPAN_FIELDS
-    records = _span_records(batch.span_rows, experiment_id, derived)
+    columns, records = _bulk_rows(experiment_id, batch)
     await conn.exec_driver_sql("SAVEPOINT asyncstore_span_load")
     try:
-        _, warned = await my.load_data("spans", [c for c, _ in fields], records, replace=True)
+        _, warned = await my.load_data("spans", columns, records, replace=True)
     except pymysql.err.MySQLError as exc:
-        code = exc.args[0] if exc.args else None
-        if code not in _LOCAL_INFILE_REFUSED:
+        if (exc.args[0] if exc.args else None) not in _LOCAL_INFILE_REFUSED:
             raise
         state.load_data = False
         log.warning("the server refuses LOAD DATA LOCAL INFILE (%s); writing spans by INSERT from now on", exc)
-        await conn.exec_driver_sql("ROLLBACK TO SAVEPOINT asyncstore_span_load")
-        return False
+        warned = -1  # nothing loaded
     if warned:
         await conn.exec_driver_sql("ROLLBACK TO SAVEPOINT asyncstore_span_load")
         return False
@@ -470,17 +466,22 @@ async def _copy_new_spans_pg(conn: AsyncConnection, experiment_id: int, batch: P
     upsert, in the same transaction. Returns whether the COPY wrote the batch.
     """
     pg = await Driver.of(conn)  # asyncpg, inside SQLAlchemy's transaction
-    derived = batch.derives_span_columns
-    fields = _SPAN_FIELDS if derived else _PLAIN_SPAN_FIELDS
-    records = _span_records(batch.span_rows, experiment_id, derived)
+    columns, records = _bulk_rows(experiment_id, batch)
     await pg.execute("SAVEPOINT asyncstore_span_copy")
     try:
-        await pg.copy("spans", [c for c, _ in fields], records)
+        await pg.copy("spans", columns, records)
     except UniqueViolationError:
         await pg.execute("ROLLBACK TO SAVEPOINT asyncstore_span_copy")
         return False
     await pg.execute("RELEASE SAVEPOINT asyncstore_span_copy")
     return True
+
+
+def _bulk_rows(experiment_id: int, batch: PreparedBatch) -> tuple[list[str], list[tuple[Any, ...]]]:
+    """The columns and records of a bulk write of the batch's spans (COPY, LOAD DATA)."""
+    derived = batch.derives_span_columns
+    fields = _SPAN_FIELDS if derived else _PLAIN_SPAN_FIELDS
+    return [c for c, _ in fields], _span_records(batch.span_rows, experiment_id, derived)
 
 
 async def _lookup(

@@ -19,7 +19,7 @@ import sys
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
-from asyncstore.cliargs import non_negative_number, positive_int, positive_number
+from asyncstore.cliargs import add_store_options, non_negative_number, positive_int, positive_number
 
 if TYPE_CHECKING:
     Subparsers = argparse._SubParsersAction[argparse.ArgumentParser]
@@ -40,7 +40,7 @@ def add_worker_command(subparsers: Subparsers) -> None:
         "to PENDING and exits 0; a second signal exits at once (status 1).",
     )
     parser.add_argument("target", metavar="MODULE:OBJECT", help="the handlers, e.g. myapp.jobs:HANDLERS")
-    parser.add_argument("--uri", default=None, help="database URI (default: $ASYNCSTORE_DATABASE_URI, else sqlite:///asyncstore.db)")
+    add_store_options(parser)
     parser.add_argument("--queues", default=None, metavar="NAME,NAME",
                         help="job names to claim, comma-separated (default: every name OBJECT has a handler for)")
     parser.add_argument("--concurrency", type=positive_int, default=8, metavar="N",
@@ -53,7 +53,6 @@ def add_worker_command(subparsers: Subparsers) -> None:
                         help="longest wait between claims when idle; PostgreSQL's NOTIFY ends a wait at once (default: 1)")
     parser.add_argument("--grace-seconds", type=non_negative_number, default=30.0, metavar="S",
                         help="at shutdown, how long running handlers may take before they are cancelled (default: 30)")
-    parser.add_argument("--upgrade", action="store_true", help="migrate the database to the latest revision first")
     parser.set_defaults(handler=run_worker)
 
 
