@@ -7,7 +7,7 @@ import logging
 import pytest
 
 from asyncstore import AsyncStore
-from asyncstore.tracing.ingest import PG_COPY_MIN
+from asyncstore.bulk import BULK_MIN
 from tests.helpers import make_experiment, make_span, new_trace_id
 
 
@@ -17,10 +17,10 @@ async def test_echo_logs_the_statements_sent_to_the_driver(migrated_uri: str, ca
     async with AsyncStore.open(migrated_uri, echo=True) as store:
         exp = await make_experiment(store)
         tid = new_trace_id()
-        batch = [make_span(tid, name=f"s{i}") for i in range(PG_COPY_MIN)]
+        batch = [make_span(tid, name=f"s{i}") for i in range(BULK_MIN)]
         caplog.clear()
         with caplog.at_level(logging.INFO, logger="sqlalchemy.engine"):
-            assert await store.spans.log_spans(exp, batch) == PG_COPY_MIN
+            assert await store.spans.log_spans(exp, batch) == BULK_MIN
         logged = [r.getMessage().strip() for r in caplog.records if r.name.startswith("sqlalchemy.engine")]
         backend = store.backend
     statements = [m for m in logged if m.startswith(("INSERT", "SELECT", "COPY", "LOAD", "SAVEPOINT", "RELEASE"))]
@@ -29,8 +29,8 @@ async def test_echo_logs_the_statements_sent_to_the_driver(migrated_uri: str, ca
     assert sum(s.startswith("SELECT e.artifact_location, f.request_id") for s in statements) == 1, logged
     # The bulk path of the servers, under its savepoint, with the number of rows it carries.
     bulk = {
-        "postgresql": ("COPY spans", "asyncstore_span_copy", f"{{'records': {PG_COPY_MIN}}}"),
-        "mysql": ("LOAD DATA LOCAL INFILE '<stream>' REPLACE", "asyncstore_span_load", f"{{'rows': {PG_COPY_MIN}}}"),
+        "postgresql": ("COPY spans", "asyncstore_load_spans", f"{{'records': {BULK_MIN}}}"),
+        "mysql": ("LOAD DATA LOCAL INFILE '<stream>' REPLACE", "asyncstore_load_spans", f"{{'rows': {BULK_MIN}}}"),
     }
     if backend in bulk:
         statement, savepoint, parameters = bulk[backend]

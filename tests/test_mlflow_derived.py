@@ -26,7 +26,7 @@ from asyncstore.entities import Span, SpanStatus
 from asyncstore.errors import InvalidParameter
 from asyncstore.schema import spans as spans_table
 from asyncstore.schema import trace_info, trace_request_metadata, trace_tags
-from asyncstore.tracing.ingest import PG_COPY_MIN
+from asyncstore.bulk import BULK_MIN
 from asyncstore.tracing.rows import prepare
 from tests.helpers import MS, T0, count_rows, count_statements, make_experiment, new_trace_id, transaction_retries
 from tests.test_mlflow_databases import _mlflow_store, mlflow_uri  # noqa: F401  (fixture)
@@ -360,7 +360,7 @@ async def test_a_large_batch_carries_them_too(store: AsyncStore) -> None:
     exp = await make_experiment(store)
     traces = [new_trace_id() for _ in range(40)]
     batch = [s for t in traces for s in _leaf_usage(t)]
-    assert len(batch) >= PG_COPY_MIN
+    assert len(batch) >= BULK_MIN
     for _ in range(2):
         await store.spans.log_spans(exp, batch)
         for tid in traces:

@@ -153,7 +153,7 @@ async def test_large_batch_spans_many_statements_chunks(store: AsyncStore) -> No
     assert len(trace_writes) == 1 and len(checks) == 1, sent
     # New spans on the servers: one bulk statement (PostgreSQL COPY; MySQL LOAD DATA, the
     # rows streamed, REPLACE for re-sent ones) under a savepoint.
-    bulk = {"postgresql": ("COPY spans (", "asyncstore_span_copy"), "mysql": ("LOAD DATA LOCAL", "asyncstore_span_load")}
+    bulk = {"postgresql": ("COPY spans (", "asyncstore_load_spans"), "mysql": ("LOAD DATA LOCAL", "asyncstore_load_spans")}
     if store.backend in bulk:
         statement, savepoint = bulk[store.backend]
         assert len(span_writes) == 1 and span_writes[0][0].startswith(statement), sent

@@ -42,25 +42,21 @@ Per backend, the fastest path measured by ``asyncstore bench --workload log_span
 (the calls that bypass SQLAlchemy go through :class:`asyncstore.driver.Driver`, so
 SQLAlchemy's statement events and ``echo`` still see them):
 
-* PostgreSQL: batches of ``PG_COPY_MIN`` spans or more are first tried with
-  ``COPY`` straight into ``spans`` under a savepoint (about a fifth faster than the
-  upsert for 1,000-span batches); if a span is already stored, the unique
-  violation rolls back to the savepoint and the batch takes the upsert path:
-  ``INSERT ... SELECT FROM unnest($arrays) ON CONFLICT DO UPDATE``, one prepared
-  statement with a fixed number of array parameters (one per column), so the 32767
-  bind-parameter limit never applies.
+Batches of :data:`asyncstore.bulk.BULK_MIN` spans or more are first written by the
+server's load path (:func:`asyncstore.bulk.load_new`, under a savepoint): ``COPY``
+on PostgreSQL (about a fifth faster than the upsert for 1,000-span batches), ``LOAD
+DATA LOCAL INFILE ... REPLACE`` on MySQL/MariaDB (REPLACE gives a re-sent span the
+upsert's outcome: the whole row replaced, derived columns it lacks NULL). When the
+load gives way (a re-sent span on PostgreSQL; any warning on MySQL, such as a value
+the column cannot hold; LOCAL INFILE refused or turned off), the batch takes the
+upsert path in the same transaction:
+
+* PostgreSQL: ``INSERT ... SELECT FROM unnest($arrays) ON CONFLICT DO UPDATE``, one
+  prepared statement with a fixed number of array parameters (one per column), so
+  the 32767 bind-parameter limit never applies.
 * SQLite: ``executemany`` of a one-row upsert (sqlite3 loops in C, one call into
   the aiosqlite thread per batch).
-* MySQL/MariaDB: batches of ``MYSQL_LOAD_MIN`` spans or more are first tried with
-  ``LOAD DATA LOCAL INFILE ... REPLACE INTO TABLE spans``, the rows streamed
-  through a pipe (:meth:`asyncstore.driver.Driver.load_data`; no file on disk),
-  under a savepoint. REPLACE gives a re-sent span the upsert's outcome (the whole
-  row replaced, derived columns it lacks NULL). LOCAL turns a value the column
-  cannot hold into a warning instead of an error, so a load with any warning is
-  rolled back to the savepoint and the batch takes the upsert path, which refuses
-  such a value as strict mode does. A server or account that refuses LOCAL INFILE
-  is remembered for the engine (one log line) and the upsert used from then on.
-  The upsert: ``executemany`` of a one-row ``INSERT ... ON DUPLICATE KEY UPDATE``,
+* MySQL/MariaDB: ``executemany`` of a one-row ``INSERT ... ON DUPLICATE KEY UPDATE``,
   which aiomysql rewrites into multi-row statements of at most ~1 MB each (below
   MariaDB's 16 MB ``max_allowed_packet``).
 
@@ -69,26 +65,21 @@ SQLAlchemy's statement events and ``echo`` still see them):
 
 from __future__ import annotations
 
-import logging
 from collections.abc import Sequence
 from typing import Any
 
-import pymysql
-from asyncpg.exceptions import UniqueViolationError
 from sqlalchemy import case, literal_column
 from sqlalchemy.ext.asyncio import AsyncConnection
 from typing_extensions import assert_never
 
+from asyncstore import bulk
 from asyncstore.config import Backend
 from asyncstore.dialect import chunks, upsert
 from asyncstore.driver import Driver
-from asyncstore.engines import engine_state
 from asyncstore.errors import InvalidParameter, InvalidState
 from asyncstore.schema import trace_request_metadata, trace_tags
 from asyncstore.tracing import analytics, derive, keys
 from asyncstore.tracing.rows import PreparedBatch, SpanRow
-
-log = logging.getLogger(__name__)
 
 SPAN_CHUNK = 5000
 """Spans per statement: bounds the size of one message (~5 MB of 1 KB spans)."""
@@ -109,14 +100,6 @@ derives one (they are then left NULL, and not bound: binding five NULLs per row 
 SQLite's executemany about a tenth of its speed)."""
 _SPAN_OVERWRITE = tuple(c for c, _ in _SPAN_FIELDS[3:])
 """Everything but the key and the experiment: a re-sent span replaces the stored row."""
-PG_COPY_MIN = 100
-"""Below this many spans the single upsert statement is as fast as COPY plus its
-savepoint round trips."""
-MYSQL_LOAD_MIN = 100
-"""Likewise for LOAD DATA on MySQL/MariaDB."""
-_LOCAL_INFILE_REFUSED = {1148, 3948, 4166}
-"""MySQL/MariaDB errors of a server or account that does not take LOAD DATA LOCAL:
-"command not allowed" (1148), "loading local data is disabled" (3948, 4166)."""
 
 
 def _span_overwrite(fields: Sequence[tuple[str, str]], new: str) -> str:
@@ -410,78 +393,23 @@ async def _write_spans(
     conn: AsyncConnection, backend: Backend, experiment_id: int, batch: PreparedBatch, db: Driver | None
 ) -> None:
     derived = batch.derives_span_columns
-    if backend is Backend.POSTGRESQL:
-        if len(batch.span_rows) >= PG_COPY_MIN and await _copy_new_spans_pg(conn, experiment_id, batch):
-            return
-        for chunk in chunks(batch.span_rows, SPAN_CHUNK):
-            columns = list(zip(*_span_records(chunk, experiment_id, derived)))
+    fields = _SPAN_FIELDS if derived else _PLAIN_SPAN_FIELDS
+    records = _span_records(batch.span_rows, experiment_id, derived)
+    # REPLACE on MySQL: a re-sent span overwrites the stored row, as the upsert does.
+    if await bulk.load_new(conn, backend, "spans", [c for c, _ in fields], records, replace=True):
+        return
+    for chunk in chunks(records, SPAN_CHUNK):
+        if backend is Backend.POSTGRESQL:
+            columns = list(zip(*chunk))
             del columns[1]  # the experiment id is $1
             await conn.exec_driver_sql(PG_SPANS[derived], (experiment_id, *(list(c) for c in columns)))
-    elif backend is Backend.SQLITE:
-        assert db is not None
-        for chunk in chunks(batch.span_rows, SPAN_CHUNK):
-            await db.executemany(SQLITE_SPANS[derived], _span_records(chunk, experiment_id, derived))
-    elif backend is Backend.MYSQL:
-        if len(batch.span_rows) >= MYSQL_LOAD_MIN and await _load_spans_mysql(conn, experiment_id, batch):
-            return
-        for chunk in chunks(batch.span_rows, SPAN_CHUNK):
-            await conn.exec_driver_sql(MYSQL_SPANS[derived], _span_records(chunk, experiment_id, derived))
-    else:
-        assert_never(backend)
-
-
-async def _load_spans_mysql(conn: AsyncConnection, experiment_id: int, batch: PreparedBatch) -> bool:
-    """LOAD DATA the spans into ``spans`` (REPLACE), under a savepoint; whether it wrote the batch.
-
-    False (nothing written) when LOAD DATA is off or refused, or when the server
-    warned about a value: the caller then writes the batch with the upsert.
-    """
-    state = engine_state(conn.engine)
-    if not state.load_data:
-        return False
-    my = await Driver.of(conn)
-    columns, records = _bulk_rows(experiment_id, batch)
-    await conn.exec_driver_sql("SAVEPOINT asyncstore_span_load")
-    try:
-        _, warned = await my.load_data("spans", columns, records, replace=True)
-    except pymysql.err.MySQLError as exc:
-        if (exc.args[0] if exc.args else None) not in _LOCAL_INFILE_REFUSED:
-            raise
-        state.load_data = False
-        log.warning("the server refuses LOAD DATA LOCAL INFILE (%s); writing spans by INSERT from now on", exc)
-        warned = -1  # nothing loaded
-    if warned:
-        await conn.exec_driver_sql("ROLLBACK TO SAVEPOINT asyncstore_span_load")
-        return False
-    await conn.exec_driver_sql("RELEASE SAVEPOINT asyncstore_span_load")
-    return True
-
-
-async def _copy_new_spans_pg(conn: AsyncConnection, experiment_id: int, batch: PreparedBatch) -> bool:
-    """COPY the spans straight into ``spans`` when none of them is stored yet.
-
-    The common case (re-sent spans are rare) then costs what the driver's COPY
-    costs. The COPY runs under a savepoint: if a span of the batch is already
-    stored, the unique violation rolls back to it and the caller falls back to the
-    upsert, in the same transaction. Returns whether the COPY wrote the batch.
-    """
-    pg = await Driver.of(conn)  # asyncpg, inside SQLAlchemy's transaction
-    columns, records = _bulk_rows(experiment_id, batch)
-    await pg.execute("SAVEPOINT asyncstore_span_copy")
-    try:
-        await pg.copy("spans", columns, records)
-    except UniqueViolationError:
-        await pg.execute("ROLLBACK TO SAVEPOINT asyncstore_span_copy")
-        return False
-    await pg.execute("RELEASE SAVEPOINT asyncstore_span_copy")
-    return True
-
-
-def _bulk_rows(experiment_id: int, batch: PreparedBatch) -> tuple[list[str], list[tuple[Any, ...]]]:
-    """The columns and records of a bulk write of the batch's spans (COPY, LOAD DATA)."""
-    derived = batch.derives_span_columns
-    fields = _SPAN_FIELDS if derived else _PLAIN_SPAN_FIELDS
-    return [c for c, _ in fields], _span_records(batch.span_rows, experiment_id, derived)
+        elif backend is Backend.SQLITE:
+            assert db is not None
+            await db.executemany(SQLITE_SPANS[derived], chunk)
+        elif backend is Backend.MYSQL:
+            await conn.exec_driver_sql(MYSQL_SPANS[derived], chunk)
+        else:
+            assert_never(backend)
 
 
 async def _lookup(

@@ -6,24 +6,25 @@ costs a fixed number of statements, whatever its size:
 
 1. params: one read of the stored values of the batch's keys (a different value is
    refused before anything is written), one multi-row insert of the new ones;
-2. metrics: one insert of every row, duplicates ignored (PostgreSQL: together with 3);
+2. metrics: one load or insert of every row, duplicates ignored (PostgreSQL's insert: together with 3);
 3. latest metrics: one upsert of the batch's greatest (step, timestamp, value) per
    key that replaces a stored row only when the new one ranks higher;
 4. tags: one multi-row upsert (and one UPDATE of the run when ``mlflow.runName`` is set).
 
-The metric statements are the hot path (1000 rows a call) and are hand-written
-per backend, with constant SQL text and bound parameters only, sent through
-``exec_driver_sql`` so no per-row parameter processing happens in SQLAlchemy:
+The metric statements are the hot path (1000 rows a call). The history rows of a
+batch of :data:`asyncstore.bulk.BULK_MIN` or more are first written by the server's
+load path (:func:`asyncstore.bulk.load_new`, under a savepoint): ``COPY`` on
+PostgreSQL, ``LOAD DATA LOCAL INFILE`` on MySQL/MariaDB. A row stored already (a
+re-sent batch) makes the load give way, and the statements below write the batch,
+duplicates ignored. They are hand-written per backend, with constant SQL text and
+bound parameters only, sent through ``exec_driver_sql`` so no per-row parameter
+processing happens in SQLAlchemy:
 
 * PostgreSQL: ``INSERT ... SELECT FROM unnest($arrays)``: a fixed number of array
   parameters (asyncpg encodes them in binary), one executor run instead of one
-  Bind/Execute per row. The history insert and the latest-metrics upsert, guarded by
-  ``ON CONFLICT ... DO UPDATE ... WHERE (new rank) > (stored rank)``, are one
-  statement (a data-modifying CTE): one round trip for all the metrics of a batch.
-  Measured (``asyncstore bench --workload log_batch``, "raw, same table"): about
-  two thirds of the throughput of asyncpg COPY into an identical ``metrics`` table;
-  the rest of the gap to COPY into a bare table is the table's own cost (the
-  per-row foreign-key check on ``run_uuid`` and the history index).
+  Bind/Execute per row. The latest-metrics upsert is guarded by ``ON CONFLICT ... DO
+  UPDATE ... WHERE (new rank) > (stored rank)``; when the history was not copied, the
+  history insert and that upsert are one statement (a data-modifying CTE).
 * SQLite: ``executemany`` of a one-row statement (sqlite3 loops in C); the
   latest-metrics upsert has the same guard, with SQLite's row values.
 * MySQL/MariaDB: ``executemany`` of a one-row ``INSERT ... ON DUPLICATE KEY UPDATE``,
@@ -41,6 +42,7 @@ from sqlalchemy import insert, select, update
 from sqlalchemy.ext.asyncio import AsyncConnection
 from typing_extensions import assert_never
 
+from asyncstore import bulk
 from asyncstore import dialect as d
 from asyncstore import rules as t
 from asyncstore.config import Backend
@@ -49,8 +51,9 @@ from asyncstore.schema import params as param_table
 from asyncstore.schema import tags as run_tags
 from asyncstore.tracking.batch import RUN_NAME_TAG, Batch, Rank
 
-_COLUMNS = "key, timestamp, step, value, is_nan, run_uuid"
+_COLUMN_NAMES = ("key", "timestamp", "step", "value", "is_nan", "run_uuid")
 """Column order of every metric statement: a metric row, then the run id."""
+_COLUMNS = ", ".join(_COLUMN_NAMES)
 
 # The row comparison that decides whether a new latest value replaces the stored one:
 # MLflow's (step, timestamp, value), is_nan breaking the last tie. A stored NULL
@@ -64,20 +67,36 @@ _SET_LATEST = "value = excluded.value, timestamp = excluded.timestamp, step = ex
 # --- PostgreSQL ---------------------------------------------------------------------
 # $1 is the run id; the arrays are the columns of the rows, in row order.
 
-# One statement, one round trip: the metric rows ($2-$6) and the latest candidates
-# ($7-$11) are both written by it (a data-modifying CTE always runs to completion).
+def _pg_unnest(first: int) -> str:
+    """The metric rows of arrays ``$first`` .. ``$first+4`` (key, timestamp, step, value, is_nan), run id $1."""
+    a = [f"${first + i}" for i in range(5)]
+    return (
+        f"SELECT u.key, u.ts, u.step, u.value, u.is_nan, $1 FROM unnest({a[0]}::varchar[], {a[1]}::bigint[], "
+        f"{a[2]}::bigint[], {a[3]}::float8[], {a[4]}::boolean[]) AS u(key, ts, step, value, is_nan)"
+    )
+
+
+def _pg_latest(first: int) -> str:
+    """The latest-metrics upsert of the candidates in arrays ``$first`` .. ``$first+4``."""
+    return f"""INSERT INTO latest_metrics AS lm ({_COLUMNS})
+{_pg_unnest(first)}
+ON CONFLICT (key, run_uuid) DO UPDATE SET {_SET_LATEST}
+WHERE {_NEWER}"""
+
+
+PG_LATEST = _pg_latest(2)
+"""The latest candidates alone, after the history went in by COPY."""
+
+# When the history cannot be copied (a row is stored already): one statement, one round
+# trip, writes the metric rows ($2-$6) and the latest candidates ($7-$11) (a
+# data-modifying CTE always runs to completion).
 PG_METRICS_AND_LATEST = f"""
 WITH history AS (
     INSERT INTO metrics ({_COLUMNS})
-    SELECT u.key, u.ts, u.step, u.value, u.is_nan, $1
-    FROM unnest($2::varchar[], $3::bigint[], $4::bigint[], $5::float8[], $6::boolean[]) AS u(key, ts, step, value, is_nan)
+    {_pg_unnest(2)}
     ON CONFLICT (key, timestamp, step, run_uuid, value, is_nan) DO NOTHING
 )
-INSERT INTO latest_metrics AS lm ({_COLUMNS})
-SELECT u.key, u.ts, u.step, u.value, u.is_nan, $1
-FROM unnest($7::varchar[], $8::bigint[], $9::bigint[], $10::float8[], $11::boolean[]) AS u(key, ts, step, value, is_nan)
-ON CONFLICT (key, run_uuid) DO UPDATE SET {_SET_LATEST}
-WHERE {_NEWER}
+{_pg_latest(7)}
 """
 
 # --- SQLite -------------------------------------------------------------------------
@@ -162,21 +181,27 @@ async def stored_params(conn: AsyncConnection, items: Sequence[tuple[str, Batch]
 
 
 async def _write_metrics(conn: AsyncConnection, backend: Backend, items: Sequence[tuple[str, Batch]]) -> None:
+    history = [(*row, run_id) for run_id, batch in items for row in batch.metric_rows]
+    loaded = await bulk.load_new(conn, backend, "metrics", _COLUMN_NAMES, history)
     if backend is Backend.POSTGRESQL:
         for run_id, batch in items:
             latest = sorted(batch.latest.items())
-            history = [list(c) for c in zip(*batch.metric_rows)]
             winners = [[k for k, _ in latest], [r[1] for _, r in latest], [r[0] for _, r in latest],
                        [r[2] for _, r in latest], [r[3] for _, r in latest]]
-            await conn.exec_driver_sql(PG_METRICS_AND_LATEST, (run_id, *history, *winners))
+            if loaded:
+                await conn.exec_driver_sql(PG_LATEST, (run_id, *winners))
+            else:
+                rows = [list(c) for c in zip(*batch.metric_rows)]
+                await conn.exec_driver_sql(PG_METRICS_AND_LATEST, (run_id, *rows, *winners))
     elif backend is Backend.SQLITE:
-        await conn.exec_driver_sql(SQLITE_METRICS, [(*row, run_id) for run_id, batch in items for row in batch.metric_rows])
+        await conn.exec_driver_sql(SQLITE_METRICS, history)
         await conn.exec_driver_sql(
             SQLITE_LATEST,
             [(k, r[1], r[0], r[2], r[3], run_id) for run_id, batch in items for k, r in sorted(batch.latest.items())],
         )
     elif backend is Backend.MYSQL:
-        await conn.exec_driver_sql(MYSQL_METRICS, [(*row, run_id) for run_id, batch in items for row in batch.metric_rows])
+        if not loaded:
+            await conn.exec_driver_sql(MYSQL_METRICS, history)
         for run_id, batch in items:
             latest = sorted(batch.latest.items())
             current = await _stored_latest(conn, run_id, [k for k, _ in latest])

@@ -6,9 +6,9 @@ after the last statement makes COMMIT fail). The promises, at every boundary: th
 caller gets success (after a safe retry) or TEMPORARILY_UNAVAILABLE, the batch is
 then fully there or fully absent, and the next call on the same store works.
 
-On PostgreSQL a span batch of ``PG_COPY_MIN`` spans or more is written with COPY
+On PostgreSQL a span batch of ``BULK_MIN`` spans or more is written with COPY
 under a savepoint, straight through the driver, and on MySQL/MariaDB one of
-``MYSQL_LOAD_MIN`` or more with LOAD DATA LOCAL INFILE: those statements are killed
+``BULK_MIN`` or more with LOAD DATA LOCAL INFILE: those statements are killed
 too, after each of them and in the middle of the COPY or LOAD DATA itself.
 """
 
@@ -23,7 +23,7 @@ from sqlalchemy import select
 from asyncstore import AsyncStore, TemporarilyUnavailable
 from asyncstore.entities import JobStatus, Metric, Param, RunTag, Span, SpanStatus
 from asyncstore.schema import latest_metrics, metrics, params, spans, tags, trace_info
-from asyncstore.tracing.ingest import MYSQL_LOAD_MIN, PG_COPY_MIN
+from asyncstore.bulk import BULK_MIN, savepoint_name
 from tests.faults.killer import MidStatementKiller, StatementKiller
 from tests.helpers import count_rows, needs_server
 
@@ -32,11 +32,16 @@ T0_NS = 1_700_000_000_000_000_000
 bulk_path = pytest.mark.parametrize("backend", ["postgresql", "mysql"], indirect=True)
 """The backends whose large span batches take the driver's bulk path under a savepoint:
 PostgreSQL's COPY, MySQL/MariaDB's LOAD DATA LOCAL INFILE."""
-BULK_STEPS = {
-    "postgresql": ["SAVEPOINT asyncstore_span_copy", "COPY spans (", "RELEASE SAVEPOINT asyncstore_span_copy"],
-    "mysql": ["SAVEPOINT asyncstore_span_load", "LOAD DATA LOCAL INFILE", "RELEASE SAVEPOINT asyncstore_span_load"],
-}
-"""Per backend, the statements of the bulk path, in order (what the killer sees)."""
+
+
+def bulk_steps(backend: str, table: str) -> list[str]:
+    """The statements of the bulk path into ``table``, in order (what the killer sees), or []."""
+    load = {"postgresql": f"COPY {table} (", "mysql": "LOAD DATA LOCAL INFILE"}.get(backend)
+    if load is None:
+        return []
+    return [f"SAVEPOINT {savepoint_name(table)}", load, f"RELEASE SAVEPOINT {savepoint_name(table)}"]
+
+
 BULK_SERVER = {"postgresql": ("COPY spans", "COPY"), "mysql": ("LOAD DATA", "LOAD DATA")}
 """Per backend, the bulk statement as the client sends it and as the server shows it running."""
 
@@ -74,13 +79,17 @@ async def _run_rows(store: AsyncStore, run_id: str) -> tuple[int, int, int, int]
 @needs_server
 async def test_log_batch_killed_at_every_statement(store: AsyncStore) -> None:
     """Promise: log_batch (200 metrics, 20 params, 20 tags) whose session is killed after
-    any one of its statements either succeeds with the whole batch stored once and the
+    any one of its statements, those of the metrics' bulk path included (SAVEPOINT, COPY
+    or LOAD DATA, RELEASE), either succeeds with the whole batch stored once and the
     right latest metrics, or raises TEMPORARILY_UNAVAILABLE with none of it stored;
-    sending the same batch again then stores it whole."""
+    sending the same batch again (which the bulk path gives way to) then stores it whole."""
     exp = await store.experiments.create("kill-log-batch")
     ms, ps, ts = _batch()
+    assert len(ms) >= BULK_MIN
     probe = await store.runs.create(exp)
-    _, statements, _ = await _kill_after(store, None, lambda: store.runs.log_batch(probe.info.run_id, ms, ps, ts))
+    _, statements, sent = await _kill_after(store, None, lambda: store.runs.log_batch(probe.info.run_id, ms, ps, ts))
+    steps = bulk_steps(store.backend, "metrics")  # the bulk path, once, in this order
+    assert [next(step for step in steps if s.startswith(step)) for s in sent if s.startswith(tuple(steps))] == steps
     assert statements >= 2
     outcomes = []
     for at in range(1, statements + 1):
@@ -162,12 +171,12 @@ async def test_log_spans_copy_batch_killed_at_every_statement(store: AsyncStore,
     the batch whole."""
     traces, per_trace = 4, 40
     total = traces * per_trace
-    assert total >= max(PG_COPY_MIN, MYSQL_LOAD_MIN)
+    assert total >= BULK_MIN
     exp = await store.experiments.create("kill-copy")
     _, count, probe = await _kill_after(
         store, None, lambda: store.spans.log_spans(exp, _spans("copy-probe", traces, per_trace))
     )
-    copy_steps = BULK_STEPS[backend]
+    copy_steps = bulk_steps(backend, "spans")
     assert [s for s in probe if s.startswith(tuple(copy_steps))] == probe[-3:], probe
     async with AsyncStore.open(store.config.uri, transaction_retries=0) as strict:
         for target, retried in ((store, True), (strict, False)):
