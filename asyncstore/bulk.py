@@ -8,6 +8,9 @@ is left and the caller writes the rows its usual way (an upsert), in the same
 transaction; so every guarantee of the usual path holds, and the load is only a
 faster way to the same rows in the common case:
 
+The savepoint and the load go straight to the driver (:class:`asyncstore.driver.Driver`),
+so SQLAlchemy's statement events and ``echo`` see them.
+
 * PostgreSQL: binary ``COPY`` (:meth:`asyncstore.driver.Driver.copy`). A row whose
   key is stored already fails the COPY with a unique violation: rolled back to the
   savepoint, False.
@@ -35,11 +38,10 @@ from typing import Any
 import pymysql
 from asyncpg.exceptions import UniqueViolationError
 from sqlalchemy.ext.asyncio import AsyncConnection
-from typing_extensions import assert_never
 
 from asyncstore.config import Backend
 from asyncstore.driver import Driver
-from asyncstore.engines import engine_state
+from asyncstore.engines import EngineState, engine_state
 
 log = logging.getLogger(__name__)
 
@@ -67,52 +69,41 @@ async def load_new(
     ``replace`` (MySQL/MariaDB): a row whose key is stored replaces it; on PostgreSQL
     such a row always makes the COPY give way.
     """
-    if len(records) < BULK_MIN:
+    if len(records) < BULK_MIN or backend is Backend.SQLITE:
         return False
-    if backend is Backend.POSTGRESQL:
-        return await _copy(conn, table, columns, records)
-    if backend is Backend.MYSQL:
-        return await _load_data(conn, table, columns, records, replace)
-    if backend is Backend.SQLITE:
-        return False
-    assert_never(backend)
-
-
-async def _copy(conn: AsyncConnection, table: str, columns: Sequence[str], records: Sequence[Sequence[Any]]) -> bool:
-    pg = await Driver.of(conn)  # asyncpg, inside SQLAlchemy's transaction
-    savepoint = savepoint_name(table)
-    await pg.execute(f"SAVEPOINT {savepoint}")
-    try:
-        await pg.copy(table, columns, records)
-    except UniqueViolationError:
-        await pg.execute(f"ROLLBACK TO SAVEPOINT {savepoint}")
-        return False
-    await pg.execute(f"RELEASE SAVEPOINT {savepoint}")
-    return True
-
-
-async def _load_data(
-    conn: AsyncConnection, table: str, columns: Sequence[str], records: Sequence[Sequence[Any]], replace: bool
-) -> bool:
     state = engine_state(conn.engine)
-    if not state.load_data:
+    if backend is Backend.MYSQL and not state.load_data:
         return False
-    my = await Driver.of(conn)
+    driver = await Driver.of(conn)  # inside SQLAlchemy's transaction
     savepoint = savepoint_name(table)
-    await conn.exec_driver_sql(f"SAVEPOINT {savepoint}")
+    await driver.execute(f"SAVEPOINT {savepoint}")
+    if await _load(driver, state, table, columns, records, replace):
+        await driver.execute(f"RELEASE SAVEPOINT {savepoint}")
+        return True
+    await driver.execute(f"ROLLBACK TO SAVEPOINT {savepoint}")
+    return False
+
+
+async def _load(
+    driver: Driver, state: EngineState, table: str, columns: Sequence[str], records: Sequence[Sequence[Any]],
+    replace: bool,
+) -> bool:
+    """The load itself; False when it gave way (the caller rolls back to the savepoint)."""
+    if driver.backend is Backend.POSTGRESQL:
+        try:
+            await driver.copy(table, columns, records)
+        except UniqueViolationError:
+            return False
+        return True
     try:
-        _, warned = await my.load_data(table, columns, records, replace=replace)
+        _, warned = await driver.load_data(table, columns, records, replace=replace)
     except pymysql.err.MySQLError as exc:
         if (exc.args[0] if exc.args else None) not in LOCAL_INFILE_REFUSED:
             raise
         state.load_data = False
         log.warning("the server refuses LOAD DATA LOCAL INFILE (%s); bulk writes use INSERT from now on", exc)
-        warned = -1  # nothing loaded
-    if warned:
-        await conn.exec_driver_sql(f"ROLLBACK TO SAVEPOINT {savepoint}")
         return False
-    await conn.exec_driver_sql(f"RELEASE SAVEPOINT {savepoint}")
-    return True
+    return not warned
 
 
 __all__ = ["BULK_MIN", "load_new", "savepoint_name"]

@@ -1,11 +1,14 @@
 """The only place that talks to a driver connection directly, besides the adapter in
 :mod:`asyncstore.sqlite_dbapi` (which SQLAlchemy itself calls for every SQLite statement).
 
-A few statements are faster sent straight to the driver than through SQLAlchemy:
-PostgreSQL's ``COPY`` (asyncpg's ``copy_records_to_table``) and SQLite's
-``executemany`` (the same one trip into aiosqlite's thread as through SQLAlchemy's
-adapter, :mod:`asyncstore.sqlite_dbapi`, without SQLAlchemy's statement execution). :class:`Driver` makes those calls, inside the
-transaction SQLAlchemy began on the same connection, and keeps them visible:
+A few statements are faster sent straight to the driver than through SQLAlchemy, or
+cannot be sent through it: PostgreSQL's ``COPY`` (asyncpg's ``copy_records_to_table``),
+MySQL/MariaDB's ``LOAD DATA LOCAL INFILE`` (streamed, :func:`mysql_load_data`), the
+savepoints around them (:mod:`asyncstore.bulk`) and SQLite's ``executemany`` (the same
+one trip into aiosqlite's thread as through SQLAlchemy's adapter,
+:mod:`asyncstore.sqlite_dbapi`, without SQLAlchemy's statement execution). :class:`Driver`
+makes those calls, inside the transaction SQLAlchemy began on the same connection, and
+keeps them visible:
 
 * SQLAlchemy's own ``before_cursor_execute`` and ``after_cursor_execute`` events fire
   for each call, on the :class:`~sqlalchemy.engine.Connection`, with a statement text
@@ -98,11 +101,12 @@ class Driver:
 
     async def execute(self, statement: str, parameters: Sequence[Any] = ()) -> None:
         """Run one statement whose result is not needed (a savepoint, a pragma)."""
-        self._require(Backend.POSTGRESQL, Backend.SQLITE)
         if self.backend is Backend.POSTGRESQL:
             call: Callable[[], Awaitable[Any]] = partial(self._driver.execute, statement, *parameters)
-        else:
+        elif self.backend is Backend.SQLITE:
             call = partial(self._driver.trip, False, statement, parameters)
+        else:
+            call = partial(_mysql_execute, self._driver, statement, parameters)
         await self._observed(statement, tuple(parameters), False, call)
 
     async def executemany(self, statement: str, rows: Sequence[Sequence[Any]]) -> None:
@@ -291,6 +295,12 @@ async def mysql_load_data(
     finally:
         os.close(read_end)
         await feeding  # a row that could not be formatted raises here: the caller rolls back
+
+
+async def _mysql_execute(connection: Any, statement: str, parameters: Sequence[Any]) -> None:
+    """One statement through an aiomysql connection (``%s`` placeholders when there are parameters)."""
+    async with connection.cursor() as cursor:
+        await cursor.execute(statement, tuple(parameters) or None)
 
 
 def _consume(task: asyncio.Future[Any]) -> None:

@@ -22,11 +22,11 @@ import pytest
 from sqlalchemy import select
 
 from asyncstore import AsyncStore
+from asyncstore.bulk import BULK_MIN
 from asyncstore.entities import Span, SpanStatus
 from asyncstore.errors import InvalidParameter
 from asyncstore.schema import spans as spans_table
 from asyncstore.schema import trace_info, trace_request_metadata, trace_tags
-from asyncstore.bulk import BULK_MIN
 from asyncstore.tracing.rows import prepare
 from tests.helpers import MS, T0, count_rows, count_statements, make_experiment, new_trace_id, transaction_retries
 from tests.test_mlflow_databases import _mlflow_store, mlflow_uri  # noqa: F401  (fixture)
