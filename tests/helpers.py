@@ -30,6 +30,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 
 import pytest
+from aiomysql.cursors import RE_INSERT_VALUES
 from sqlalchemy import Table, event, func, insert, select
 
 from asyncstore.entities import Metric, NewJob, Param, RunTag, Span, SpanStatus
@@ -138,11 +139,17 @@ async def count_rows(store: AsyncStore, table: Table, *where: Any) -> int:
 
 @contextlib.contextmanager
 def count_statements(store: AsyncStore) -> Iterator[list[str]]:
-    """Collect the SQL of every statement the store's engine executes inside the block."""
+    """Collect the SQL of every statement the store's engine sends inside the block.
+
+    An ``executemany`` on MySQL/MariaDB counts as aiomysql sends it: one multi-row
+    statement when aiomysql can rewrite it so (an INSERT whose VALUES hold only
+    placeholders), else once per row.
+    """
     seen: list[str] = []
 
-    def listener(conn: Any, cursor: Any, statement: str, *args: Any) -> None:
-        seen.append(statement)
+    def listener(conn: Any, cursor: Any, statement: str, parameters: Any, context: Any, many: bool) -> None:
+        rows = len(parameters) if many and conn.dialect.name == "mysql" else 1
+        seen.extend([statement] * (1 if rows <= 1 or RE_INSERT_VALUES.match(statement) else rows))
 
     event.listen(store.engine.sync_engine, "before_cursor_execute", listener)
     try:

@@ -235,7 +235,7 @@ MYSQL_SPANS = {True: _mysql_spans(_SPAN_FIELDS), False: _mysql_spans(_PLAIN_SPAN
 # duration is computed before timestamp_ms changes (the derived columns' rules read
 # only their own column).
 MYSQL_TRACES = f"""
-INSERT INTO trace_info ({_TRACE_COLUMNS}) VALUES ({", ".join(["%s"] * len(_TRACE_FIELDS))}, 1)
+INSERT INTO trace_info ({_TRACE_COLUMNS}) VALUES ({", ".join(["%s"] * (len(_TRACE_FIELDS) + 1))})
 ON DUPLICATE KEY UPDATE
     execution_time_ms = GREATEST(timestamp_ms + COALESCE(execution_time_ms, 0),
                                  VALUES(timestamp_ms) + VALUES(execution_time_ms))
@@ -384,7 +384,9 @@ async def _upsert_traces(conn: AsyncConnection, backend: Backend, batch: Prepare
         assert db is not None
         await db.executemany(SQLITE_TRACES, rows)
     elif backend is Backend.MYSQL:
-        await conn.exec_driver_sql(MYSQL_TRACES, rows)
+        # The payload generation (1) as a parameter: VALUES of placeholders only is what
+        # aiomysql rewrites into multi-row statements (else it sends a statement per row).
+        await conn.exec_driver_sql(MYSQL_TRACES, [(*row, 1) for row in rows])
     else:
         assert_never(backend)
 
