@@ -210,6 +210,8 @@ async def _pg_copy(driver: Any, table: str, columns: list[str], records: Sequenc
 
 LOAD_SLICE = 500
 """Rows formatted at a time by :func:`mysql_load_data`'s feeding thread."""
+
+
 def _load_text(value: str) -> str:
     """``value`` with LOAD DATA's escapes (``FIELDS ESCAPED BY '\\'``): backslash, tab, newline,
     carriage return, NUL; most text has none of them and is returned as it is."""
