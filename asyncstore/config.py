@@ -180,7 +180,7 @@ _BACKEND_NAMES = {Backend.SQLITE: "SQLite", Backend.POSTGRESQL: "PostgreSQL", Ba
 
 
 def _show(value: object) -> str:
-    if value is None:
+    if value is None or value == ():
         return "—"
     if isinstance(value, bool):
         return "on" if value else "off"
@@ -230,13 +230,20 @@ class StoreConfig:
     mysql_ssl_key: str | None
     mysql_local_infile: bool
     workspace: str
+    replicas: tuple[str, ...]
+    replica_max_lag: float
+    replica_check_interval: float
 
     def __repr__(self) -> str:
-        fields = ", ".join(
-            f"{f.name}={self.safe_uri if f.name == 'uri' else getattr(self, f.name)!r}"
-            for f in dataclasses.fields(self)
-        )
+        shown = {"uri": self.safe_uri, "replicas": tuple(redact(r) for r in self.replicas)}
+        fields = ", ".join(f"{f.name}={shown.get(f.name, getattr(self, f.name))!r}" for f in dataclasses.fields(self))
         return f"StoreConfig({fields})"
+
+    def replica(self, uri: str) -> StoreConfig:
+        """The configuration of one of :attr:`replicas`: this one's pool and options on its
+        URI, without replicas of its own, and no connection retries (a replica that does
+        not answer is left for the primary at once, not waited for)."""
+        return dataclasses.replace(self, uri=uri, replicas=(), connect_retries=0)
 
     @property
     def url(self) -> URL:
@@ -289,6 +296,17 @@ class StoreConfig:
                     "(each connection would see an empty database); use StaticPool or a file URI"
                 )
             values["poolclass"] = "StaticPool"
+        if values["replicas"] and backend is Backend.SQLITE:
+            raise ConfigurationError(
+                "read replicas are for PostgreSQL and MySQL/MariaDB servers; a SQLite database has none "
+                f"({REPLICAS.variable} / keyword replicas)"
+            )
+        for replica in values["replicas"]:
+            if backend_of(replica) is not backend:
+                raise ConfigurationError(
+                    f"replica {redact(replica)!r} is not a {_BACKEND_NAMES[backend]} database like the primary "
+                    f"{redact(url)!r}; a replica must be a copy of the primary"
+                )
         config = cls(uri=url.render_as_string(hide_password=False), **values)
         if config.pool_size == 0 and config.poolclass in (None, "AsyncAdaptedQueuePool"):
             raise ConfigurationError(
@@ -374,6 +392,23 @@ def _uri(label: str, value: Any) -> str:
     return value
 
 
+def _uris(label: str, value: Any) -> tuple[str, ...]:
+    """Database URIs: a comma-separated string or a list of strings/URLs, each normalised."""
+    items = value.split(",") if isinstance(value, str) else value
+    if not isinstance(items, (list, tuple)) or not all(isinstance(i, (str, URL)) for i in items):
+        raise _bad(label, value, "expected database URIs, as a list or separated by commas")
+    uris = []
+    for item in items:
+        if isinstance(item, str) and not item.strip():
+            continue
+        try:
+            url = normalize_uri(item.strip() if isinstance(item, str) else item)
+        except ConfigurationError as exc:
+            raise ConfigurationError(f"{label}: {exc}") from None
+        uris.append(url.render_as_string(hide_password=False))
+    return tuple(uris)
+
+
 URI: Setting[str] = Setting(
     keyword="uri",
     variable=ENV_PREFIX + "DATABASE_URI",
@@ -382,6 +417,15 @@ URI: Setting[str] = Setting(
     meaning="the database; plain sqlite, postgresql and mysql URIs are mapped to their async drivers",
 )
 """The database URI (``StoreConfig.load``'s first argument)."""
+
+REPLICAS: Setting[tuple[str, ...]] = Setting(
+    keyword="replicas",
+    variable=ENV_PREFIX + "REPLICA_URIS",
+    parse=_uris,
+    default=(),
+    meaning="read replicas of the database (PostgreSQL, MySQL/MariaDB), comma-separated: read-only calls go to them",
+)
+"""Read replicas (a setting of :data:`SETTINGS`; its variable is not named after its keyword)."""
 
 SETTINGS: dict[str, Setting[Any]] = {
     s.keyword: s
@@ -446,6 +490,15 @@ SETTINGS: dict[str, Setting[Any]] = {
         _setting(
             "workspace", _workspace, "default",
             "MLflow workspace of the experiments (created, found by name, searched) and jobs created",
+        ),
+        REPLICAS,
+        _setting(
+            "replica_max_lag", _float(minimum=0.0), 5.0,
+            "seconds a replica may be behind the primary; further behind, its reads go to the primary",
+        ),
+        _setting(
+            "replica_check_interval", _float(minimum=0.01), 1.0,
+            "seconds between checks of a replica's lag; a replica that failed is tried again after as long",
         ),
     )
 }

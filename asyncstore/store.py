@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import warnings
-from collections.abc import Generator
+from collections.abc import Generator, Sequence
 from types import TracebackType
 from typing import Any
 
@@ -14,6 +15,7 @@ from asyncstore import migrate
 from asyncstore.config import Backend, StoreConfig
 from asyncstore.engines import create_engine
 from asyncstore.jobs import JobRepository
+from asyncstore.replicas import ReadRouter, ReplicaStatus, primary_scope
 from asyncstore.tracing import SpanRepository, TraceRepository
 from asyncstore.tracking import ExperimentRepository, RunRepository
 from asyncstore.uow import UnitOfWork
@@ -28,16 +30,21 @@ class AsyncStore:
         async with AsyncStore.open("sqlite:///mlruns.db") as store:
             exp_id = await store.experiments.create("demo")
 
+    With read replicas (``replicas=[…]``, ``ASYNCSTORE_REPLICA_URIS``), read-only calls
+    go to the replicas and the rest to the primary (:mod:`asyncstore.replicas`);
+    :meth:`primary` makes reads see the caller's own writes.
+
     Attributes:
         experiments, runs, traces, spans, jobs: the repositories.
-        engine: the SQLAlchemy ``AsyncEngine`` (``engine.sync_engine`` is underneath).
+        engine: the SQLAlchemy ``AsyncEngine`` of the primary (``engine.sync_engine`` is underneath).
         config: the validated :class:`StoreConfig`.
     """
 
-    def __init__(self, engine: AsyncEngine, config: StoreConfig) -> None:
+    def __init__(self, engine: AsyncEngine, config: StoreConfig, replicas: Sequence[AsyncEngine] = ()) -> None:
         self.engine = engine
         self.config = config
-        self.uow = UnitOfWork(engine)
+        self._reads = ReadRouter(replicas, config) if replicas else None
+        self.uow = UnitOfWork(engine, self._reads)
         self.experiments = ExperimentRepository(self.uow)
         self.runs = RunRepository(self.uow)
         self.traces = TraceRepository(self.uow)
@@ -65,11 +72,27 @@ class AsyncStore:
         """
         return _Opening(cls, StoreConfig.load(uri, **options), upgrade)
 
+    def primary(self) -> contextlib.AbstractContextManager[None]:
+        """A scope in which reads go to the primary, so they see the caller's own writes::
+
+            await store.runs.log_batch(run_id, metrics=metrics)
+            with store.primary():
+                run = await store.runs.get(run_id)  # has the metrics just logged
+
+        Tasks started inside the scope inherit it. Without replicas it changes nothing.
+        """
+        return primary_scope()
+
+    def replica_status(self) -> list[ReplicaStatus]:
+        """Each replica's state (serving, lagging, down, unchecked), lag at its last check,
+        and the reads it has served; empty without replicas."""
+        return [] if self._reads is None else self._reads.status()
+
     async def close(self) -> None:
-        """Dispose the engine and its connections. Safe to call twice."""
+        """Dispose the engines and their connections. Safe to call twice."""
         if not self._closed:
             self._closed = True
-            await self.engine.dispose()
+            await _dispose([self.engine, *([] if self._reads is None else self._reads.engines)])
 
     async def __aenter__(self) -> AsyncStore:
         return self
@@ -93,6 +116,11 @@ class AsyncStore:
             )
 
 
+async def _dispose(engines: Sequence[AsyncEngine]) -> None:
+    for engine in engines:
+        await engine.dispose()
+
+
 class _Opening:
     """What :meth:`AsyncStore.open` returns: ``await`` it, or use it in ``async with``."""
 
@@ -101,16 +129,20 @@ class _Opening:
         self._store: AsyncStore | None = None
 
     async def _open(self) -> AsyncStore:
-        engine = create_engine(self._config)
+        config = self._config
+        engine = create_engine(config)
+        # Replicas are not connected to here: one that is down must not stop the store
+        # from opening (its reads go to the primary until it answers).
+        replicas = [create_engine(config.replica(uri)) for uri in config.replicas]
         try:
             found = await migrate.inspect_database(engine)
             if found.kind is migrate.Kind.EMPTY or (self._upgrade and found.kind is migrate.Kind.ASYNCSTORE):
                 await migrate.upgrade(engine)
             await migrate.verify(engine)
         except BaseException:
-            await engine.dispose()
+            await _dispose([engine, *replicas])
             raise
-        return self._cls(engine, self._config)
+        return self._cls(engine, config, replicas)
 
     def __await__(self) -> Generator[Any, None, AsyncStore]:
         return self._open().__await__()

@@ -27,6 +27,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 from asyncstore.config import Backend
 from asyncstore.engines import EngineState, engine_state
 from asyncstore.errors import ErrorCode, InternalError, StoreError, TemporarilyUnavailable
+from asyncstore.replicas import ReadRouter
 from asyncstore.retry import Backoff, retrying
 from asyncstore.translate import classify, is_connect_failure, is_database_error, translate
 
@@ -47,8 +48,10 @@ class UnitOfWork:
         engine: an engine from :func:`asyncstore.engines.get_engine`.
     """
 
-    def __init__(self, engine: AsyncEngine) -> None:
+    def __init__(self, engine: AsyncEngine, reads: ReadRouter | None = None) -> None:
         self.engine = engine
+        self.reads = reads
+        """Where read-only transactions go when the store has replicas (:mod:`asyncstore.replicas`)."""
         self.state: EngineState = engine_state(engine)
         self.backend: Backend = self.state.backend
 
@@ -221,7 +224,9 @@ class UnitOfWork:
     async def _transaction(self, write: bool, progress: _Progress | None = None) -> AsyncIterator[AsyncConnection]:
         """The transaction itself, errors untranslated."""
         async with self._guard(write):
-            conn = await self.engine.connect()
+            conn = None if write or self.reads is None else await self.reads.connect()
+            if conn is None:
+                conn = await self.engine.connect()
             if progress is not None:
                 progress.connected = True
             try:
@@ -230,6 +235,9 @@ class UnitOfWork:
                 await conn.commit()
             except BaseException as exc:
                 await _uncancellable(self._abandon(conn, exc))
+                failure = _transient(exc)
+                if failure is not None and self.reads is not None and conn.engine is not self.engine:
+                    self.reads.failed(conn.engine, failure)  # the retry reads elsewhere
                 raise
             finally:
                 await _uncancellable(conn.close())
@@ -378,6 +386,14 @@ def _store_error(exc: Exception, messages: Mapping[ErrorCode, str] | None) -> St
     return InternalError(
         f"unexpected error inside asyncstore ({type(exc).__name__}: {detail}); this is a bug, please report it"
     )
+
+
+def _transient(exc: BaseException) -> Exception | None:
+    """``exc`` if it is a transient database failure (a lost connection, a conflict), else None."""
+    if not isinstance(exc, Exception) or not is_database_error(exc):
+        return None
+    found = classify(exc)
+    return exc if found is not None and found.retryable else None
 
 
 async def _uncancellable(aw: Awaitable[None]) -> None:

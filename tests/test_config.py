@@ -88,6 +88,8 @@ VARIABLES = [
     ("connect_backoff", "0.5", 0.5, 0.1),
     ("transaction_retries", "1", 1, 5),
     ("sqlite_busy_timeout_ms", "100", 100, 200),
+    ("replica_max_lag", "0.5", 0.5, 10.0),
+    ("replica_check_interval", "5", 5.0, 0.25),
 ]
 
 
@@ -114,6 +116,33 @@ def test_mysql_ssl_variables(name: str, tmp_path: Path) -> None:
     missing = {f"ASYNCSTORE_MYSQL_SSL_{name.upper()}": str(tmp_path / "missing.pem")}
     with pytest.raises(ConfigurationError, match=f"ASYNCSTORE_MYSQL_SSL_{name.upper()}=.*missing.pem.*existing"):
         StoreConfig.load("mysql://u@h/db", environ=missing)
+
+
+def test_replica_uris_from_the_variable_or_the_keyword_normalised_and_configured_like_the_primary() -> None:
+    env = {"ASYNCSTORE_REPLICA_URIS": " postgresql://u:pw@r1:5433/db, ,postgres://u@r2/db "}
+    config = StoreConfig.load("postgresql://u@h/db", environ=env, pool_size=3)
+    assert config.replicas == ("postgresql+asyncpg://u:pw@r1:5433/db", "postgresql+asyncpg://u@r2/db")
+    assert "pw" not in repr(config) and "r1:5433" in repr(config)
+    chosen = StoreConfig.load("mysql://u@h/db", environ=env, replicas=["mariadb://u@r3/db"])
+    assert chosen.replicas == ("mariadb+aiomysql://u@r3/db?charset=utf8mb4",)
+    replica = config.replica(config.replicas[0])
+    assert (replica.uri, replica.replicas, replica.pool_size, replica.connect_retries) == (config.replicas[0], (), 3, 0)
+    assert StoreConfig.load("postgresql://u@h/db", environ={}).replicas == ()
+
+
+@pytest.mark.parametrize(
+    ("uri", "replicas", "message"),
+    [
+        ("sqlite:///x.db", ["postgresql://u@r/db"], "read replicas are for PostgreSQL and MySQL/MariaDB"),
+        ("mysql://u@h/db", ["postgresql://u@r/db"], "is not a MySQL database like the primary"),
+        ("postgresql://u@h/db", 5, "keyword replicas=5 is not valid: expected database URIs"),
+        ("postgresql://u@h/db", ["postgresql://u@r/db", 7], "expected database URIs"),
+        ("postgresql://u@h/db", "oracle://u@r/db", "keyword replicas: database URI scheme 'oracle' is not supported"),
+    ],
+)
+def test_bad_replicas_are_refused_saying_why(uri: str, replicas: object, message: str) -> None:
+    with pytest.raises(ConfigurationError, match=message):
+        StoreConfig.load(uri, environ={}, replicas=replicas)
 
 
 def test_server_defaults_differ_by_backend() -> None:
@@ -192,14 +221,16 @@ def test_config_is_hashable_and_equal_for_equal_settings() -> None:
 def test_password_never_in_repr_str_errors_or_logs(caplog: pytest.LogCaptureFixture) -> None:
     uri = f"postgresql://user:{PASSWORD}@db.example:5432/app"
     caplog.set_level(logging.DEBUG)
-    config = StoreConfig.load(uri, environ={})
-    assert PASSWORD in config.uri  # kept for connecting...
+    config = StoreConfig.load(uri, environ={}, replicas=[uri])
+    assert PASSWORD in config.uri and PASSWORD in config.replicas[0]  # kept for connecting...
     shown = [repr(config), str(config), config.safe_uri, redact(uri)]  # ...never shown
     for bad in (
         lambda: StoreConfig.load(uri, pool_size="ten", environ={}),
         lambda: StoreConfig.load(f"oracle://user:{PASSWORD}@h/db", environ={}),
         lambda: StoreConfig.load(f"postgresql://user:{PASSWORD}@h:port/db", environ={}),
         lambda: StoreConfig.load(environ={"ASYNCSTORE_DATABASE_URI": f"nosuch://u:{PASSWORD}@h/d"}),
+        lambda: StoreConfig.load(uri, environ={}, replicas=[f"mysql://user:{PASSWORD}@replica/db"]),
+        lambda: StoreConfig.load(uri, environ={}, replicas=f"postgresql://user:{PASSWORD}@h:port/db"),
     ):
         with pytest.raises(ConfigurationError) as info:
             bad()
