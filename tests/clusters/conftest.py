@@ -1,0 +1,94 @@
+"""Clusters on this machine: a PostgreSQL streaming replica of the test server (and,
+later, more), started by the scripts in ``scripts/clusters`` (README, "Read replicas").
+
+A cluster that does not answer skips its tests with the command that starts it, unless
+``ASYNCSTORE_TEST_CLUSTERS`` names it (``pg-replica``): then the run fails, as CI's does.
+
+Locations: ``ASYNCSTORE_TEST_PG_REPLICA_URI`` (default
+``postgresql://postgres@127.0.0.1:5433/postgres``); the primary is the PostgreSQL test
+server (``ASYNCSTORE_TEST_POSTGRESQL_URI``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+from sqlalchemy.engine import URL, make_url
+
+from tests import dbadmin
+
+SCRIPTS = Path(__file__).resolve().parents[2] / "scripts" / "clusters"
+PG_REPLICA = make_url(os.environ.get("ASYNCSTORE_TEST_PG_REPLICA_URI", "postgresql://postgres@127.0.0.1:5433/postgres"))
+
+
+def _required(name: str) -> bool:
+    return name in {n.strip() for n in os.environ.get("ASYNCSTORE_TEST_CLUSTERS", "").split(",")}
+
+
+def _unavailable(name: str, problem: str, start: str) -> None:
+    message = f"{name} not reachable ({problem}); start it with {start}"
+    if _required(name):
+        pytest.fail(message + " — it is named in ASYNCSTORE_TEST_CLUSTERS, so this is a failure")
+    pytest.skip(message)
+
+
+async def _pg_recovering(url: URL) -> bool:
+    async with dbadmin.pg_connection(url) as conn:
+        return bool(await conn.fetchval("SELECT pg_is_in_recovery()"))
+
+
+@dataclass(frozen=True)
+class Replicated:
+    """A database on the primary and the same database on its replica."""
+
+    primary: str
+    replica: str
+
+
+@pytest.fixture(scope="session")
+def pg_replica() -> URL:
+    """The streaming replica's admin URL (skips or fails when it does not answer)."""
+    start = f"{SCRIPTS / 'pg-replica.sh'} start"
+    problem = dbadmin.check_server("postgresql")
+    if problem is None:
+        try:
+            if not asyncio.run(_pg_recovering(PG_REPLICA)):
+                problem = f"{PG_REPLICA.render_as_string()} is not a replica (not in recovery)"
+        except Exception as exc:  # any failure means "not usable": report it
+            problem = f"{type(exc).__name__}: {exc}"
+    if problem is not None:
+        _unavailable("pg-replica", problem, start)
+    return PG_REPLICA
+
+
+async def _replicated(replica_url: URL, name: str, seconds: float = 30.0) -> None:
+    """Wait until the replica has the database, migrated."""
+    deadline = asyncio.get_running_loop().time() + seconds
+    while True:
+        try:
+            async with dbadmin.pg_connection(replica_url, name) as conn:
+                if await conn.fetchval("SELECT to_regclass('alembic_version') IS NOT NULL AND EXISTS (SELECT FROM alembic_version)"):
+                    return
+        except Exception:
+            if asyncio.get_running_loop().time() > deadline:
+                raise
+        await asyncio.sleep(0.05)
+
+
+@pytest.fixture
+def replicated(pg_replica: URL) -> Iterator[Replicated]:
+    """A fresh migrated database on the primary, once the replica has it too; dropped after."""
+    name = f"asyncstore_test_{uuid.uuid4().hex[:12]}"
+    primary = dbadmin.create_database("postgresql", name)
+    try:
+        asyncio.run(dbadmin.migrate_to_head(primary))
+        asyncio.run(_replicated(pg_replica, name))
+        yield Replicated(primary, pg_replica.set(database=name).render_as_string(hide_password=False))
+    finally:
+        dbadmin.drop_database("postgresql", primary)
