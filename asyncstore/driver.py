@@ -31,7 +31,9 @@ fires only when the call succeeded, as SQLAlchemy's does.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
+import threading
 import warnings
 from collections.abc import Awaitable, Callable, Sequence
 from functools import partial
@@ -262,8 +264,8 @@ async def mysql_load_data(
 ) -> tuple[int, int]:
     """LOAD DATA LOCAL INFILE of ``rows`` into ``table`` through aiomysql ``connection``.
 
-    The rows never touch a disk: a worker thread formats them, :data:`LOAD_SLICE` at a
-    time, into an OS pipe while aiomysql, which opens the "file" the server asks
+    The rows never touch a disk: a thread of the call's own formats them, :data:`LOAD_SLICE`
+    at a time, into an OS pipe while aiomysql, which opens the "file" the server asks
     for, reads the pipe's other end (``/dev/fd/N``, Linux), so memory holds a slice
     and the pipe's buffer whatever the batch's size. The connection must have been opened with
     ``local_infile=True``, and the server must allow it (``local_infile``); else the
@@ -277,16 +279,25 @@ async def mysql_load_data(
     """
     read_end, write_end = os.pipe()
     loop = asyncio.get_running_loop()
+    feeding: asyncio.Future[None] = loop.create_future()
 
     def feed() -> None:
+        failure: BaseException | None = None
         try:
             with os.fdopen(write_end, "wb") as pipe:
                 for start in range(0, len(rows), LOAD_SLICE):
                     pipe.write(load_data_text(rows[start : start + LOAD_SLICE]))
         except BrokenPipeError:  # the statement failed and the reading end was closed
             pass
+        except BaseException as exc:  # handed to the awaiting task
+            failure = exc
+        with contextlib.suppress(RuntimeError):  # the loop closed meanwhile: nobody awaits
+            loop.call_soon_threadsafe(_settle, feeding, failure)
 
-    feeding = loop.run_in_executor(None, feed)
+    # A thread of its own, not the loop's default executor: the feeder blocks while the
+    # pipe is full, and aiomysql reads the pipe in that executor, so loads as many as its
+    # threads would each hold one, waiting for reads that never get one.
+    threading.Thread(target=feed, name="asyncstore-load-data", daemon=True).start()
     statement = load_data_statement(table, columns, f"/dev/fd/{read_end}", replace=replace)
     try:
         async with connection.cursor() as cursor:
@@ -303,6 +314,15 @@ async def _mysql_execute(connection: Any, statement: str, parameters: Sequence[A
     """One statement through an aiomysql connection (``%s`` placeholders when there are parameters)."""
     async with connection.cursor() as cursor:
         await cursor.execute(statement, tuple(parameters) or None)
+
+
+def _settle(future: asyncio.Future[None], failure: BaseException | None) -> None:
+    if future.done():
+        return
+    if failure is None:
+        future.set_result(None)
+    else:
+        future.set_exception(failure)
 
 
 def _consume(task: asyncio.Future[Any]) -> None:

@@ -1,14 +1,17 @@
-"""The statements the store sends straight to the driver are logged by ``echo``, on every backend."""
+"""The store's straight-to-driver path: its statements logged by ``echo`` on every backend,
+and LOAD DATA's feeding threads under concurrency."""
 
 from __future__ import annotations
 
+import asyncio
 import logging
+import os
 
 import pytest
 
 from asyncstore import AsyncStore
 from asyncstore.bulk import BULK_MIN
-from tests.helpers import make_experiment, make_span, new_trace_id
+from tests.helpers import make_experiment, make_span, mysql_only, new_trace_id
 
 
 async def test_echo_logs_the_statements_sent_to_the_driver(migrated_uri: str, caplog: pytest.LogCaptureFixture) -> None:
@@ -44,3 +47,19 @@ async def test_echo_logs_the_statements_sent_to_the_driver(migrated_uri: str, ca
     if backend == "sqlite":
         # The executemany of the spans is logged with its rows, as SQLAlchemy logs its own.
         assert any(m.startswith("[raw driver call] [") and tid in m for m in logged), logged
+
+
+@mysql_only
+async def test_more_concurrent_loads_than_the_default_executor_has_threads(migrated_uri: str) -> None:
+    """Each LOAD DATA's rows are fed to the pipe by a thread of its own: aiomysql reads the
+    pipe in the loop's default executor, so feeders in that executor too would take all
+    its threads, each waiting for a read that then never runs (the process hangs)."""
+    threads = min(32, (os.cpu_count() or 1) + 4)  # ThreadPoolExecutor's default size
+    loads = threads + 2
+    async with AsyncStore.open(migrated_uri, pool_size=loads, max_overflow=0) as store:
+        exp = await make_experiment(store)
+        batches = [[make_span(new_trace_id(), name=f"s{i}") for i in range(BULK_MIN * 5)] for _ in range(loads)]
+        written = await asyncio.wait_for(
+            asyncio.gather(*(store.spans.log_spans(exp, batch) for batch in batches)), timeout=120
+        )
+    assert written == [BULK_MIN * 5] * loads
