@@ -63,6 +63,9 @@ class EngineState:
     ``mysql_local_infile`` setting, until the server or account refuses it once)."""
     writer: asyncio.Task[None] | None = None
     """SQLite: the task writing the queued groups while there are any."""
+    galera: tuple[int, int] | None = None
+    """MySQL/MariaDB on a Galera node: its index in the cluster and the cluster's size
+    (:func:`asyncstore.dialect.galera_node`, read when a store opens); else None."""
 
 
 _engines: dict[asyncio.AbstractEventLoop, dict[StoreConfig, AsyncEngine]] = {}

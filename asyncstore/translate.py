@@ -58,6 +58,8 @@ _PG_CLASS: dict[str, type[StoreError]] = {
 }
 # Retrying these cannot help the caller now (the pool or server is full, not racing).
 _PG_NOT_RETRYABLE = frozenset({"53300", "57P03"})
+# The transaction was rolled back whole (Classified.rolled_back).
+_PG_ROLLED_BACK = frozenset({"40001", "40P01"})
 
 # --- MySQL / MariaDB error numbers --------------------------------------------------
 _MYSQL: dict[int, type[StoreError]] = {
@@ -98,6 +100,9 @@ _MYSQL: dict[int, type[StoreError]] = {
     1054: SchemaOutOfDate,  # ER_BAD_FIELD_ERROR
 }
 _MYSQL_NOT_RETRYABLE = frozenset({1040})
+# The transaction was rolled back whole (Classified.rolled_back): a deadlock victim, or a
+# Galera certification failure, which MariaDB reports as a deadlock, at COMMIT too.
+_MYSQL_ROLLED_BACK = frozenset({1213})
 
 # --- SQLite extended result codes ---------------------------------------------------
 _SQLITE_EXTENDED: dict[int, type[StoreError]] = {
@@ -141,6 +146,10 @@ class Classified:
     retryable: bool
     """True for a race that a fresh transaction can win (deadlock, lost connection)."""
     detail: str
+    rolled_back: bool = False
+    """The server says it rolled the whole transaction back (a deadlock, a serialization
+    failure, a Galera certification failure, which MariaDB reports as a deadlock): even
+    when this answered the COMMIT, nothing of the transaction took effect."""
 
 
 def _chain(exc: BaseException) -> Iterator[BaseException]:
@@ -170,12 +179,12 @@ def classify(exc: BaseException) -> Classified | None:
                 return Classified(TemporarilyUnavailable, True, "MySQL connection closed")
             kind = _MYSQL.get(errno, InternalError)
             retry = kind is TemporarilyUnavailable and errno not in _MYSQL_NOT_RETRYABLE
-            return Classified(kind, retry, f"MySQL error {errno}: {_first_line(err)}")
+            return Classified(kind, retry, f"MySQL error {errno}: {_first_line(err)}", errno in _MYSQL_ROLLED_BACK)
         sqlstate = getattr(err, "sqlstate", None)
         if isinstance(sqlstate, str) and len(sqlstate) == 5:
             kind = _PG_EXACT.get(sqlstate) or _PG_CLASS.get(sqlstate[:2]) or InternalError
             retry = kind is TemporarilyUnavailable and sqlstate not in _PG_NOT_RETRYABLE
-            return Classified(kind, retry, f"SQLSTATE {sqlstate}: {_first_line(err)}")
+            return Classified(kind, retry, f"SQLSTATE {sqlstate}: {_first_line(err)}", sqlstate in _PG_ROLLED_BACK)
         if isinstance(err, sqlite3.Error):
             code = getattr(err, "sqlite_errorcode", None)
             if code is None:  # Python 3.10: no result codes, fall back to the class

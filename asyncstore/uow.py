@@ -92,7 +92,8 @@ class UnitOfWork:
         jittered exponential backoff. A failure during COMMIT leaves the outcome
         unknown; it is retried only when running the call twice has the same effect
         as once: a read-only call (``write=False``) always, a write when the caller
-        says ``idempotent=True`` (e.g. upserts).
+        says ``idempotent=True`` (e.g. upserts); or when the server's answer to the
+        COMMIT says it rolled the transaction back (a Galera certification failure).
 
         A ``StoreError`` that ``fn`` raises on purpose rolls back and propagates as it
         is; a database error (driver or SQLAlchemy) is translated into one; any other
@@ -118,14 +119,24 @@ class UnitOfWork:
             found = classify(exc)
             log.info("transient failure (%s); retry %d of %d in %.3fs", found and found.detail, retry, retries, delay)
 
-        retries = self.state.config.transaction_retries
+        budget = self.state.config.transaction_retries
+        retries = budget + (GALERA_CONFLICT_RETRIES if self.state.galera is not None else 0)
+        others = 0
+
+        def should_retry(exc: Exception) -> bool:
+            # On a Galera node, conflicts with writes through other nodes (certification
+            # failures) have retries of their own; everything else keeps the setting's.
+            nonlocal others
+            if not progress.may_retry(exc, replay_safe=replay_safe):
+                return False
+            if self.state.galera is not None and _rolled_back(exc):
+                return True
+            others += 1
+            return others <= budget
+
         try:
             return await retrying(
-                attempt,
-                retries=retries,
-                backoff=_BACKOFF,
-                should_retry=lambda exc: progress.may_retry(exc, replay_safe=replay_safe),
-                on_retry=log_retry,
+                attempt, retries=retries, backoff=_BACKOFF, should_retry=should_retry, on_retry=log_retry
             )
         except StoreError:
             raise  # raised on purpose (NotFound, InvalidParameter, ...), or translated already
@@ -293,6 +304,12 @@ class UnitOfWork:
                 await conn.invalidate()
 
 
+GALERA_CONFLICT_RETRIES = 10
+"""On a Galera node, retries of a transaction that conflicted with writes through other
+nodes, on top of ``transaction_retries``: writers of the same rows through different
+nodes conflict at every COMMIT that overlaps, so they need more turns than a deadlock
+on one server does (each waits a jittered, doubling backoff, capped at 1 s)."""
+
 GROUP_MAX = 64
 """Most items one group commit of :meth:`UnitOfWork.run_grouped` writes."""
 
@@ -365,14 +382,16 @@ class _Progress:
         unless connecting itself failed (the engine already retried that, with its
         own backoff), so a connection that died while it was being set up is replaced;
         after, before COMMIT was sent unless the call is ``replay_safe`` (the outcome
-        of an interrupted COMMIT is unknown: running a write again could duplicate it).
+        of an interrupted COMMIT is unknown: running a write again could duplicate it),
+        or unless the server answered the COMMIT saying it rolled the transaction back
+        (a Galera certification failure, reported as a deadlock): nothing took effect.
         """
         found = classify(exc) if is_database_error(exc) else None
         if found is None or not found.retryable:
             return False
         if not self.connected:
             return not is_connect_failure(exc)  # nothing was sent yet
-        return replay_safe or not self.committing
+        return replay_safe or not self.committing or found.rolled_back
 
 
 def _store_error(exc: Exception, messages: Mapping[ErrorCode, str] | None) -> StoreError:
@@ -386,6 +405,12 @@ def _store_error(exc: Exception, messages: Mapping[ErrorCode, str] | None) -> St
     return InternalError(
         f"unexpected error inside asyncstore ({type(exc).__name__}: {detail}); this is a bug, please report it"
     )
+
+
+def _rolled_back(exc: Exception) -> bool:
+    """Whether the server rolled the transaction back whole (a deadlock or certification failure)."""
+    found = classify(exc)
+    return found is not None and found.rolled_back
 
 
 def _transient(exc: BaseException) -> Exception | None:

@@ -1,10 +1,15 @@
-"""The one retry loop behind connect and transaction retries (no database)."""
+"""The one retry loop behind connect and transaction retries, and which failures it may
+retry (no database)."""
 
 from __future__ import annotations
 
+import pymysql
 import pytest
+from asyncpg.exceptions import DeadlockDetectedError
 
 from asyncstore.retry import Backoff, retrying
+from asyncstore.translate import classify
+from asyncstore.uow import _Progress
 
 
 class Flaky(Exception):
@@ -64,3 +69,33 @@ async def test_a_failure_the_predicate_refuses_is_raised_at_once() -> None:
 async def test_no_retries_means_one_attempt() -> None:
     with pytest.raises(Flaky):
         await _run(failures=1, retries=0)
+
+
+# --- which failures of a COMMIT may be retried ------------------------------------------
+
+_DEADLOCK = pymysql.err.OperationalError(1213, "Deadlock found when trying to get lock; try restarting transaction")
+_LOST = pymysql.err.OperationalError(2013, "Lost connection to MySQL server during query")
+
+
+def _failed_commit() -> _Progress:
+    """An attempt that got as far as sending COMMIT."""
+    progress = _Progress()
+    progress.connected = progress.committing = True
+    return progress
+
+
+def test_a_commit_the_server_says_it_rolled_back_is_retried_even_for_a_write_that_is_not_idempotent() -> None:
+    # MariaDB answers a Galera certification failure at COMMIT with a deadlock error:
+    # nothing of the transaction took effect, so running it again cannot double it.
+    assert classify(_DEADLOCK) is not None and classify(_DEADLOCK).rolled_back  # type: ignore[union-attr]
+    assert _failed_commit().may_retry(_DEADLOCK, replay_safe=False)
+    pg_deadlock = DeadlockDetectedError("deadlock detected")
+    assert classify(pg_deadlock).rolled_back  # type: ignore[union-attr]
+    assert _failed_commit().may_retry(pg_deadlock, replay_safe=False)
+
+
+def test_a_commit_whose_connection_was_lost_is_retried_only_when_replay_safe() -> None:
+    # The outcome is unknown: the COMMIT may have taken effect before the connection went.
+    assert not classify(_LOST).rolled_back  # type: ignore[union-attr]
+    assert not _failed_commit().may_retry(_LOST, replay_safe=False)
+    assert _failed_commit().may_retry(_LOST, replay_safe=True)
