@@ -15,6 +15,7 @@ from sqlalchemy import ColumnElement, String, Table, and_, cast, func, literal, 
 from sqlalchemy.dialects import mysql as mysql_dialect
 from sqlalchemy.dialects import postgresql as pg_dialect
 from sqlalchemy.dialects import sqlite as sqlite_dialect
+from sqlalchemy.ext.asyncio import AsyncConnection
 from sqlalchemy.sql.dml import Insert
 from typing_extensions import assert_never
 
@@ -173,3 +174,23 @@ def chunks(items: Sequence[T], size: int = IN_CHUNK) -> Iterable[Sequence[T]]:
     """Split ``items`` into slices of at most ``size``."""
     for start in range(0, len(items), size):
         yield items[start : start + size]
+
+
+async def galera_node(conn: AsyncConnection) -> tuple[int, int] | None:
+    """For a node of a MariaDB Galera cluster (``wsrep_on``): its index in the cluster and
+    the cluster's size (``wsrep_local_index``, ``wsrep_cluster_size``); else None. Commits
+    the transaction its statements began."""
+    on = (await conn.exec_driver_sql("SHOW VARIABLES LIKE 'wsrep_on'")).mappings().first()
+    if on is None or str(on["Value"]).upper() != "ON":
+        await conn.commit()
+        return None
+    status = {
+        str(row["Variable_name"]).lower(): row["Value"]
+        for row in (
+            await conn.exec_driver_sql(
+                "SHOW GLOBAL STATUS WHERE Variable_name IN ('wsrep_local_index', 'wsrep_cluster_size')"
+            )
+        ).mappings()
+    }
+    await conn.commit()
+    return int(status.get("wsrep_local_index") or 0), max(1, int(status.get("wsrep_cluster_size") or 1))

@@ -2,7 +2,8 @@
 
 Migrations are the only authority over the schema. An upgrade holds a
 database-level lock for its whole length (an advisory lock on PostgreSQL,
-``GET_LOCK`` on MySQL/MariaDB, an exclusive transaction on SQLite), so that several
+``GET_LOCK`` on MySQL/MariaDB, a lock table on a Galera cluster, whose nodes do not
+share GET_LOCK; an exclusive transaction on SQLite), so that several
 processes opening the same empty database at once migrate it exactly once: the
 others wait, then find it at head. It runs on the caller's event loop, with no
 thread and no nested loop, so a web app may call it from its startup hook.
@@ -10,6 +11,7 @@ thread and no nested loop, so a web app may call it from its startup hook.
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import enum
 import importlib.util
@@ -25,10 +27,12 @@ from alembic.util import CommandError
 from sqlalchemy import Index, MetaData, Table, text
 from sqlalchemy import inspect as reflect
 from sqlalchemy.engine import URL, Connection, make_url
+from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from asyncstore import mlflow_schema
 from asyncstore.config import Backend, StoreConfig, redact, sync_url
+from asyncstore.dialect import galera_node
 from asyncstore.driver import Driver
 from asyncstore.engines import create_engine, create_readonly_engine, engine_state, sqlite_file
 from asyncstore.schema import metadata
@@ -48,6 +52,11 @@ _PG_LOCK_KEY = int.from_bytes(b"asyncsto", "big", signed=True)
 # limited to 64 characters, hence the hash).
 _MYSQL_LOCK_NAME = "CONCAT('asyncstore_migrate:', LEFT(SHA1(DATABASE()), 32))"
 _MYSQL_LOCK_TIMEOUT = 300  # seconds; a first migration of a big database can take a while
+# Galera replicates no GET_LOCK: the lock is a table, created by the holder and dropped
+# when it is done. DDL runs in the same total order on every node (TOI), so of two
+# nodes creating it at once, one succeeds and the other finds it exists (error 1050).
+GALERA_LOCK_TABLE = "asyncstore_migration_lock"
+_MYSQL_TABLE_EXISTS = 1050
 
 
 def script_location() -> str:
@@ -460,6 +469,8 @@ async def _lock(conn: AsyncConnection, backend: Backend) -> None:
         # Session-level: held across the per-revision transactions until unlocked.
         await conn.execute(text("SELECT pg_advisory_lock(:key)"), {"key": _PG_LOCK_KEY})
         await conn.commit()
+    elif backend is Backend.MYSQL and await galera_node(conn) is not None:
+        await _galera_lock(conn)
     elif backend is Backend.MYSQL:
         got = await conn.scalar(
             text(f"SELECT GET_LOCK({_MYSQL_LOCK_NAME}, :timeout)"), {"timeout": _MYSQL_LOCK_TIMEOUT}
@@ -483,12 +494,48 @@ async def _lock(conn: AsyncConnection, backend: Backend) -> None:
         await conn.begin()
 
 
+async def _galera_lock(conn: AsyncConnection) -> None:
+    """Take the migration lock of a Galera cluster: create :data:`GALERA_LOCK_TABLE`, waiting
+    while another node's migrator holds it (at most ``_MYSQL_LOCK_TIMEOUT`` seconds).
+
+    A migrator that died holding it leaves the table behind; it is not taken over (a
+    slow migration would be), and the error says how to clear it.
+    """
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + _MYSQL_LOCK_TIMEOUT
+    # Reads wait for what the cluster committed before them: the revision read under the
+    # lock is the one the previous holder left, whichever node it migrated through.
+    await conn.exec_driver_sql("SET SESSION wsrep_sync_wait = 1")
+    while True:
+        try:
+            await conn.exec_driver_sql(
+                f"CREATE TABLE `{GALERA_LOCK_TABLE}` (holder VARCHAR(64) NOT NULL PRIMARY KEY)"
+            )
+            await conn.commit()
+            return
+        except DBAPIError as exc:
+            args: tuple[Any, ...] = getattr(exc.orig, "args", ())
+            if not args or args[0] != _MYSQL_TABLE_EXISTS:
+                raise
+            await conn.rollback()
+        if loop.time() > deadline:
+            raise TemporarilyUnavailable(
+                f"another process has held the migration lock for {_MYSQL_LOCK_TIMEOUT}s (the table "
+                f"{GALERA_LOCK_TABLE} exists); try again when its upgrade has finished, or drop that "
+                "table if no upgrade is running (one that was killed leaves it behind)"
+            )
+        await asyncio.sleep(0.2)
+
+
 async def _unlock(conn: AsyncConnection, backend: Backend) -> None:
     if conn.invalidated:
         return  # the server dropped the session, and its locks with it
     await conn.rollback()
     if backend is Backend.POSTGRESQL:
         await conn.execute(text("SELECT pg_advisory_unlock(:key)"), {"key": _PG_LOCK_KEY})
+        await conn.commit()
+    elif backend is Backend.MYSQL and await galera_node(conn) is not None:
+        await conn.exec_driver_sql(f"DROP TABLE IF EXISTS `{GALERA_LOCK_TABLE}`")
         await conn.commit()
     elif backend is Backend.MYSQL:
         await conn.execute(text(f"SELECT RELEASE_LOCK({_MYSQL_LOCK_NAME})"))

@@ -13,7 +13,8 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from asyncstore import migrate
 from asyncstore.config import Backend, StoreConfig
-from asyncstore.engines import create_engine
+from asyncstore.dialect import galera_node
+from asyncstore.engines import create_engine, engine_state
 from asyncstore.jobs import JobRepository
 from asyncstore.replicas import ReadRouter, ReplicaStatus, primary_scope
 from asyncstore.tracing import SpanRepository, TraceRepository
@@ -139,6 +140,9 @@ class _Opening:
             if found.kind is migrate.Kind.EMPTY or (self._upgrade and found.kind is migrate.Kind.ASYNCSTORE):
                 await migrate.upgrade(engine)
             await migrate.verify(engine)
+            if config.backend is Backend.MYSQL:
+                async with engine.connect() as conn:
+                    engine_state(engine).galera = await galera_node(conn)
         except BaseException:
             await _dispose([engine, *replicas])
             raise

@@ -38,6 +38,7 @@ from sqlalchemy.sql.selectable import Select
 from typing_extensions import assert_never
 
 from asyncstore.config import Backend
+from asyncstore.engines import engine_state
 from asyncstore.entities import Job, JobStatus
 from asyncstore.schema import jobs
 
@@ -118,13 +119,14 @@ async def update_one(conn: AsyncConnection, backend: Backend, stmt: Update, job_
 # still gives the order.
 
 
-def _candidates(backend: Backend, by_name: bool) -> Select[Any]:
+def _candidates(backend: Backend, by_name: bool, node_share: bool = False) -> Select[Any]:
     """The ids of the oldest due PENDING jobs::
 
         SELECT id FROM jobs
         WHERE status = 0 /* PENDING */
           AND (next_attempt_at <= <now_ms> OR next_attempt_at IS NULL)
           [AND job_name IN (:names)]
+          [AND CRC32(id) % :nodes = :node]   -- node_share: a Galera node's share
         ORDER BY next_attempt_at, creation_time, id
         LIMIT :limit
     """
@@ -132,6 +134,8 @@ def _candidates(backend: Backend, by_name: bool) -> Select[Any]:
     query = select(jobs.c.id).where(jobs.c.status == int(JobStatus.PENDING), due)
     if by_name:
         query = query.where(jobs.c.job_name.in_(bindparam("names", expanding=True)))
+    if node_share:
+        query = query.where(func.crc32(jobs.c.id) % bindparam("nodes") == bindparam("node"))
     order = query.order_by(jobs.c.next_attempt_at, jobs.c.creation_time, jobs.c.id)
     return order.limit(bindparam("limit", type_=BigInteger))
 
@@ -195,6 +199,7 @@ def _claim_statements(backend: Backend, by_name: bool) -> tuple[Any, ...]:
             _candidates(backend, by_name).with_for_update(skip_locked=True),
             update(jobs).where(guarded).values(**values),
             select(jobs).where(jobs.c.id.in_(bindparam("ids", expanding=True))),
+            _candidates(backend, by_name, node_share=True).with_for_update(skip_locked=True),
         )
     if backend is Backend.SQLITE:
         guarded = jobs.c.id.in_(_candidates(backend, by_name)) & (jobs.c.status == int(JobStatus.PENDING))
@@ -233,6 +238,14 @@ async def claim(
           UPDATE jobs SET status = 1, ... WHERE id IN (:ids) AND status = 0;
           SELECT * FROM jobs WHERE id IN (:ids);
 
+      On a Galera node ``FOR UPDATE`` locks on that node only: claimers on two nodes
+      can select the same rows, and one of them is then aborted (a deadlock error; the
+      unit of work runs its claim again). All claimers would select the queue's head,
+      so there each node first claims from its own share of the jobs (``CRC32(id) %
+      cluster size = its index``, oldest due first), and from the others' only when its
+      share has none due: conflicts become rare, and jobs still start oldest first
+      within each share.
+
     * SQLite: the unit of work begins write transactions with ``BEGIN IMMEDIATE``, so
       this transaction holds the database's single write lock from its first
       statement; one conditional UPDATE picks and moves the rows::
@@ -252,8 +265,14 @@ async def claim(
     if backend is Backend.POSTGRESQL or backend is Backend.SQLITE:
         return list((await conn.execute(statements[0], params)).all())
     if backend is Backend.MYSQL:
-        locked, take, read = statements
-        ids = list((await conn.execute(locked, params)).scalars().all())
+        locked, take, read, locked_share = statements
+        node = engine_state(conn.engine).galera
+        ids = []
+        if node is not None and node[1] > 1:
+            share = {**params, "node": node[0], "nodes": node[1]}
+            ids = list((await conn.execute(locked_share, share)).scalars().all())
+        if not ids:
+            ids = list((await conn.execute(locked, params)).scalars().all())
         if not ids:
             return []
         await conn.execute(take, {**params, "ids": ids})
