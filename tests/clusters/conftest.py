@@ -1,12 +1,15 @@
-"""Clusters on this machine: a PostgreSQL streaming replica of the test server (and,
-later, more), started by the scripts in ``scripts/clusters`` (README, "Read replicas").
+"""Clusters on this machine, started by the scripts in ``scripts/clusters`` (README,
+"Read replicas" and "A MariaDB Galera cluster"): a PostgreSQL streaming replica of the
+test server, and a 3-node MariaDB Galera cluster.
 
 A cluster that does not answer skips its tests with the command that starts it, unless
-``ASYNCSTORE_TEST_CLUSTERS`` names it (``pg-replica``): then the run fails, as CI's does.
+``ASYNCSTORE_TEST_CLUSTERS`` names it (``pg-replica``, ``galera``): then the run fails,
+as CI's does.
 
 Locations: ``ASYNCSTORE_TEST_PG_REPLICA_URI`` (default
-``postgresql://postgres@127.0.0.1:5433/postgres``); the primary is the PostgreSQL test
-server (``ASYNCSTORE_TEST_POSTGRESQL_URI``).
+``postgresql://postgres@127.0.0.1:5433/postgres``), whose primary is the PostgreSQL test
+server (``ASYNCSTORE_TEST_POSTGRESQL_URI``); ``ASYNCSTORE_TEST_GALERA_URIS`` (default
+``mysql://root@127.0.0.1:3311,…:3312,…:3313``), one per node.
 """
 
 from __future__ import annotations
@@ -25,6 +28,13 @@ from tests import dbadmin
 
 SCRIPTS = Path(__file__).resolve().parents[2] / "scripts" / "clusters"
 PG_REPLICA = make_url(os.environ.get("ASYNCSTORE_TEST_PG_REPLICA_URI", "postgresql://postgres@127.0.0.1:5433/postgres"))
+GALERA = [
+    make_url(uri.strip())
+    for uri in os.environ.get(
+        "ASYNCSTORE_TEST_GALERA_URIS",
+        ",".join(f"mysql://root@127.0.0.1:{port}" for port in (3311, 3312, 3313)),
+    ).split(",")
+]
 
 
 def _required(name: str) -> bool:
@@ -92,3 +102,43 @@ def replicated(pg_replica: URL) -> Iterator[Replicated]:
         yield Replicated(primary, pg_replica.set(database=name).render_as_string(hide_password=False))
     finally:
         dbadmin.drop_database("postgresql", primary)
+
+
+async def _galera_sizes(nodes: list[URL]) -> list[str]:
+    sizes = []
+    for url in nodes:
+        async with dbadmin.mysql_cursor(url) as cursor:
+            await cursor.execute("SHOW STATUS LIKE 'wsrep_cluster_size'")
+            row = await cursor.fetchone()
+            sizes.append(str(row[1]) if row else "not a Galera node")
+    return sizes
+
+
+@pytest.fixture(scope="session")
+def galera_nodes() -> list[URL]:
+    """The Galera nodes' admin URLs (skips or fails when the cluster does not answer)."""
+    start = f"{SCRIPTS / 'galera.sh'} start"
+    try:
+        sizes = asyncio.run(_galera_sizes(GALERA))
+        problem = None if sizes == [str(len(GALERA))] * len(GALERA) else f"cluster sizes seen by the nodes: {sizes}"
+    except Exception as exc:  # any failure means "not usable": report it
+        problem = f"{type(exc).__name__}: {exc}"
+    if problem is not None:
+        _unavailable("galera", problem, start)
+    return GALERA
+
+
+async def _galera_sql(url: URL, statement: str) -> None:
+    async with dbadmin.mysql_cursor(url) as cursor:
+        await cursor.execute(statement)
+
+
+@pytest.fixture
+def galera_db(galera_nodes: list[URL]) -> Iterator[list[str]]:
+    """A fresh, empty database on the cluster: its URI through each node; dropped after."""
+    name = f"asyncstore_test_{uuid.uuid4().hex[:12]}"
+    asyncio.run(_galera_sql(galera_nodes[0], f"CREATE DATABASE `{name}` CHARACTER SET utf8mb4 COLLATE utf8mb4_bin"))
+    try:
+        yield [node.set(database=name).render_as_string(hide_password=False) for node in galera_nodes]
+    finally:
+        asyncio.run(_galera_sql(galera_nodes[0], f"DROP DATABASE IF EXISTS `{name}`"))
