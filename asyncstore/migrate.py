@@ -135,6 +135,16 @@ async def upgrade(engine: AsyncEngine, revision: str = "head") -> None:
     await _run_locked(engine, lambda conn: command.upgrade(alembic_config(conn), revision))
 
 
+async def wait_for_upgrades(engine: AsyncEngine) -> None:
+    """Wait until no upgrade of the database runs: take the migration lock and release it.
+
+    An opener that finds asyncstore's schema at an older revision may be looking at an
+    upgrade in progress (on MySQL/MariaDB each revision's DDL shows as it lands); once
+    that upgrade ends, the database is at head.
+    """
+    await _run_locked(engine, lambda conn: None)
+
+
 async def downgrade(engine: AsyncEngine, revision: str) -> None:
     """Downgrade the database to ``revision`` (``"base"`` drops every table).
 

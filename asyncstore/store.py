@@ -64,7 +64,9 @@ class AsyncStore:
 
         An empty database gets the schema. A database at an older revision raises
         SCHEMA_OUT_OF_DATE unless ``upgrade=True``, which migrates it (under the
-        migration lock, so concurrent openers migrate once).
+        migration lock, so concurrent openers migrate once); before raising, the opener
+        waits for an upgrade another process may be running (it may be looking at that
+        upgrade half-way), and opens the database if it is then at head.
 
         Args:
             uri: the database URI.
@@ -139,6 +141,9 @@ class _Opening:
             found = await migrate.inspect_database(engine)
             if found.kind is migrate.Kind.EMPTY or (self._upgrade and found.kind is migrate.Kind.ASYNCSTORE):
                 await migrate.upgrade(engine)
+            elif found.kind is migrate.Kind.ASYNCSTORE and not found.served:
+                # Perhaps another process's upgrade, half-way: let it end, then look again.
+                await migrate.wait_for_upgrades(engine)
             await migrate.verify(engine)
             if config.backend is Backend.MYSQL:
                 async with engine.connect() as conn:

@@ -9,15 +9,17 @@ import sys
 from typing import Any
 
 import pytest
+from alembic import command
 from alembic.autogenerate import compare_metadata
 from alembic.runtime.migration import MigrationContext
 from sqlalchemy import Computed, Index, MetaData, String, inspect, insert, select, text
 from sqlalchemy.engine import Connection
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from asyncstore import AsyncStore, InvalidParameter, migrate, schema
+from asyncstore import AsyncStore, InvalidParameter, SchemaOutOfDate, migrate, schema
 from asyncstore.config import StoreConfig
-from asyncstore.engines import create_engine
+from asyncstore.engines import create_engine, engine_state
+from tests.helpers import needs_server
 from tests.schema_snapshots import UPDATE_COMMAND, dump, snapshot_path
 
 # --- comparing a database with schema.py ---------------------------------------------------
@@ -268,6 +270,39 @@ async def test_four_processes_migrate_an_empty_database_once(db_uri: str, engine
     async with engine.connect() as conn:
         versions = (await conn.execute(text("SELECT version_num FROM alembic_version"))).scalars().all()
     assert versions == [migrate.head_revision()]
+
+
+@needs_server
+async def test_an_opener_that_finds_an_upgrade_half_way_waits_for_it_instead_of_refusing(
+    db_uri: str, engine: AsyncEngine
+) -> None:
+    """On MySQL/MariaDB each revision's DDL shows as it lands (and on PostgreSQL each
+    revision commits on its own), so a process starting while another upgrades can find
+    the schema between revisions: it waits for the upgrade's lock and opens the database
+    at head, instead of raising SCHEMA_OUT_OF_DATE. (SQLite's whole upgrade is one
+    transaction: never seen half-way.)"""
+    backend = engine_state(engine).backend
+    await migrate.upgrade(engine, _revision_line()[1])  # as if an upgrade were half-way
+    async with engine.connect() as conn:
+        await migrate._lock(conn, backend)  # ...and still running
+        try:
+            opening = asyncio.create_task(_open_and_close(db_uri))
+            await asyncio.sleep(1.0)
+            assert not opening.done()
+            await conn.run_sync(lambda c: command.upgrade(migrate.alembic_config(c), "head"))
+            await conn.commit()
+        finally:
+            await migrate._unlock(conn, backend)
+    assert await asyncio.wait_for(opening, timeout=60) == migrate.head_revision()
+    # With no upgrade running, an out-of-date database is refused as before.
+    await migrate.downgrade(engine, _revision_line()[1])
+    with pytest.raises(SchemaOutOfDate, match="asyncstore db upgrade"):
+        await _open_and_close(db_uri)
+
+
+async def _open_and_close(uri: str) -> str | None:
+    async with AsyncStore.open(uri) as store:
+        return await migrate.current_revision(store.engine)
 
 
 async def test_schema_snapshot_matches_committed_file(backend: str, engine: AsyncEngine, db_uri: str) -> None:
