@@ -5,8 +5,8 @@ Usage::
     python tests/clusters/galera_client.py migrate URI
     python tests/clusters/galera_client.py write URI INDEX RUN_ID[,RUN_ID...] EXPERIMENT TRACE_ID[,TRACE_ID...]
 
-``migrate`` opens a store with ``upgrade=True`` on an empty database (which migrates
-it) and prints how many revisions this process applied. ``write`` logs, ``ROUNDS`` times, a batch of metrics to
+``migrate`` opens a store on an empty database (which migrates it, or waits for the
+process migrating it) and prints how many revisions this process applied. ``write`` logs, ``ROUNDS`` times, a batch of metrics to
 every run and a batch of spans to every trace, all at steps, times and span ids of
 its own (INDEX), and prints ``ok`` with the number of calls; each call either raised
 or was written whole, and a call that raised is reported (the test expects none).
@@ -60,7 +60,7 @@ async def migrate(uri: str) -> None:
     alembic = logging.getLogger("alembic.runtime.migration")
     alembic.setLevel(logging.INFO)
     alembic.addHandler(counter)
-    async with AsyncStore.open(uri, upgrade=True):  # as a web app's startup does
+    async with AsyncStore.open(uri):  # an empty database gets the schema; one half-way waits
         pass
     print(f"applied {counter.upgrades}")
 
