@@ -9,7 +9,8 @@ and None, meaning the primary, when:
 * no replica is fit: each is checked at most every ``replica_check_interval`` seconds,
   and one further behind the primary than ``replica_max_lag`` seconds, or whose lag
   cannot be told (replication stopped), is skipped until its next check;
-* a replica does not answer: connecting failed, or a read on it failed transiently (the
+* a replica does not answer: connecting failed or took more than
+  :data:`REPLICA_CONNECT_TIMEOUT` seconds, or a read on it failed transiently (the
   unit of work then runs the read again, and it goes elsewhere). The replica is left
   alone for ``replica_check_interval`` seconds, then tried again.
 
@@ -29,6 +30,7 @@ Lag, as each server reports it:
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import contextvars
 import dataclasses
@@ -44,6 +46,11 @@ from asyncstore.config import Backend, StoreConfig, redact
 from asyncstore.translate import translate
 
 log = logging.getLogger(__name__)
+
+REPLICA_CONNECT_TIMEOUT = 2.0
+"""Seconds a read waits for a replica connection (a pooled one, or a new one) before it
+goes elsewhere: a replica behind a network partition would otherwise hold each read
+for the driver's own connect timeout (60 s for asyncpg)."""
 
 _PRIMARY_ONLY: contextvars.ContextVar[bool] = contextvars.ContextVar("asyncstore_primary_only", default=False)
 
@@ -175,7 +182,10 @@ class ReadRouter:
 
     async def _connect(self, replica: _Replica, now: float) -> AsyncConnection | None:
         try:
-            conn = await replica.engine.connect()
+            conn = await asyncio.wait_for(replica.engine.connect(), REPLICA_CONNECT_TIMEOUT)
+        except asyncio.TimeoutError:
+            self._set(replica, ReplicaState.DOWN, None, f"it did not answer within {REPLICA_CONNECT_TIMEOUT:g}s")
+            return None
         except Exception as exc:
             self._set(replica, ReplicaState.DOWN, None, f"connecting failed: {translate(exc).message}")
             return None
@@ -216,4 +226,4 @@ class ReadRouter:
             )
 
 
-__all__ = ["ReadRouter", "ReplicaState", "ReplicaStatus", "primary_scope", "replica_lag"]
+__all__ = ["REPLICA_CONNECT_TIMEOUT", "ReadRouter", "ReplicaState", "ReplicaStatus", "primary_scope", "replica_lag"]

@@ -19,7 +19,7 @@ from sqlalchemy import text
 from sqlalchemy.engine import make_url
 
 from asyncstore import AsyncStore
-from asyncstore.replicas import ReplicaState
+from asyncstore.replicas import REPLICA_CONNECT_TIMEOUT, ReplicaState
 from tests import dbadmin
 from tests.dbadmin import mysql_cursor, pg_connection
 from tests.helpers import closed_port, make_experiment, needs_server, read_calls
@@ -72,6 +72,41 @@ async def test_a_replica_that_does_not_answer_leaves_reads_to_the_primary(
     assert status.problem is not None and status.problem.startswith("connecting failed")
     warnings = [r.getMessage() for r in caplog.records if r.name == "asyncstore.replicas"]
     assert len(warnings) == 1 and "is down" in warnings[0], warnings  # once, not per read
+
+
+async def test_a_replica_that_accepts_connections_but_never_answers_costs_a_read_at_most_the_timeout(
+    migrated_uri: str,
+) -> None:
+    """A replica behind a partition (the TCP connection opens, nothing comes back) holds a
+    read for REPLICA_CONNECT_TIMEOUT, not for the driver's own connect timeout (60 s for
+    asyncpg), and then the primary serves it."""
+    held: list[asyncio.StreamWriter] = []
+
+    async def silent(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        held.append(writer)  # keep the connection open, say nothing
+
+    server = await asyncio.start_server(silent, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    silent_replica = make_url(migrated_uri).set(host="127.0.0.1", port=port).render_as_string(hide_password=False)
+    try:
+        async with AsyncStore.open(migrated_uri, replicas=[silent_replica], replica_check_interval=60) as store:
+            exp = await make_experiment(store)
+            loop = asyncio.get_running_loop()
+            started = loop.time()
+            assert (await store.experiments.get(exp)).experiment_id == str(exp)
+            waited = loop.time() - started
+            [status] = store.replica_status()
+            started = loop.time()
+            await store.experiments.get(exp)  # the replica is left alone now: no wait
+            again = loop.time() - started
+    finally:
+        for writer in held:
+            writer.close()
+        server.close()
+        await server.wait_closed()
+    assert REPLICA_CONNECT_TIMEOUT <= waited < REPLICA_CONNECT_TIMEOUT + 5, waited
+    assert again < 1.0, again
+    assert status.state is ReplicaState.DOWN and status.problem == f"it did not answer within {REPLICA_CONNECT_TIMEOUT:g}s"
 
 
 async def test_a_read_that_fails_on_the_replica_is_run_again_on_the_primary(migrated_uri: str, backend: str) -> None:
