@@ -1,14 +1,17 @@
 """Clusters on this machine, started by the scripts in ``scripts/clusters`` (README,
 "Read replicas" and "A MariaDB Galera cluster"): a PostgreSQL streaming replica of the
-test server, and a 3-node MariaDB Galera cluster.
+test server, a MariaDB primary with an asynchronous replica, and a 3-node MariaDB
+Galera cluster.
 
 A cluster that does not answer skips its tests with the command that starts it, unless
-``ASYNCSTORE_TEST_CLUSTERS`` names it (``pg-replica``, ``galera``): then the run fails,
-as CI's does.
+``ASYNCSTORE_TEST_CLUSTERS`` names it (``pg-replica``, ``mariadb-replica``, ``galera``):
+then the run fails, as CI's does.
 
 Locations: ``ASYNCSTORE_TEST_PG_REPLICA_URI`` (default
 ``postgresql://postgres@127.0.0.1:5433/postgres``), whose primary is the PostgreSQL test
-server (``ASYNCSTORE_TEST_POSTGRESQL_URI``); ``ASYNCSTORE_TEST_GALERA_URIS`` (default
+server (``ASYNCSTORE_TEST_POSTGRESQL_URI``); ``ASYNCSTORE_TEST_MARIADB_REPLICA_URIS``
+(default ``mysql://root@127.0.0.1:3321,mysql://root@127.0.0.1:3322``: the primary, then
+its replica); ``ASYNCSTORE_TEST_GALERA_URIS`` (default
 ``mysql://root@127.0.0.1:3311,…:3312,…:3313``), one per node.
 """
 
@@ -28,6 +31,12 @@ from tests import dbadmin
 
 SCRIPTS = Path(__file__).resolve().parents[2] / "scripts" / "clusters"
 PG_REPLICA = make_url(os.environ.get("ASYNCSTORE_TEST_PG_REPLICA_URI", "postgresql://postgres@127.0.0.1:5433/postgres"))
+MARIADB_PAIR = [
+    make_url(uri.strip())
+    for uri in os.environ.get(
+        "ASYNCSTORE_TEST_MARIADB_REPLICA_URIS", "mysql://root@127.0.0.1:3321,mysql://root@127.0.0.1:3322"
+    ).split(",")
+]
 GALERA = [
     make_url(uri.strip())
     for uri in os.environ.get(
@@ -128,7 +137,7 @@ def galera_nodes() -> list[URL]:
     return GALERA
 
 
-async def _galera_sql(url: URL, statement: str) -> None:
+async def _server_sql(url: URL, statement: str) -> None:
     async with dbadmin.mysql_cursor(url) as cursor:
         await cursor.execute(statement)
 
@@ -137,8 +146,62 @@ async def _galera_sql(url: URL, statement: str) -> None:
 def galera_db(galera_nodes: list[URL]) -> Iterator[list[str]]:
     """A fresh, empty database on the cluster: its URI through each node; dropped after."""
     name = f"asyncstore_test_{uuid.uuid4().hex[:12]}"
-    asyncio.run(_galera_sql(galera_nodes[0], f"CREATE DATABASE `{name}` CHARACTER SET utf8mb4 COLLATE utf8mb4_bin"))
+    asyncio.run(_server_sql(galera_nodes[0], f"CREATE DATABASE `{name}` CHARACTER SET utf8mb4 COLLATE utf8mb4_bin"))
     try:
         yield [node.set(database=name).render_as_string(hide_password=False) for node in galera_nodes]
     finally:
-        asyncio.run(_galera_sql(galera_nodes[0], f"DROP DATABASE IF EXISTS `{name}`"))
+        asyncio.run(_server_sql(galera_nodes[0], f"DROP DATABASE IF EXISTS `{name}`"))
+
+
+async def _mariadb_replicating(replica: URL) -> str | None:
+    async with dbadmin.mysql_cursor(replica) as cursor:
+        await cursor.execute("SHOW REPLICA STATUS")
+        row = await cursor.fetchone()
+        names = [d[0] for d in cursor.description or ()]
+    if row is None:
+        return f"{replica.render_as_string()} replicates from nowhere"
+    status = dict(zip(names, row))
+    if (status.get("Slave_IO_Running"), status.get("Slave_SQL_Running")) != ("Yes", "Yes"):
+        return f"{replica.render_as_string()} is not replicating: {status.get('Last_Error') or status.get('Last_IO_Error')}"
+    return None
+
+
+@pytest.fixture(scope="session")
+def mariadb_pair() -> list[URL]:
+    """The MariaDB primary and its replica (skips or fails when they do not answer)."""
+    try:
+        problem = asyncio.run(_mariadb_replicating(MARIADB_PAIR[1]))
+    except Exception as exc:  # any failure means "not usable": report it
+        problem = f"{type(exc).__name__}: {exc}"
+    if problem is not None:
+        _unavailable("mariadb-replica", problem, f"{SCRIPTS / 'mariadb-replica.sh'} start")
+    return MARIADB_PAIR
+
+
+async def _mariadb_replicated(replica: URL, name: str, seconds: float = 30.0) -> None:
+    deadline = asyncio.get_running_loop().time() + seconds
+    while True:
+        try:
+            async with dbadmin.mysql_cursor(replica, name) as cursor:
+                await cursor.execute("SELECT COUNT(*) FROM alembic_version")
+                if (await cursor.fetchone())[0]:
+                    return
+        except Exception:
+            if asyncio.get_running_loop().time() > deadline:
+                raise
+        await asyncio.sleep(0.05)
+
+
+@pytest.fixture
+def mariadb_replicated(mariadb_pair: list[URL]) -> Iterator[Replicated]:
+    """A fresh migrated database on the MariaDB primary, once its replica has it; dropped after."""
+    primary_url, replica_url = mariadb_pair
+    name = f"asyncstore_test_{uuid.uuid4().hex[:12]}"
+    asyncio.run(_server_sql(primary_url, f"CREATE DATABASE `{name}` CHARACTER SET utf8mb4 COLLATE utf8mb4_bin"))
+    primary = primary_url.set(database=name).render_as_string(hide_password=False)
+    try:
+        asyncio.run(dbadmin.migrate_to_head(primary))
+        asyncio.run(_mariadb_replicated(replica_url, name))
+        yield Replicated(primary, replica_url.set(database=name).render_as_string(hide_password=False))
+    finally:
+        asyncio.run(_server_sql(primary_url, f"DROP DATABASE IF EXISTS `{name}`"))
