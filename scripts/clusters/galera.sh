@@ -14,6 +14,8 @@
 # innodb_autoinc_lock_mode=2, wsrep_sync_wait=1 (a read waits for what the cluster
 # committed before it: read-your-writes across nodes), local_infile=1.
 set -euo pipefail
+# shellcheck source=scripts/clusters/mariadbd.sh
+. "$(dirname "$0")/mariadbd.sh"
 
 CLUSTER_DIR=${CLUSTER_DIR:-/tmp/asyncstore-clusters}
 BASE=${GALERA_BASE_PORT:-3310}
@@ -26,7 +28,7 @@ port() { echo $((BASE + $1)); }
 node_dir() { echo "$DIR/node$1"; }
 sql() { mariadb --protocol=tcp -h 127.0.0.1 -P "$(port "$1")" -uroot -N -B -e "$2"; }
 state() { sql "$1" "SHOW STATUS LIKE 'wsrep_local_state_comment'" 2>/dev/null | cut -f2; }
-running() { [ -f "$(node_dir "$1")/mysqld.pid" ] && kill -0 "$(cat "$(node_dir "$1")/mysqld.pid")" 2>/dev/null; }
+running() { mariadbd_running "$(node_dir "$1")"; }
 
 configure() {
   local n=$1 d
@@ -64,11 +66,9 @@ EOF
 }
 
 launch() {  # node, extra options
-  local n=$1 d
-  d=$(node_dir "$n")
+  local n=$1
   shift
-  # mariadbd runs in the background; its pid file says when it is up.
-  (cd "$d" && nohup mariadbd --defaults-file="$d/my.cnf" "$@" >>"$d/stdout.log" 2>&1 &)
+  mariadbd_launch "$(node_dir "$n")" "$@"
 }
 
 wait_synced() {
@@ -112,13 +112,9 @@ start() {
 }
 
 stop() {
-  local n pid
+  local n
   for n in 3 2 1; do  # the first node last: it holds the newest state for the next start
-    if running "$n"; then
-      pid=$(cat "$(node_dir "$n")/mysqld.pid")
-      kill "$pid"
-      for _ in $(seq 120); do kill -0 "$pid" 2>/dev/null || break; sleep 0.5; done
-    fi
+    mariadbd_stop "$(node_dir "$n")"
   done
   # The next start bootstraps from the first node, which stopped last: mark it safe to.
   if [ -f "$(node_dir 1)/data/grastate.dat" ]; then

@@ -12,6 +12,8 @@
 # Environment: CLUSTER_DIR (/tmp/asyncstore-clusters). Both have root@127.0.0.1 without
 # a password, as the test server has (SERVICES.md).
 set -euo pipefail
+# shellcheck source=scripts/clusters/mariadbd.sh
+. "$(dirname "$0")/mariadbd.sh"
 
 CLUSTER_DIR=${CLUSTER_DIR:-/tmp/asyncstore-clusters}
 DIR="$CLUSTER_DIR/mariadb-replica"
@@ -21,7 +23,7 @@ REPLICA=3322
 node_dir() { echo "$DIR/$1"; }
 sql() { mariadb --protocol=tcp -h 127.0.0.1 -P "$1" -uroot -N -B -e "$2"; }
 local_sql() { mariadb -uroot --socket="$(node_dir "$1")/mysqld.sock" -e "$2"; }
-running() { [ -f "$(node_dir "$1")/mysqld.pid" ] && kill -0 "$(cat "$(node_dir "$1")/mysqld.pid")" 2>/dev/null; }
+running() { mariadbd_running "$(node_dir "$1")"; }
 
 configure() {  # name, port, server id, extra lines
   local d
@@ -48,7 +50,7 @@ EOF
 launch() {
   local d
   d=$(node_dir "$1")
-  (cd "$d" && nohup mariadbd --defaults-file="$d/my.cnf" >>"$d/stdout.log" 2>&1 &)
+  mariadbd_launch "$d"
   for _ in $(seq 60); do
     if [ -S "$d/mysqld.sock" ] && local_sql "$1" "SELECT 1" >/dev/null 2>&1; then return 0; fi
     sleep 0.5
@@ -100,13 +102,9 @@ relay_log = relay-bin"
 }
 
 stop() {
-  local n pid
+  local n
   for n in replica primary; do
-    if running "$n"; then
-      pid=$(cat "$(node_dir "$n")/mysqld.pid")
-      kill "$pid"
-      for _ in $(seq 120); do kill -0 "$pid" 2>/dev/null || break; sleep 0.5; done
-    fi
+    mariadbd_stop "$(node_dir "$n")"
   done
 }
 

@@ -20,14 +20,17 @@ from __future__ import annotations
 import asyncio
 import os
 import uuid
-from collections.abc import Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 from sqlalchemy.engine import URL, make_url
 
+from asyncstore import AsyncStore, NotFound
+from asyncstore.replicas import ReplicaState
 from tests import dbadmin
+from tests.helpers import eventually
 
 SCRIPTS = Path(__file__).resolve().parents[2] / "scripts" / "clusters"
 PG_REPLICA = make_url(os.environ.get("ASYNCSTORE_TEST_PG_REPLICA_URI", "postgresql://postgres@127.0.0.1:5433/postgres"))
@@ -86,18 +89,29 @@ def pg_replica() -> URL:
     return PG_REPLICA
 
 
-async def _replicated(replica_url: URL, name: str, seconds: float = 30.0) -> None:
-    """Wait until the replica has the database, migrated."""
-    deadline = asyncio.get_running_loop().time() + seconds
-    while True:
-        try:
-            async with dbadmin.pg_connection(replica_url, name) as conn:
-                if await conn.fetchval("SELECT to_regclass('alembic_version') IS NOT NULL AND EXISTS (SELECT FROM alembic_version)"):
-                    return
-        except Exception:
-            if asyncio.get_running_loop().time() > deadline:
-                raise
-        await asyncio.sleep(0.05)
+async def _pg_has_schema(url: URL, name: str) -> bool:
+    """Whether the database ``name`` on ``url``'s server exists and is migrated."""
+    try:
+        async with dbadmin.pg_connection(url, name) as conn:
+            return bool(await conn.fetchval("SELECT EXISTS (SELECT FROM alembic_version)"))
+    except Exception:  # not there yet
+        return False
+
+
+async def _mysql_has_schema(url: URL, name: str) -> bool:
+    """Whether the database ``name`` on ``url``'s server exists and is migrated."""
+    try:
+        async with dbadmin.mysql_cursor(url, name) as cursor:
+            await cursor.execute("SELECT COUNT(*) FROM alembic_version")
+            return bool((await cursor.fetchone())[0])
+    except Exception:  # not there yet
+        return False
+
+
+def _wait_for_schema(has_schema: Callable[[URL, str], Awaitable[bool]], replica: URL, name: str) -> None:
+    """Wait until the replica has the database the primary just migrated."""
+    got = asyncio.run(eventually(lambda: has_schema(replica, name), True, seconds=30))
+    assert got, f"{replica.render_as_string()} did not get the database {name} in 30 s"
 
 
 @pytest.fixture
@@ -107,7 +121,7 @@ def replicated(pg_replica: URL) -> Iterator[Replicated]:
     primary = dbadmin.create_database("postgresql", name)
     try:
         asyncio.run(dbadmin.migrate_to_head(primary))
-        asyncio.run(_replicated(pg_replica, name))
+        _wait_for_schema(_pg_has_schema, pg_replica, name)
         yield Replicated(primary, pg_replica.set(database=name).render_as_string(hide_password=False))
     finally:
         dbadmin.drop_database("postgresql", primary)
@@ -178,20 +192,6 @@ def mariadb_pair() -> list[URL]:
     return MARIADB_PAIR
 
 
-async def _mariadb_replicated(replica: URL, name: str, seconds: float = 30.0) -> None:
-    deadline = asyncio.get_running_loop().time() + seconds
-    while True:
-        try:
-            async with dbadmin.mysql_cursor(replica, name) as cursor:
-                await cursor.execute("SELECT COUNT(*) FROM alembic_version")
-                if (await cursor.fetchone())[0]:
-                    return
-        except Exception:
-            if asyncio.get_running_loop().time() > deadline:
-                raise
-        await asyncio.sleep(0.05)
-
-
 @pytest.fixture
 def mariadb_replicated(mariadb_pair: list[URL]) -> Iterator[Replicated]:
     """A fresh migrated database on the MariaDB primary, once its replica has it; dropped after."""
@@ -201,7 +201,25 @@ def mariadb_replicated(mariadb_pair: list[URL]) -> Iterator[Replicated]:
     primary = primary_url.set(database=name).render_as_string(hide_password=False)
     try:
         asyncio.run(dbadmin.migrate_to_head(primary))
-        asyncio.run(_mariadb_replicated(replica_url, name))
+        _wait_for_schema(_mysql_has_schema, replica_url, name)
         yield Replicated(primary, replica_url.set(database=name).render_as_string(hide_password=False))
     finally:
         asyncio.run(_server_sql(primary_url, f"DROP DATABASE IF EXISTS `{name}`"))
+
+
+# --- what the replica tests read ------------------------------------------------------
+
+
+async def name_or_none(store: AsyncStore, experiment_id: str) -> str | None:
+    """The experiment's name as a read finds it (None: not there, e.g. on a stale replica)."""
+    try:
+        return (await store.experiments.get(experiment_id)).name
+    except NotFound:
+        return None
+
+
+async def state_after_a_read(store: AsyncStore, experiment_id: str) -> ReplicaState:
+    """The (only) replica's state once a read has gone through the router."""
+    await store.experiments.get(experiment_id)
+    [status] = store.replica_status()
+    return status.state

@@ -9,10 +9,10 @@ from collections.abc import AsyncIterator
 
 from sqlalchemy.engine import make_url
 
-from asyncstore import AsyncStore, NotFound
+from asyncstore import AsyncStore
 from asyncstore.replicas import ReplicaState
 from tests import dbadmin
-from tests.clusters.conftest import Replicated
+from tests.clusters.conftest import Replicated, name_or_none, state_after_a_read
 from tests.helpers import eventually
 
 
@@ -45,19 +45,6 @@ async def applying_stopped(replica: str) -> AsyncIterator[None]:
         await _replica(replica, "START SLAVE SQL_THREAD")
 
 
-async def _name_or_none(store: AsyncStore, experiment_id: str) -> str | None:
-    try:
-        return (await store.experiments.get(experiment_id)).name
-    except NotFound:
-        return None
-
-
-async def _state_after_a_read(store: AsyncStore, experiment_id: str) -> ReplicaState:
-    await store.experiments.get(experiment_id)
-    [status] = store.replica_status()
-    return status.state
-
-
 async def test_reads_come_from_the_replica_and_primary_reads_the_callers_own_writes(
     mariadb_replicated: Replicated,
 ) -> None:
@@ -65,15 +52,15 @@ async def test_reads_come_from_the_replica_and_primary_reads_the_callers_own_wri
         mariadb_replicated.primary, replicas=[mariadb_replicated.replica], replica_max_lag=3600
     ) as store:
         first = await store.experiments.create("before")
-        assert await eventually(lambda: _name_or_none(store, first), "before") == "before"
+        assert await eventually(lambda: name_or_none(store, first), "before") == "before"
         [status] = store.replica_status()
         assert (status.state, status.lag_seconds) == (ReplicaState.SERVING, 0.0)
         async with replication_delayed(mariadb_replicated.replica, 5):
             later = await store.experiments.create("delayed")
-            assert await _name_or_none(store, later) is None  # the replica has not applied it yet
+            assert await name_or_none(store, later) is None  # the replica has not applied it yet
             with store.primary():
                 assert (await store.experiments.get(later)).name == "delayed"
-            assert await eventually(lambda: _name_or_none(store, later), "delayed", seconds=30) == "delayed"
+            assert await eventually(lambda: name_or_none(store, later), "delayed", seconds=30) == "delayed"
 
 
 async def test_a_replica_that_applies_nothing_leaves_reads_to_the_primary(mariadb_replicated: Replicated) -> None:
@@ -81,16 +68,16 @@ async def test_a_replica_that_applies_nothing_leaves_reads_to_the_primary(mariad
         mariadb_replicated.primary, replicas=[mariadb_replicated.replica], replica_check_interval=0.1
     ) as store:
         first = await store.experiments.create("before")
-        assert await eventually(lambda: _name_or_none(store, first), "before") == "before"
+        assert await eventually(lambda: name_or_none(store, first), "before") == "before"
         async with applying_stopped(mariadb_replicated.replica):
             later = await store.experiments.create("while stopped")
-            assert await eventually(lambda: _state_after_a_read(store, first), ReplicaState.LAGGING) is (
+            assert await eventually(lambda: state_after_a_read(store, first), ReplicaState.LAGGING) is (
                 ReplicaState.LAGGING
             )
             assert (await store.experiments.get(later)).name == "while stopped"  # from the primary
             [status] = store.replica_status()
             assert (status.lag_seconds, status.problem) == (None, "not replicating")
-        assert await eventually(lambda: _state_after_a_read(store, first), ReplicaState.SERVING) is (
+        assert await eventually(lambda: state_after_a_read(store, first), ReplicaState.SERVING) is (
             ReplicaState.SERVING
         )
-        assert await _name_or_none(store, later) == "while stopped"
+        assert await name_or_none(store, later) == "while stopped"

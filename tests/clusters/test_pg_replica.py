@@ -13,10 +13,10 @@ from collections.abc import AsyncIterator
 import pytest
 from sqlalchemy.engine import make_url
 
-from asyncstore import AsyncStore, NotFound
+from asyncstore import AsyncStore
 from asyncstore.replicas import ReplicaState
 from tests import dbadmin
-from tests.clusters.conftest import SCRIPTS, Replicated
+from tests.clusters.conftest import SCRIPTS, Replicated, name_or_none, state_after_a_read
 from tests.helpers import eventually
 
 
@@ -33,25 +33,18 @@ async def replay_paused(replica: str) -> AsyncIterator[None]:
             await conn.execute("SELECT pg_wal_replay_resume()")
 
 
-async def _name_or_none(store: AsyncStore, experiment_id: str) -> str | None:
-    try:
-        return (await store.experiments.get(experiment_id)).name
-    except NotFound:
-        return None
-
-
 async def test_reads_come_from_the_replica_and_primary_reads_the_callers_own_writes(replicated: Replicated) -> None:
     async with AsyncStore.open(replicated.primary, replicas=[replicated.replica], replica_max_lag=3600) as store:
         first = await store.experiments.create("before")
-        assert await eventually(lambda: _name_or_none(store, first), "before") == "before"
+        assert await eventually(lambda: name_or_none(store, first), "before") == "before"
         async with replay_paused(replicated.replica):
             later = await store.experiments.create("while paused")
             # The replica is stale (within the lag bound the store was given): it serves, and
             # has not seen the write; inside primary() the same read sees it.
-            assert await _name_or_none(store, later) is None
+            assert await name_or_none(store, later) is None
             with store.primary():
                 assert (await store.experiments.get(later)).name == "while paused"
-        assert await eventually(lambda: _name_or_none(store, later), "while paused") == "while paused"
+        assert await eventually(lambda: name_or_none(store, later), "while paused") == "while paused"
         [status] = store.replica_status()
         assert status.state is ReplicaState.SERVING and status.reads >= 3
 
@@ -61,7 +54,7 @@ async def test_a_replica_further_behind_than_the_bound_leaves_reads_to_the_prima
         replicated.primary, replicas=[replicated.replica], replica_max_lag=0.5, replica_check_interval=0.1
     ) as store:
         first = await store.experiments.create("before")
-        assert await eventually(lambda: _name_or_none(store, first), "before") == "before"
+        assert await eventually(lambda: name_or_none(store, first), "before") == "before"
         async with replay_paused(replicated.replica):
             later = await store.experiments.create("while paused")
             await asyncio.sleep(1.0)  # the last transaction the replica applied is now > 0.5 s old
@@ -70,13 +63,7 @@ async def test_a_replica_further_behind_than_the_bound_leaves_reads_to_the_prima
             assert status.state is ReplicaState.LAGGING
             assert status.lag_seconds is not None and status.lag_seconds > 0.5, status
         await asyncio.sleep(0.2)  # the next check finds it caught up
-        assert await eventually(lambda: _state_after_a_read(store, first), ReplicaState.SERVING) is ReplicaState.SERVING
-
-
-async def _state_after_a_read(store: AsyncStore, experiment_id: str) -> ReplicaState:
-    await store.experiments.get(experiment_id)
-    [status] = store.replica_status()
-    return status.state
+        assert await eventually(lambda: state_after_a_read(store, first), ReplicaState.SERVING) is ReplicaState.SERVING
 
 
 async def _script(*args: str) -> None:
@@ -93,7 +80,7 @@ async def test_reads_under_load_keep_working_while_the_replica_is_stopped_and_st
         replicated.primary, replicas=[replicated.replica], replica_check_interval=0.2
     ) as store:
         exp = await store.experiments.create("read me")
-        assert await eventually(lambda: _name_or_none(store, exp), "read me") == "read me"
+        assert await eventually(lambda: name_or_none(store, exp), "read me") == "read me"
         done = asyncio.Event()
         errors: list[BaseException] = []
         served = 0
