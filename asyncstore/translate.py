@@ -16,6 +16,7 @@ from collections.abc import Iterator, Mapping
 
 import sqlalchemy.exc as sa_exc
 from asyncpg.exceptions import InterfaceError as _PgInterfaceError
+from asyncpg.exceptions import InternalClientError as _PgInternalClientError
 from pymysql.err import InterfaceError as _MySQLInterfaceError
 from pymysql.err import MySQLError as _MySQLError
 
@@ -194,6 +195,11 @@ def classify(exc: BaseException) -> Classified | None:
             retry = kind is TemporarilyUnavailable
             name = getattr(err, "sqlite_errorname", "SQLITE_ERROR")
             return Classified(kind, retry, f"{name}: {_first_line(err)}")
+        if isinstance(err, _PgInternalClientError):
+            # "cannot switch to state …; another operation is in progress": the session was
+            # killed in the middle of an exchange and the connection's protocol state is
+            # broken. A fresh connection is fine (the unit of work discards this one).
+            return Classified(TemporarilyUnavailable, True, f"connection left in a broken state: {_first_line(err)}")
         if isinstance(err, _PgInterfaceError):
             # asyncpg's ConnectionDoesNotExistError and friends: the connection is gone.
             return Classified(TemporarilyUnavailable, True, f"connection lost: {_first_line(err)}")
@@ -237,6 +243,12 @@ def is_connect_failure(exc: BaseException) -> bool:
     that was made and then died while SQLAlchemy set it up was not.
     """
     return any(getattr(err, _CONNECT_FAILURE, False) for err in _chain(exc))
+
+
+def leaves_connection_broken(exc: BaseException) -> bool:
+    """Whether ``exc`` says the driver connection's protocol state is broken (asyncpg's
+    InternalClientError): it must be discarded, not rolled back and pooled again."""
+    return any(isinstance(err, _PgInternalClientError) for err in _chain(exc))
 
 
 def is_database_error(exc: BaseException) -> bool:

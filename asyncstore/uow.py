@@ -29,7 +29,7 @@ from asyncstore.engines import EngineState, engine_state
 from asyncstore.errors import ErrorCode, InternalError, StoreError, TemporarilyUnavailable
 from asyncstore.replicas import ReadRouter
 from asyncstore.retry import Backoff, retrying
-from asyncstore.translate import classify, is_connect_failure, is_database_error, translate
+from asyncstore.translate import classify, is_connect_failure, is_database_error, leaves_connection_broken, translate
 
 T = TypeVar("T")
 I = TypeVar("I")
@@ -289,7 +289,7 @@ class UnitOfWork:
     async def _abandon(self, conn: AsyncConnection, exc: BaseException) -> None:
         """Roll back after ``exc``; discard the connection if it cannot be trusted."""
         interrupted = not isinstance(exc, Exception)  # cancelled mid-round-trip
-        if interrupted and self.backend is not Backend.SQLITE:
+        if (interrupted and self.backend is not Backend.SQLITE) or leaves_connection_broken(exc):
             # The driver may be half-way through a protocol exchange: do not reuse it.
             # (aiosqlite finishes each call in its thread, so SQLite can roll back.)
             await conn.invalidate()

@@ -5,10 +5,11 @@ from __future__ import annotations
 
 import pymysql
 import pytest
-from asyncpg.exceptions import DeadlockDetectedError
+from asyncpg.exceptions import DeadlockDetectedError, InternalClientError
 
 from asyncstore.retry import Backoff, retrying
-from asyncstore.translate import classify
+from asyncstore.errors import TemporarilyUnavailable
+from asyncstore.translate import classify, leaves_connection_broken
 from asyncstore.uow import _Progress
 
 
@@ -99,3 +100,14 @@ def test_a_commit_whose_connection_was_lost_is_retried_only_when_replay_safe() -
     assert not classify(_LOST).rolled_back  # type: ignore[union-attr]
     assert not _failed_commit().may_retry(_LOST, replay_safe=False)
     assert _failed_commit().may_retry(_LOST, replay_safe=True)
+
+
+def test_a_connection_left_in_a_broken_state_is_discarded_and_the_call_retried_where_safe() -> None:
+    # asyncpg, when the session is killed in the middle of an exchange, can raise this
+    # instead of a lost connection (seen under tests/test_web_app.py's session killer).
+    broken = InternalClientError("cannot switch to state 15; another operation (2) is in progress")
+    found = classify(broken)
+    assert found is not None and found.kind is TemporarilyUnavailable and found.retryable
+    assert leaves_connection_broken(broken) and not leaves_connection_broken(_LOST)
+    assert _failed_commit().may_retry(broken, replay_safe=True)
+    assert not _failed_commit().may_retry(broken, replay_safe=False)  # the COMMIT's outcome is unknown
