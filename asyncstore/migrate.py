@@ -410,14 +410,14 @@ async def _run_locked(engine: AsyncEngine, fn: Callable[[Connection], Any]) -> N
     backend = engine_state(engine).backend
     try:
         async with engine.connect() as conn:
-            await _lock(conn, backend)
+            galera = await _lock(conn, backend)
             try:
                 await conn.run_sync(fn)
                 if backend is Backend.SQLITE:
                     await _check_foreign_keys(conn)
                 await conn.commit()
             finally:
-                await _unlock(conn, backend)
+                await _unlock(conn, backend, galera)
     except StoreError:
         raise
     except CommandError as exc:  # unknown revision, no downgrade path…
@@ -474,13 +474,15 @@ async def _check_foreign_keys(conn: AsyncConnection) -> None:
         )
 
 
-async def _lock(conn: AsyncConnection, backend: Backend) -> None:
+async def _lock(conn: AsyncConnection, backend: Backend) -> bool:
+    """Take the migration lock; whether it is a Galera cluster's (see :func:`_unlock`)."""
     if backend is Backend.POSTGRESQL:
         # Session-level: held across the per-revision transactions until unlocked.
         await conn.execute(text("SELECT pg_advisory_lock(:key)"), {"key": _PG_LOCK_KEY})
         await conn.commit()
     elif backend is Backend.MYSQL and await galera_node(conn) is not None:
         await _galera_lock(conn)
+        return True
     elif backend is Backend.MYSQL:
         got = await conn.scalar(
             text(f"SELECT GET_LOCK({_MYSQL_LOCK_NAME}, :timeout)"), {"timeout": _MYSQL_LOCK_TIMEOUT}
@@ -502,6 +504,7 @@ async def _lock(conn: AsyncConnection, backend: Backend) -> None:
         # process waits in SQLite's busy handler, then finds the database at head.
         await conn.execution_options(asyncstore_sqlite_begin="EXCLUSIVE")
         await conn.begin()
+    return False
 
 
 async def _galera_lock(conn: AsyncConnection) -> None:
@@ -537,14 +540,15 @@ async def _galera_lock(conn: AsyncConnection) -> None:
         await asyncio.sleep(0.2)
 
 
-async def _unlock(conn: AsyncConnection, backend: Backend) -> None:
+async def _unlock(conn: AsyncConnection, backend: Backend, galera: bool) -> None:
+    """Release the lock :func:`_lock` took (``galera``: what it returned)."""
     if conn.invalidated:
         return  # the server dropped the session, and its locks with it
     await conn.rollback()
     if backend is Backend.POSTGRESQL:
         await conn.execute(text("SELECT pg_advisory_unlock(:key)"), {"key": _PG_LOCK_KEY})
         await conn.commit()
-    elif backend is Backend.MYSQL and await galera_node(conn) is not None:
+    elif galera:
         await conn.exec_driver_sql(f"DROP TABLE IF EXISTS `{GALERA_LOCK_TABLE}`")
         await conn.commit()
     elif backend is Backend.MYSQL:

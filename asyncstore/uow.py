@@ -20,7 +20,7 @@ import contextlib
 import functools
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
-from typing import Any, Generic, Protocol, TypeVar
+from typing import Any, Generic, Protocol, TypeGuard, TypeVar
 
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
@@ -246,9 +246,8 @@ class UnitOfWork:
                 await conn.commit()
             except BaseException as exc:
                 await _uncancellable(self._abandon(conn, exc))
-                failure = _transient(exc)
-                if failure is not None and self.reads is not None and conn.engine is not self.engine:
-                    self.reads.failed(conn.engine, failure)  # the retry reads elsewhere
+                if self.reads is not None and conn.engine is not self.engine and _transient(exc):
+                    self.reads.failed(conn.engine, exc)  # the retry reads elsewhere
                 raise
             finally:
                 await _uncancellable(conn.close())
@@ -413,12 +412,12 @@ def _rolled_back(exc: Exception) -> bool:
     return found is not None and found.rolled_back
 
 
-def _transient(exc: BaseException) -> Exception | None:
-    """``exc`` if it is a transient database failure (a lost connection, a conflict), else None."""
+def _transient(exc: BaseException) -> TypeGuard[Exception]:
+    """Whether ``exc`` is a transient database failure (a lost connection, a conflict)."""
     if not isinstance(exc, Exception) or not is_database_error(exc):
-        return None
+        return False
     found = classify(exc)
-    return exc if found is not None and found.retryable else None
+    return found is not None and found.retryable
 
 
 async def _uncancellable(aw: Awaitable[None]) -> None:

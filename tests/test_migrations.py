@@ -284,7 +284,7 @@ async def test_an_opener_that_finds_an_upgrade_half_way_waits_for_it_instead_of_
     backend = engine_state(engine).backend
     await migrate.upgrade(engine, _revision_line()[1])  # as if an upgrade were half-way
     async with engine.connect() as conn:
-        await migrate._lock(conn, backend)  # ...and still running
+        galera = await migrate._lock(conn, backend)  # ...and still running
         try:
             opening = asyncio.create_task(_open_and_close(db_uri))
             await asyncio.sleep(1.0)
@@ -292,7 +292,7 @@ async def test_an_opener_that_finds_an_upgrade_half_way_waits_for_it_instead_of_
             await conn.run_sync(lambda c: command.upgrade(migrate.alembic_config(c), "head"))
             await conn.commit()
         finally:
-            await migrate._unlock(conn, backend)
+            await migrate._unlock(conn, backend, galera)
     assert await asyncio.wait_for(opening, timeout=60) == migrate.head_revision()
     # With no upgrade running, an out-of-date database is refused as before.
     await migrate.downgrade(engine, _revision_line()[1])

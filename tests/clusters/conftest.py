@@ -54,6 +54,10 @@ def _required(name: str) -> bool:
 
 
 def _unavailable(name: str, problem: str, start: str) -> None:
+    """Fail when the cluster is required (CI names every cluster after starting them), else
+    skip: the clusters are started by hand or by CI's second step, not by the README's test
+    command, so a plain run without them says which command starts each (as the backend
+    fixture does for an unreachable server that is not required)."""
     message = f"{name} not reachable ({problem}); start it with {start}"
     if _required(name):
         pytest.fail(message + " — it is named in ASYNCSTORE_TEST_CLUSTERS, so this is a failure")
