@@ -30,9 +30,8 @@ import time
 from sqlalchemy.engine import make_url
 
 from asyncstore import AsyncStore
-from asyncstore.bench.data import metric_batch, span_batch
+from asyncstore.bench.data import metric_batch, span_batch, to_spans
 from asyncstore.bench.database import create_scratch
-from asyncstore.bench.workloads import to_spans
 from asyncstore.entities import Metric
 
 WRITERS, CALLS, ROUNDS = 6, 10, 5

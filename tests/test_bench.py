@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from sqlalchemy import MetaData
+from sqlalchemy import MetaData, select
 from sqlalchemy.engine import make_url
 
 from asyncstore import AsyncStore, cli
@@ -43,8 +43,11 @@ from asyncstore.bench.raw import (
     RAW_FK_SPANS,
     RAW_METRICS,
     RAW_SPANS,
+    SPAN_COLUMNS,
+    RawSpans,
     clone_table,
 )
+from asyncstore.bench.data import to_spans
 from asyncstore.bench.scale import SCALES
 from asyncstore.bench.workloads import SPEC_BY_NAME, SPECS, STORE_WORKLOADS
 from asyncstore.schema import metrics, spans, trace_info
@@ -558,6 +561,25 @@ def test_raw_tables_match_the_store_tables_without_foreign_keys() -> None:
     assert RAW_SPANS.c.duration_ns.computed is not None
     copy = clone_table(metrics, "other", MetaData())
     assert {i.name for i in copy.indexes}.isdisjoint({i.name for i in RAW_METRICS.indexes})
+
+
+async def test_span_ceilings_write_the_rows_the_store_writes() -> None:
+    """The raw span ceilings write, for the same generated spans, the very rows (columns,
+    content bytes, order) that log_spans writes, so "of raw" compares equal work."""
+    scratch = await database.create_scratch(None, "same-rows")
+    try:
+        async with AsyncStore.open(scratch.uri) as store:
+            experiment = await store.experiments.create("same-rows")
+            raw = RawSpans(scratch, SMALL, SPEC_BY_NAME["log_spans"], None)  # type: ignore[arg-type]
+            await raw.prepare(0)
+            assert await store.spans.log_spans(experiment, to_spans(raw.rows[0])) == len(raw.batches[0])
+            query = select(*(spans.c[c] for c in SPAN_COLUMNS)).order_by(spans.c.trace_id, spans.c.span_id)
+            async with store.engine.connect() as conn:
+                stored = [tuple(row) for row in await conn.execute(query)]
+        without_experiment = lambda rows: [(r[0], *r[2:]) for r in rows]  # noqa: E731
+        assert without_experiment(raw.batches[0]) == without_experiment(stored)
+    finally:
+        await scratch.drop()
 
 
 def test_figures_json_drops_missing_values() -> None:

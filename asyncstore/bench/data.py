@@ -9,11 +9,11 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
-import json
 import random
 from typing import Any
 
 from asyncstore.bench.scale import METRIC_BATCH, SPAN_BATCH, SPANS_PER_TRACE
+from asyncstore.entities import Span, SpanStatus
 
 BASE_TIME_MS = 1_760_000_000_000
 """Epoch milliseconds the generated timestamps start from (a fixed date, so runs compare)."""
@@ -44,23 +44,6 @@ class SpanRow:
     start_ns: int
     end_ns: int
     attributes: dict[str, Any]
-
-    def content(self) -> str:
-        """The span as JSON, as a store keeps it in ``spans.content``."""
-        return json.dumps(
-            {
-                "trace_id": self.trace_id,
-                "span_id": self.span_id,
-                "parent_span_id": self.parent_span_id,
-                "name": self.name,
-                "start_time_unix_nano": self.start_ns,
-                "end_time_unix_nano": self.end_ns,
-                "status": {"code": "OK", "message": ""},
-                "attributes": self.attributes,
-                "events": [],
-            },
-            separators=(",", ":"),
-        )
 
 
 def metric_batch(rep: int, batch: int, batches_per_rep: int, *, size: int = METRIC_BATCH) -> list[MetricRow]:
@@ -131,3 +114,15 @@ def _attributes(rng: random.Random, index: int) -> dict[str, Any]:
         "temperature": 0.2,
         "tokens": 100 + index,
     }
+
+
+def to_spans(rows: list[SpanRow]) -> list[Span]:
+    """asyncstore ``Span`` entities of generated rows."""
+    return [
+        Span(
+            trace_id=r.trace_id, span_id=r.span_id, name=r.name, start_time_unix_nano=r.start_ns,
+            end_time_unix_nano=r.end_ns, parent_span_id=r.parent_span_id, span_type=r.span_type,
+            status=SpanStatus.OK, attributes=r.attributes,
+        )
+        for r in rows
+    ]

@@ -25,7 +25,7 @@ from sqlalchemy import insert, select, update
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from asyncstore import schema
-from asyncstore.bench.data import hex_id, span_batch
+from asyncstore.bench.data import hex_id, span_batch, to_spans
 from asyncstore.bench.measure import Outcome
 from asyncstore.bench.otlp import OTLP_INGEST, SOAK_MINUTES, OtlpIngest, soak_spec
 from asyncstore.bench.scale import JOB_WORKERS, METRIC_BATCH, SPAN_BATCH, Scale
@@ -36,7 +36,6 @@ from asyncstore.bench.workloads import (
     _ReadWorkload,
     _search_runs,
     _StoreWorkload,
-    to_spans,
 )
 from asyncstore.config import Backend
 from asyncstore.entities import JobStatus

@@ -51,7 +51,7 @@ from sqlalchemy.engine import make_url
 from sqlalchemy.ext.asyncio import AsyncEngine
 from typing_extensions import assert_never
 
-from asyncstore.bench.data import metric_batch, span_batch
+from asyncstore.bench.data import metric_batch, span_batch, to_spans
 from asyncstore.bench.database import ScratchDatabase
 from asyncstore.bench.measure import Outcome
 from asyncstore.bench.scale import METRIC_BATCH, SPAN_BATCH, Scale
@@ -59,6 +59,7 @@ from asyncstore.config import Backend, StoreConfig, backend_of
 from asyncstore.driver import mysql_load_data
 from asyncstore.engines import create_engine
 from asyncstore.schema import metrics, spans
+from asyncstore.tracing.rows import prepare as prepare_spans
 
 if TYPE_CHECKING:
     from asyncstore.bench.workloads import Spec, _StoreWorkload
@@ -396,16 +397,13 @@ class RawSpans(_RawWrites):
         return RAW_EXPERIMENT_ID
 
     async def prepare(self, rep: int) -> None:
-        """This repetition's rows, content JSON included."""
+        """This repetition's rows, each exactly as the store writes it (its content JSON
+        made by the store's own encoding, untimed): the ceiling writes the same bytes."""
         size = self.spec.batch or SPAN_BATCH
         experiment = self.experiment()
         self.rows = [span_batch(self.salt, rep, b, size=size) for b in range(self.spec.size(self.scale) // size)]
         self.batches = [
-            [
-                (r.trace_id, experiment, r.span_id, r.parent_span_id, r.name, r.span_type, "OK",
-                 r.start_ns, r.end_ns, r.content())
-                for r in rows
-            ]
+            [(r[0], experiment, *r[1:8], r[-1]) for r in prepare_spans(to_spans(rows), experiment).span_rows]
             for rows in self.rows
         ]
 

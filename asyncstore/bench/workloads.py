@@ -19,7 +19,7 @@ import time
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
-from asyncstore.bench.data import SpanRow, metric_batch, span_batch
+from asyncstore.bench.data import SpanRow, metric_batch, span_batch, to_spans
 from asyncstore.bench.measure import Outcome, fan_out, mixed_load, timed
 from asyncstore.bench.scale import (
     GET_RUN_CONCURRENCY,
@@ -39,8 +39,6 @@ from asyncstore.entities import (
     NewJob,
     Param,
     RunTag,
-    Span,
-    SpanStatus,
 )
 from asyncstore.config import Backend
 from asyncstore.store import AsyncStore
@@ -338,18 +336,6 @@ class SearchRuns(_ReadWorkload):
     def calls(self) -> list[Callable[[], Awaitable[Any]]]:
         """One search per query of :data:`RUN_SEARCHES`."""
         return [_search_runs(self.store, self.experiment_id, f, o, SEARCH_PAGE) for f, o in RUN_SEARCHES]
-
-
-def to_spans(rows: list[SpanRow]) -> list[Span]:
-    """asyncstore ``Span`` entities of generated rows."""
-    return [
-        Span(
-            trace_id=r.trace_id, span_id=r.span_id, name=r.name, start_time_unix_nano=r.start_ns,
-            end_time_unix_nano=r.end_ns, parent_span_id=r.parent_span_id, span_type=r.span_type,
-            status=SpanStatus.OK, attributes=r.attributes,
-        )
-        for r in rows
-    ]
 
 
 class LogSpans(_StoreWorkload):
