@@ -43,12 +43,15 @@ from asyncstore.bench.raw import (
     RAW_FK_SPANS,
     RAW_METRICS,
     RAW_SPANS,
+    METRIC_COLUMNS,
     SPAN_COLUMNS,
+    RawMetrics,
     RawSpans,
     clone_table,
 )
-from asyncstore.bench.data import to_spans
-from asyncstore.bench.scale import SCALES
+from asyncstore.bench.data import metric_batch, to_spans
+from asyncstore.bench.scale import METRIC_BATCH, SCALES
+from asyncstore.entities import Metric
 from asyncstore.bench.workloads import SPEC_BY_NAME, SPECS, STORE_WORKLOADS
 from asyncstore.schema import metrics, spans, trace_info
 from tests import dbadmin
@@ -578,6 +581,29 @@ async def test_span_ceilings_write_the_rows_the_store_writes() -> None:
                 stored = [tuple(row) for row in await conn.execute(query)]
         without_experiment = lambda rows: [(r[0], *r[2:]) for r in rows]  # noqa: E731
         assert without_experiment(raw.batches[0]) == without_experiment(stored)
+    finally:
+        await scratch.drop()
+
+
+async def test_metric_ceilings_write_the_rows_the_store_writes() -> None:
+    """Likewise for log_batch: the raw metric ceilings write the rows log_batch writes,
+    in its order (sorted by primary key)."""
+    scratch = await database.create_scratch(None, "same-metrics")
+    try:
+        async with AsyncStore.open(scratch.uri) as store:
+            experiment = await store.experiments.create("same-metrics")
+            run = await store.runs.create(experiment)
+            raw = RawMetrics(scratch, SMALL, SPEC_BY_NAME["log_batch"], None)  # type: ignore[arg-type]
+            raw.run_uuid = run.info.run_id
+            await raw.prepare(0)
+            generated = metric_batch(0, 0, len(raw.batches), size=METRIC_BATCH)
+            await store.runs.log_batch(run.info.run_id, metrics=[Metric(m.key, m.value, m.timestamp, m.step)
+                                                                 for m in generated])
+            m = metrics.c
+            query = select(*(m[c] for c in METRIC_COLUMNS)).order_by(m.key, m.timestamp, m.step, m.value)
+            async with store.engine.connect() as conn:
+                stored = [tuple(row) for row in await conn.execute(query)]
+        assert raw.batches[0] == stored
     finally:
         await scratch.drop()
 

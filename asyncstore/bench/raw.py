@@ -58,7 +58,9 @@ from asyncstore.bench.scale import METRIC_BATCH, SPAN_BATCH, Scale
 from asyncstore.config import Backend, StoreConfig, backend_of
 from asyncstore.driver import mysql_load_data
 from asyncstore.engines import create_engine
+from asyncstore.entities import Metric
 from asyncstore.schema import metrics, spans
+from asyncstore.tracking.batch import Batch
 from asyncstore.tracing.rows import prepare as prepare_spans
 
 if TYPE_CHECKING:
@@ -107,7 +109,7 @@ RAW_SPANS = clone_table(spans, "bench_raw_spans", _raw_metadata)
 RAW_FK_METRICS = clone_table(metrics, "bench_raw_fk_metrics", _raw_metadata, foreign_keys=True)
 RAW_FK_SPANS = clone_table(spans, "bench_raw_fk_spans", _raw_metadata, foreign_keys=True)
 TRACE_COLUMNS = ("request_id", "experiment_id", "timestamp_ms", "execution_time_ms", "status")
-METRIC_COLUMNS = ("key", "value", "timestamp", "step", "is_nan", "run_uuid")
+METRIC_COLUMNS = ("key", "timestamp", "step", "value", "is_nan", "run_uuid")
 SPAN_COLUMNS = (
     "trace_id", "experiment_id", "span_id", "parent_span_id", "name", "type", "status",
     "start_time_unix_nano", "end_time_unix_nano", "content",
@@ -367,13 +369,15 @@ class RawMetrics(_RawWrites):
         self.run_uuid = await self.run_id()
 
     async def prepare(self, rep: int) -> None:
-        """This repetition's rows (the ones asyncstore logs in the same repetition)."""
+        """This repetition's rows (the ones asyncstore logs in the same repetition), each
+        as the store writes it: validated and sorted by its own ``Batch`` (untimed)."""
         size = self.spec.batch or METRIC_BATCH
         n = self.spec.size(self.scale) // size
-        self.batches = [
-            [(m.key, m.value, m.timestamp, m.step, False, self.run_uuid) for m in metric_batch(rep, b, n, size=size)]
-            for b in range(n)
-        ]
+        self.batches = []
+        for b in range(n):
+            batch = Batch.validate(self.run_uuid, [Metric(m.key, m.value, m.timestamp, m.step)
+                                                   for m in metric_batch(rep, b, n, size=size)], [], [])
+            self.batches.append([(*row, self.run_uuid) for row in batch.metric_rows])
 
 
 class RawFkMetrics(RawMetrics):
