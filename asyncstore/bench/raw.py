@@ -18,7 +18,9 @@ COPY); MySQL/MariaDB ``LOAD DATA LOCAL INFILE`` through aiomysql, the rows strea
 through a pipe (:func:`asyncstore.driver.mysql_load_data`). On MySQL/MariaDB a third
 ceiling, ``raw_insert``, writes the bare table by aiomysql's ``executemany``
 (multi-row ``INSERT`` statements of up to 1 MB), the path asyncstore took before.
-Row tuples are built in the untimed ``prepare``.
+Row tuples are built in the untimed ``prepare``, by the store's own preparation
+(``Batch.validate``, the span rows of ``log_spans`` with MLflow's span JSON), so the
+ceilings write the very bytes the store writes, in its (primary-key) order.
 
 The read and job ceilings, which replay the statements the store sends, are in
 :mod:`asyncstore.bench.replay`.
