@@ -18,6 +18,7 @@ import os
 import re
 import signal
 import sys
+import types
 from pathlib import Path
 from typing import Any
 
@@ -784,6 +785,41 @@ def test_direct_ratio_and_columns() -> None:
     text = report.table(result)
     assert "of direct" in text and "75%" in text and "direct (no HTTP)" in text
     assert "of direct" not in report.table(_result(x={"unit": "u", "description": "d", "asyncstore": {"throughput": 1.0}}))
+
+
+async def test_exporters_send_again_after_429_and_503_as_otlp_exporters_do() -> None:
+    """The bench's exporters retry a request answered 429 or 503 (MLflow's server answers
+    503 to a deadlock on MariaDB), counting the retries; any other answer, or a 503
+    past the last retry, fails the repetition."""
+    import httpx
+
+    answers: list[int] = []
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        status = answers.pop(0)
+        return httpx.Response(status, headers={"Retry-After": "0"} if status != 200 else None, text=str(status))
+
+    class Exporter(otlp._ServerIngest):
+        experiment_id = "1"
+
+    exporter = Exporter()
+    exporter.server = types.SimpleNamespace(url="http://exporter.test", name="test server")  # type: ignore[assignment]
+    async with httpx.AsyncClient(transport=httpx.MockTransport(handler)) as client:
+        answers[:] = [503, 429, 200]
+        await exporter._post(client, b"")
+        assert (exporter.sent, exporter.retries, answers) == (otlp.OTLP_REQUEST_SPANS, 2, [])
+        answers[:] = [400, 200]
+        with pytest.raises(RuntimeError, match="answered 400"):
+            await exporter._post(client, b"")
+        assert answers == [200] and exporter.retries == 2
+        answers[:] = [503] * (otlp.RETRIES + 1) + [200]
+        with pytest.raises(RuntimeError, match="answered 503"):
+            await exporter._post(client, b"")
+        assert answers == [200] and exporter.retries == 2 + otlp.RETRIES
+    assert exporter.sent == otlp.OTLP_REQUEST_SPANS
+    assert otlp._retry_wait(None, 0) == otlp.RETRY_FIRST_WAIT
+    assert otlp._retry_wait(None, 10) == otlp.RETRY_MAX_WAIT
+    assert otlp._retry_wait("0.5", 3) == 0.5 and otlp._retry_wait("Wed, 21 Oct 2015 07:28:00 GMT", 1) == 0.2
 
 
 async def test_a_server_that_exits_at_start_is_reported_with_its_output() -> None:

@@ -80,6 +80,14 @@ START_TIMEOUT = 180.0
 """Seconds a server may take to answer ``/health`` (MLflow's imports on a busy 2-core machine)."""
 STOP_TIMEOUT = 60.0
 """Seconds a server may take to exit after SIGTERM before it is killed."""
+RETRYABLE = frozenset({429, 503})
+"""Answers after which an exporter sends the request again (OTLP/HTTP's throttling and
+unavailability; MLflow's server answers 503 to a deadlock on MariaDB)."""
+RETRIES = 8
+"""The most times one request is sent again."""
+RETRY_FIRST_WAIT = 0.1
+RETRY_MAX_WAIT = 2.0
+"""Seconds between tries without ``Retry-After``: the first, doubling up to the cap."""
 EXPERIMENT_HEADER = "x-mlflow-experiment-id"
 PROTOBUF = "application/x-protobuf"
 INSTALL_HINT = "pip install 'asyncstore[bench]'  (httpx, psutil and the server extra)"
@@ -180,6 +188,18 @@ def otlp_request(rows: Sequence[SpanRow]) -> bytes:
             _attribute(span.attributes.add(), key, value)
     body: bytes = request.SerializeToString()
     return body
+
+
+def _retry_wait(retry_after: str | None, attempt: int) -> float:
+    """Seconds to wait before try ``attempt + 2``: ``Retry-After`` (seconds) if it says, else a doubling wait."""
+    try:
+        return min(RETRY_MAX_WAIT, max(0.0, float(retry_after))) if retry_after else _backoff(attempt)
+    except ValueError:  # an HTTP date: not worth parsing for a bench
+        return _backoff(attempt)
+
+
+def _backoff(attempt: int) -> float:
+    return float(min(RETRY_MAX_WAIT, RETRY_FIRST_WAIT * 2**attempt))
 
 
 def free_port() -> int:
@@ -373,6 +393,8 @@ class _ServerIngest:
     bodies: Sequence[bytes] = ()
     sent = 0
     """Spans sent and answered 200 so far (every repetition, warm-up included)."""
+    retries = 0
+    """Requests sent again after a 429 or 503 so far."""
     note: Callable[[str], None]
     """Where the soak's readings are printed (the runner sets its progress's ``note``)."""
 
@@ -404,13 +426,22 @@ class _ServerIngest:
         return rep == first, rep == last
 
     async def _post(self, client: httpx.AsyncClient, body: bytes) -> None:
-        response = await client.post(
-            self._server().url + "/v1/traces", content=body,
-            headers={"Content-Type": PROTOBUF, EXPERIMENT_HEADER: self.experiment_id},
-        )
-        if response.status_code != 200:
-            raise RuntimeError(f"{self._server().name} answered {response.status_code}: {response.text[:300]}")
-        self.sent += OTLP_REQUEST_SPANS
+        """POST one request; on 429 or 503 wait and send it again, as OTLP exporters do
+        (``Retry-After`` if given, else :data:`RETRY_FIRST_WAIT` doubling up to
+        :data:`RETRY_MAX_WAIT`), at most :data:`RETRIES` times (counted in ``retries``)."""
+        for attempt in range(RETRIES + 1):
+            response = await client.post(
+                self._server().url + "/v1/traces", content=body,
+                headers={"Content-Type": PROTOBUF, EXPERIMENT_HEADER: self.experiment_id},
+            )
+            if response.status_code == 200:
+                self.sent += OTLP_REQUEST_SPANS
+                return
+            if response.status_code not in RETRYABLE or attempt == RETRIES:
+                break
+            self.retries += 1
+            await asyncio.sleep(_retry_wait(response.headers.get("retry-after"), attempt))
+        raise RuntimeError(f"{self._server().name} answered {response.status_code}: {response.text[:300]}")
 
     async def run(self, rep: int) -> Outcome:
         """POST every request from the exporters; the timed part is the posting alone."""
@@ -420,6 +451,7 @@ class _ServerIngest:
         import httpx
 
         before = await self.writer()
+        retries = self.retries
         rss_start = server.rss_mb()
         latencies: list[float] = []
         limits = httpx.Limits(max_connections=self.spec.concurrency, max_keepalive_connections=self.spec.concurrency)
@@ -438,7 +470,8 @@ class _ServerIngest:
         if stored != self.sent:
             raise RuntimeError(f"{server.name} answered 200 for {self.sent} spans but the database holds {stored}")
         spans = len(bodies) * OTLP_REQUEST_SPANS
-        extra = {"spans_stored": float(spans), **{k: round(after[k] - before.get(k, 0.0), 3) for k in after}}
+        extra = {"spans_stored": float(spans), "retries": float(self.retries - retries),
+                 **{k: round(after[k] - before.get(k, 0.0), 3) for k in after}}
         first, last = self._recorded(rep)
         if first:
             extra["rss_mb_start"] = round(rss_start, 1)
@@ -499,7 +532,8 @@ class _ServerIngest:
             raise RuntimeError(f"{server.name} answered 200 for {self.sent} spans but the database holds {stored}")
         rss = [s["rss_mb"] for s in samples]
         at_10pct = next(s["rss_mb"] for s in samples if s["t_s"] >= duration / 10 or s is samples[-1])
-        extra = {"spans_stored": float(stored), "rss_mb_start": rss[0], "rss_mb_at_10pct": at_10pct,
+        extra = {"spans_stored": float(stored), "retries": float(self.retries), "rss_mb_start": rss[0],
+                 "rss_mb_at_10pct": at_10pct,
                  "rss_mb_end": rss[-1], "rss_mb_max": max(rss)}
         return Outcome(spans, latencies=latencies, extra=extra, seconds=seconds, samples=samples)
 
