@@ -7,6 +7,7 @@ strings, and the chunking of long ``IN`` lists.
 
 from __future__ import annotations
 
+import functools
 import re
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any, TypeVar
@@ -50,6 +51,9 @@ def upsert(
 
     With ``update`` empty, a conflicting row is left as it is (DO NOTHING).
     Execute it with a list of parameter dicts (executemany: one statement per batch).
+    Without ``merge`` the statement is built once per arguments and shared (statements
+    are immutable; building one costs more than a small write): a caller that passes
+    ``merge`` caches its own.
 
     Args:
         backend: the backend whose dialect renders the statement.
@@ -61,6 +65,20 @@ def upsert(
             table columns in it stand for the stored row. On MySQL the assignments
             run in order and see the ones before them.
     """
+    if merge is None:
+        return _plain_upsert(backend, table, tuple(keys), tuple(update))
+    return _build_upsert(backend, table, keys, update, merge)
+
+
+@functools.cache
+def _plain_upsert(backend: Backend, table: Table, keys: tuple[str, ...], update: tuple[str, ...]) -> Insert:
+    return _build_upsert(backend, table, keys, update, None)
+
+
+def _build_upsert(
+    backend: Backend, table: Table, keys: Sequence[str], update: Sequence[str],
+    merge: Callable[[Any], Mapping[str, Any]] | None,
+) -> Insert:
     stmt: Any = dialect_insert(backend, table)
     new = stmt.inserted if backend is Backend.MYSQL else stmt.excluded
     values = dict(merge(new)) if merge is not None else {c: new[c] for c in update}

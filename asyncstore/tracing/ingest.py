@@ -65,6 +65,7 @@ upsert path in the same transaction:
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Sequence
 from typing import Any
 
@@ -316,6 +317,7 @@ def _lookup_sql(backend: Backend, n: int, m: int) -> str:
     )
 
 
+@functools.cache  # built once per backend
 def _tags_upsert(backend: Backend) -> Any:
     """Insert the trace tags of :func:`_tag_rows`; on a conflict the new value replaces the
     stored one, except for the artifact location, which once set stays what it is (as in MLflow)."""

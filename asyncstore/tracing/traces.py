@@ -7,6 +7,7 @@ completes it. Search lives in :mod:`asyncstore.tracing.search`.
 
 from __future__ import annotations
 
+import functools
 import math
 import uuid
 from collections.abc import Mapping, Sequence
@@ -486,6 +487,7 @@ class TraceRepository:
         return await links.linked_trace_ids(self._uow, run_id)
 
 
+@functools.cache  # built once per backend
 def _start_upsert(backend: Backend) -> Any:
     """INSERT a trace row, or complete the one span ingestion created (see :func:`_merge_fields`)."""
     return upsert(backend, trace_info, ["request_id"], [], merge=_merge_fields)
