@@ -63,6 +63,7 @@ from asyncstore.engines import create_engine
 from asyncstore.entities import Metric
 from asyncstore.schema import metrics, spans
 from asyncstore.tracking.batch import Batch
+from asyncstore.tracing.ingest import span_records
 from asyncstore.tracing.rows import prepare as prepare_spans
 
 if TYPE_CHECKING:
@@ -409,7 +410,7 @@ class RawSpans(_RawWrites):
         experiment = self.experiment()
         self.rows = [span_batch(self.salt, rep, b, size=size) for b in range(self.spec.size(self.scale) // size)]
         self.batches = [
-            [(r[0], experiment, *r[1:8], r[-1]) for r in prepare_spans(to_spans(rows), experiment).span_rows]
+            span_records(prepare_spans(to_spans(rows), experiment).span_rows, experiment, derived=False)
             for rows in self.rows
         ]
 

@@ -110,8 +110,9 @@ def _span_overwrite(fields: Sequence[tuple[str, str]], new: str) -> str:
     return ", ".join(f"{c} = {new.format(c) if c in written else 'NULL'}" for c in _SPAN_OVERWRITE)
 
 
-def _span_records(rows: Sequence[SpanRow], experiment_id: int, derived: bool) -> list[tuple[Any, ...]]:
-    """The span rows as written: with the experiment id, and the derived columns if ``derived``."""
+def span_records(rows: Sequence[SpanRow], experiment_id: int, derived: bool) -> list[tuple[Any, ...]]:
+    """The span rows as written: with the experiment id, and the derived columns if ``derived``
+    (without them, the columns of :data:`_PLAIN_SPAN_FIELDS`, in order)."""
     if derived:
         return [(r[0], experiment_id, *r[1:]) for r in rows]
     return [(r[0], experiment_id, *r[1:8], r[13]) for r in rows]
@@ -398,7 +399,7 @@ async def _write_spans(
 ) -> None:
     derived = batch.derives_span_columns
     fields = _SPAN_FIELDS if derived else _PLAIN_SPAN_FIELDS
-    records = _span_records(batch.span_rows, experiment_id, derived)
+    records = span_records(batch.span_rows, experiment_id, derived)
     # REPLACE on MySQL: a re-sent span overwrites the stored row, as the upsert does.
     if await bulk.load_new(conn, backend, "spans", [c for c, _ in fields], records, replace=True):
         return
