@@ -30,9 +30,8 @@ import time
 from sqlalchemy.engine import make_url
 
 from asyncstore import AsyncStore
-from asyncstore.bench.data import metric_batch, span_batch, to_spans
+from asyncstore.bench.data import metric_batch, span_batch, to_metrics, to_spans
 from asyncstore.bench.database import create_scratch
-from asyncstore.entities import Metric
 
 WRITERS, CALLS, ROUNDS = 6, 10, 5
 
@@ -41,7 +40,7 @@ async def writer(uri: str, index: int, round_: int, experiment: str, run_id: str
     """Seconds spent in log_batch and in log_spans by one writer in one round."""
     async with AsyncStore.open(uri, pool_size=2, max_overflow=0) as store:
         batches = [
-            [Metric(m.key, m.value, m.timestamp, m.step) for m in metric_batch(round_, c, CALLS)] for c in range(CALLS)
+            to_metrics(metric_batch(round_, c, CALLS)) for c in range(CALLS)
         ]
         span_batches = [to_spans(span_batch(f"w{index}", round_, c)) for c in range(CALLS)]
         start = time.perf_counter()

@@ -50,9 +50,8 @@ from asyncstore.bench.raw import (
     RawSpans,
     clone_table,
 )
-from asyncstore.bench.data import metric_batch, to_spans
+from asyncstore.bench.data import metric_batch, to_metrics, to_spans
 from asyncstore.bench.scale import METRIC_BATCH, SCALES
-from asyncstore.entities import Metric
 from asyncstore.bench.workloads import SPEC_BY_NAME, SPECS, STORE_WORKLOADS
 from asyncstore.schema import metrics, spans, trace_info
 from tests import dbadmin
@@ -598,8 +597,7 @@ async def test_metric_ceilings_write_the_rows_the_store_writes() -> None:
             raw.run_uuid = run.info.run_id
             await raw.prepare(0)
             generated = metric_batch(0, 0, len(raw.batches), size=METRIC_BATCH)
-            await store.runs.log_batch(run.info.run_id, metrics=[Metric(m.key, m.value, m.timestamp, m.step)
-                                                                 for m in generated])
+            await store.runs.log_batch(run.info.run_id, metrics=to_metrics(generated))
             m = metrics.c
             query = select(*(m[c] for c in METRIC_COLUMNS)).order_by(m.key, m.timestamp, m.step, m.value)
             async with store.engine.connect() as conn:

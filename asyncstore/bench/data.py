@@ -13,7 +13,7 @@ import random
 from typing import Any
 
 from asyncstore.bench.scale import METRIC_BATCH, SPAN_BATCH, SPANS_PER_TRACE
-from asyncstore.entities import Span, SpanStatus
+from asyncstore.entities import Metric, Span, SpanStatus
 
 BASE_TIME_MS = 1_760_000_000_000
 """Epoch milliseconds the generated timestamps start from (a fixed date, so runs compare)."""
@@ -114,6 +114,11 @@ def _attributes(rng: random.Random, index: int) -> dict[str, Any]:
         "temperature": 0.2,
         "tokens": 100 + index,
     }
+
+
+def to_metrics(rows: list[MetricRow]) -> list[Metric]:
+    """asyncstore ``Metric`` entities of generated rows."""
+    return [Metric(m.key, m.value, m.timestamp, m.step) for m in rows]
 
 
 def to_spans(rows: list[SpanRow]) -> list[Span]:

@@ -53,14 +53,13 @@ from sqlalchemy.engine import make_url
 from sqlalchemy.ext.asyncio import AsyncEngine
 from typing_extensions import assert_never
 
-from asyncstore.bench.data import metric_batch, span_batch, to_spans
+from asyncstore.bench.data import metric_batch, span_batch, to_metrics, to_spans
 from asyncstore.bench.database import ScratchDatabase
 from asyncstore.bench.measure import Outcome
 from asyncstore.bench.scale import METRIC_BATCH, SPAN_BATCH, Scale
 from asyncstore.config import Backend, StoreConfig, backend_of
 from asyncstore.driver import mysql_load_data
 from asyncstore.engines import create_engine
-from asyncstore.entities import Metric
 from asyncstore.schema import metrics, spans
 from asyncstore.tracking.batch import Batch
 from asyncstore.tracing.ingest import span_records
@@ -378,8 +377,7 @@ class RawMetrics(_RawWrites):
         n = self.spec.size(self.scale) // size
         self.batches = []
         for b in range(n):
-            batch = Batch.validate(self.run_uuid, [Metric(m.key, m.value, m.timestamp, m.step)
-                                                   for m in metric_batch(rep, b, n, size=size)], [], [])
+            batch = Batch.validate(self.run_uuid, to_metrics(metric_batch(rep, b, n, size=size)), [], [])
             self.batches.append([(*row, self.run_uuid) for row in batch.metric_rows])
 
 

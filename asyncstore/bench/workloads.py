@@ -19,7 +19,7 @@ import time
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
-from asyncstore.bench.data import SpanRow, metric_batch, span_batch, to_spans
+from asyncstore.bench.data import SpanRow, metric_batch, span_batch, to_metrics, to_spans
 from asyncstore.bench.measure import Outcome, fan_out, mixed_load, timed
 from asyncstore.bench.scale import (
     GET_RUN_CONCURRENCY,
@@ -287,9 +287,7 @@ class LogBatch(_StoreWorkload):
         self.run_id = run.info.run_id
         size = self.spec.batch or METRIC_BATCH
         n = self.spec.size(self.scale) // size
-        self.batches = [
-            [Metric(m.key, m.value, m.timestamp, m.step) for m in metric_batch(rep, b, n, size=size)] for b in range(n)
-        ]
+        self.batches = [to_metrics(metric_batch(rep, b, n, size=size)) for b in range(n)]
 
     async def run(self, rep: int) -> Outcome:
         """Log every batch."""
@@ -530,8 +528,7 @@ class Mixed(_StoreWorkload):
             await self.store.runs.get(self.read_ids[(i * 31 + rep) % len(self.read_ids)])
 
         async def write(i: int) -> None:
-            rows = metric_batch(rep, i, self.scale.mixed_calls, size=MIXED_METRICS)
-            metrics = [Metric(m.key, m.value, m.timestamp, m.step) for m in rows]
+            metrics = to_metrics(metric_batch(rep, i, self.scale.mixed_calls, size=MIXED_METRICS))
             await self.store.runs.log_batch(self.write_ids[i % len(self.write_ids)], metrics=metrics)
 
         return await mixed_load(
