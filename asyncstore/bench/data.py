@@ -1,8 +1,10 @@
 """The rows the workloads write, generated deterministically.
 
 asyncstore, MLflow and the raw drivers write the *same* rows: this module makes
-them as plain tuples and dicts, and each system's adapter turns them into its own
-input type (asyncstore entities, MLflow entities, driver parameter tuples).
+them as plain tuples and dicts, and turns them into asyncstore entities
+(:func:`to_metrics`, :func:`to_spans`); MLflow's peer makes MLflow entities of them,
+and the raw ceilings take the row tuples the store's own preparation makes of those
+entities.
 """
 
 from __future__ import annotations
