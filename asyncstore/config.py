@@ -225,6 +225,7 @@ class StoreConfig:
     connect_backoff: float
     transaction_retries: int
     sqlite_busy_timeout_ms: int
+    sqlite_checkpoint_interval: float
     mysql_ssl_ca: str | None
     mysql_ssl_cert: str | None
     mysql_ssl_key: str | None
@@ -477,6 +478,12 @@ SETTINGS: dict[str, Setting[Any]] = {
         _setting(
             "sqlite_busy_timeout_ms", _int(minimum=0), 30_000,
             "milliseconds SQLite waits for a lock held by another process",
+        ),
+        _setting(
+            "sqlite_checkpoint_interval", _float(minimum=0.0), 0.2,
+            "seconds between WAL checkpoints of a SQLite file by a thread of the store's own, off the writers' "
+            "commits (at most one per interval, only when the log changed); 0: SQLite checkpoints inside commits, "
+            "its default",
         ),
         _setting("mysql_ssl_ca", _path, cast("str | None", None), "CA certificate file for TLS to MySQL"),
         _setting("mysql_ssl_cert", _path, cast("str | None", None), "client certificate file for TLS to MySQL"),

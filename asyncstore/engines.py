@@ -28,7 +28,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 from sqlalchemy.pool import ConnectionPoolEntry, PoolResetState
 from sqlalchemy.util import asbool, greenlet_spawn
 
-from asyncstore import sqlite_dbapi
+from asyncstore import sqlite_checkpoint, sqlite_dbapi
 from asyncstore.config import Backend, StoreConfig, is_sqlite_memory
 from asyncstore.dialect import sqlite_regexp
 from asyncstore.driver import greenlet_await
@@ -63,6 +63,10 @@ class EngineState:
     ``mysql_local_infile`` setting, until the server or account refuses it once)."""
     writer: asyncio.Task[None] | None = None
     """SQLite: the task writing the queued groups while there are any."""
+    checkpoint: weakref.finalize[Any, Any] | None = None
+    """SQLite file: releases the engine's share of the file's background checkpointer
+    (:mod:`asyncstore.sqlite_checkpoint`); runs once, when the engine is first disposed
+    or garbage-collected, or its loop found closed. None without one."""
     galera: tuple[int, int] | None = None
     """MySQL/MariaDB on a Galera node: its index in the cluster and the cluster's size
     (:func:`asyncstore.dialect.galera_node`, read when a store opens); else None."""
@@ -177,7 +181,9 @@ def _drop_closed_loops() -> None:
             # The loop was closed without shutdown_asyncgens() (not by asyncio.run):
             # its connections cannot be closed any more, only forgotten. The drivers
             # warn (ResourceWarning) when they are garbage-collected.
-            _states.pop(engine.sync_engine, None)
+            state = _states.pop(engine.sync_engine, None)
+            if state is not None and state.checkpoint is not None:
+                state.checkpoint()
             log.warning(
                 "dropped the engine for %s: its event loop was closed before the engine was "
                 "disposed; call `await asyncstore.dispose_engines()` before closing a loop",
@@ -231,7 +237,7 @@ def _create_engine(config: StoreConfig) -> AsyncEngine:
         kwargs["pool_reset_on_return"] = None  # _install_mysql_reset rolls back when needed
     engine = create_async_engine(url, connect_args=connect_args, **kwargs)
     memory = is_sqlite_memory(url)
-    _states[engine.sync_engine] = EngineState(
+    state = _states[engine.sync_engine] = EngineState(
         config=config,
         backend=backend,
         write_lock=asyncio.Lock() if backend is Backend.SQLITE else None,
@@ -242,7 +248,17 @@ def _create_engine(config: StoreConfig) -> AsyncEngine:
         _install_sqlite_parent_dir(engine, url.database)
     _install_connect_retry(engine, config)
     if backend is Backend.SQLITE:
-        _install_sqlite_setup(engine, wal=not memory, busy_timeout_ms=config.sqlite_busy_timeout_ms)
+        path = sqlite_file(url)
+        if path is not None and config.sqlite_checkpoint_interval > 0:
+            checkpointer = sqlite_checkpoint.acquire(path, config.sqlite_checkpoint_interval)
+            release = state.checkpoint = weakref.finalize(engine.sync_engine, sqlite_checkpoint.release, checkpointer)
+            # Whoever disposes the engine (the cache, a store, a command), it lets go;
+            # a finalizer runs once.
+            event.listen(engine.sync_engine, "engine_disposed", lambda _engine: release())
+        _install_sqlite_setup(
+            engine, wal=not memory, busy_timeout_ms=config.sqlite_busy_timeout_ms,
+            autocheckpoint=sqlite_checkpoint.BACKSTOP_PAGES if state.checkpoint is not None else None,
+        )
     if backend is Backend.MYSQL:
         _install_mysql_reset(engine)
     log.debug("created engine for %s", config.safe_uri)
@@ -354,8 +370,14 @@ def _install_mysql_reset(engine: AsyncEngine) -> None:
             dbapi_connection.rollback()
 
 
-def _install_sqlite_setup(engine: AsyncEngine, *, wal: bool, busy_timeout_ms: int) -> None:
-    """Per-connection SQLite set-up and explicit BEGIN handling."""
+def _install_sqlite_setup(
+    engine: AsyncEngine, *, wal: bool, busy_timeout_ms: int, autocheckpoint: int | None = None
+) -> None:
+    """Per-connection SQLite set-up and explicit BEGIN handling.
+
+    ``autocheckpoint``: the connections' ``wal_autocheckpoint`` (pages) when a
+    background checkpointer runs; None keeps SQLite's default.
+    """
 
     @event.listens_for(engine.sync_engine, "connect")
     def _on_connect(dbapi_connection: Any, conn_rec: ConnectionPoolEntry) -> None:
@@ -374,6 +396,8 @@ def _install_sqlite_setup(engine: AsyncEngine, *, wal: bool, busy_timeout_ms: in
                 cursor.execute("PRAGMA journal_mode = WAL")
                 # In WAL mode NORMAL is durable against application crashes and much faster.
                 cursor.execute("PRAGMA synchronous = NORMAL")
+                if autocheckpoint is not None:  # checkpoints run in a thread; commits only as a backstop
+                    cursor.execute(f"PRAGMA wal_autocheckpoint = {int(autocheckpoint)}")
         finally:
             cursor.close()
 

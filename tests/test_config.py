@@ -88,6 +88,7 @@ VARIABLES = [
     ("connect_backoff", "0.5", 0.5, 0.1),
     ("transaction_retries", "1", 1, 5),
     ("sqlite_busy_timeout_ms", "100", 100, 200),
+    ("sqlite_checkpoint_interval", "0", 0.0, 1.5),
     ("replica_max_lag", "0.5", 0.5, 10.0),
     ("replica_check_interval", "5", 5.0, 0.25),
 ]
