@@ -769,7 +769,7 @@ def test_otlp_minutes_must_be_positive(value: str, capsys: pytest.CaptureFixture
 def test_otlp_workloads_without_their_packages_say_how_to_install(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    monkeypatch.setattr(otlp, "missing_packages", lambda: ["httpx"])
+    monkeypatch.setattr(otlp, "missing_packages", lambda: ["aiohttp"])
     assert cli.main(["bench", "--workload", "otlp_ingest", "--out", str(tmp_path)]) == 2
     assert "pip install 'asyncstore[bench]'" in capsys.readouterr().err
     assert not list(tmp_path.iterdir())
@@ -789,35 +789,50 @@ async def test_exporters_send_again_after_429_and_503_as_otlp_exporters_do() -> 
     """The bench's exporters retry a request answered 429 or 503 (MLflow's server answers
     503 to a deadlock on MariaDB), counting the retries; any other answer, or a 503
     past the last retry, fails the repetition."""
-    import httpx
+    from aiohttp import web
 
     answers: list[int] = []
 
-    def handler(request: httpx.Request) -> httpx.Response:
+    async def handler(request: web.Request) -> web.Response:
+        assert request.headers["Content-Type"] == otlp.PROTOBUF and request.headers[otlp.EXPERIMENT_HEADER] == "1"
         status = answers.pop(0)
-        return httpx.Response(status, headers={"Retry-After": "0"} if status != 200 else None, text=str(status))
+        return web.Response(status=status, headers={"Retry-After": "0"} if status != 200 else None, text=str(status))
 
     class Exporter(otlp._ServerIngest):
         experiment_id = "1"
 
+    app = web.Application()
+    app.router.add_post("/v1/traces", handler)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    port = otlp.free_port()
+    await web.TCPSite(runner, "127.0.0.1", port).start()
     exporter = Exporter()
-    exporter.server = types.SimpleNamespace(url="http://exporter.test", name="test server")  # type: ignore[assignment]
-    async with httpx.AsyncClient(transport=httpx.MockTransport(handler)) as client:
-        answers[:] = [503, 429, 200]
-        await exporter._post(client, b"")
-        assert (exporter.sent, exporter.retries, answers) == (otlp.OTLP_REQUEST_SPANS, 2, [])
-        answers[:] = [400, 200]
-        with pytest.raises(RuntimeError, match="answered 400"):
-            await exporter._post(client, b"")
-        assert answers == [200] and exporter.retries == 2
-        answers[:] = [503] * (otlp.RETRIES + 1) + [200]
-        with pytest.raises(RuntimeError, match="answered 503"):
-            await exporter._post(client, b"")
-        assert answers == [200] and exporter.retries == 2 + otlp.RETRIES
-    assert exporter.sent == otlp.OTLP_REQUEST_SPANS
+    exporter.server = types.SimpleNamespace(url=f"http://127.0.0.1:{port}", name="test server")  # type: ignore[assignment]
+    try:
+        async with otlp._exporters(2) as client:
+            await _retries(exporter, client, answers)
+    finally:
+        await runner.cleanup()
     assert otlp._retry_wait(None, 0) == otlp.RETRY_FIRST_WAIT
     assert otlp._retry_wait(None, 10) == otlp.RETRY_MAX_WAIT
     assert otlp._retry_wait("0.5", 3) == 0.5 and otlp._retry_wait("Wed, 21 Oct 2015 07:28:00 GMT", 1) == 0.2
+
+
+async def _retries(exporter: Any, client: Any, answers: list[int]) -> None:
+    """The exporter against a server answering ``answers`` in turn."""
+    answers[:] = [503, 429, 200]
+    await exporter._post(client, b"")
+    assert (exporter.sent, exporter.retries, answers) == (otlp.OTLP_REQUEST_SPANS, 2, [])
+    answers[:] = [400, 200]
+    with pytest.raises(RuntimeError, match="answered 400"):
+        await exporter._post(client, b"")
+    assert answers == [200] and exporter.retries == 2
+    answers[:] = [503] * (otlp.RETRIES + 1) + [200]
+    with pytest.raises(RuntimeError, match="answered 503"):
+        await exporter._post(client, b"")
+    assert answers == [200] and exporter.retries == 2 + otlp.RETRIES
+    assert exporter.sent == otlp.OTLP_REQUEST_SPANS
 
 
 async def test_a_server_that_exits_at_start_is_reported_with_its_output() -> None:

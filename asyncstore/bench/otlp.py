@@ -4,8 +4,10 @@
 :data:`OTLP_EXPORTERS` concurrent exporters POST OTLP/HTTP protobuf requests of
 :data:`OTLP_REQUEST_SPANS` spans (:data:`OTLP_REQUEST_SPANS` / :data:`OTLP_TRACE_SPANS`
 whole traces, each a root and its children, with the attributes of
-:func:`~asyncstore.bench.data.span_batch`) through one ``httpx.AsyncClient`` with
-keep-alive connections. The systems:
+:func:`~asyncstore.bench.data.span_batch`) through one ``aiohttp.ClientSession`` with
+keep-alive connections (aiohttp's HTTP parser is compiled: its exporters use about a
+fifth of the CPU of httpx's pure-Python ones, CPU that the server under test and its
+database share with them on a small machine). The systems:
 
 - ``asyncstore``: ``asyncstore serve`` started as a subprocess on the scratch
   database (a free port, waited for on ``/health``, stopped with SIGTERM);
@@ -61,7 +63,7 @@ from asyncstore.entities import Span
 from asyncstore.store import AsyncStore
 
 if TYPE_CHECKING:
-    import httpx
+    import aiohttp
     import psutil
 
     from asyncstore.bench.mlflow_peer import MlflowPeer
@@ -90,8 +92,8 @@ RETRY_MAX_WAIT = 2.0
 """Seconds between tries without ``Retry-After``: the first, doubling up to the cap."""
 EXPERIMENT_HEADER = "x-mlflow-experiment-id"
 PROTOBUF = "application/x-protobuf"
-INSTALL_HINT = "pip install 'asyncstore[bench]'  (httpx, psutil and the server extra)"
-_NEEDED = ("httpx", "psutil", "starlette", "uvicorn", "prometheus_client", "opentelemetry.proto")
+INSTALL_HINT = "pip install 'asyncstore[bench]'  (aiohttp, psutil and the server extra)"
+_NEEDED = ("aiohttp", "psutil", "starlette", "uvicorn", "prometheus_client", "opentelemetry.proto")
 _GOALS = "goals: at least 60% of direct, 10x MLflow's server"
 
 OTLP_INGEST = Spec(
@@ -265,16 +267,16 @@ class ServerProcess:
             raise
 
     async def _healthy(self, timeout: float) -> None:
-        import httpx
+        import aiohttp
 
         assert self.process is not None
         deadline = time.monotonic() + timeout
-        async with httpx.AsyncClient(timeout=2) as client:
+        async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=2)) as client:
             while True:
                 if self.process.returncode is not None:
                     raise RuntimeError(f"{self.name} exited with {self.process.returncode}: {self.log_tail()}")
-                with contextlib.suppress(httpx.TransportError):
-                    if (await client.get(self.url + "/health")).status_code == 200:
+                with contextlib.suppress(aiohttp.ClientError, asyncio.TimeoutError):
+                    if await _get_status(client, self.url + "/health") == 200:
                         self.rss_mb()  # note its children
                         return
                 if time.monotonic() > deadline:
@@ -332,6 +334,21 @@ class ServerProcess:
         return self.process is not None and self.process.returncode is not None and not any(
             _running(p) for p in self.processes.values()
         )
+
+
+async def _get_status(client: aiohttp.ClientSession, url: str) -> int:
+    async with client.get(url) as response:
+        await response.read()
+        return response.status
+
+
+def _exporters(concurrency: int) -> aiohttp.ClientSession:
+    """The exporters' HTTP client: ``concurrency`` keep-alive connections, 120 s per request."""
+    import aiohttp
+
+    return aiohttp.ClientSession(
+        connector=aiohttp.TCPConnector(limit=concurrency), timeout=aiohttp.ClientTimeout(total=120)
+    )
 
 
 def _running(process: psutil.Process) -> bool:
@@ -425,37 +442,35 @@ class _ServerIngest:
         last = first if self.spec.once else first + self.scale.repetitions - 1
         return rep == first, rep == last
 
-    async def _post(self, client: httpx.AsyncClient, body: bytes) -> None:
+    async def _post(self, client: aiohttp.ClientSession, body: bytes) -> None:
         """POST one request; on 429 or 503 wait and send it again, as OTLP exporters do
         (``Retry-After`` if given, else :data:`RETRY_FIRST_WAIT` doubling up to
         :data:`RETRY_MAX_WAIT`), at most :data:`RETRIES` times (counted in ``retries``)."""
+        headers = {"Content-Type": PROTOBUF, EXPERIMENT_HEADER: self.experiment_id}
         for attempt in range(RETRIES + 1):
-            response = await client.post(
-                self._server().url + "/v1/traces", content=body,
-                headers={"Content-Type": PROTOBUF, EXPERIMENT_HEADER: self.experiment_id},
-            )
-            if response.status_code == 200:
+            async with client.post(self._server().url + "/v1/traces", data=body, headers=headers) as response:
+                answer = await response.read()  # read whole: the connection goes back to the pool
+                status, retry_after = response.status, response.headers.get("Retry-After")
+            if status == 200:
                 self.sent += OTLP_REQUEST_SPANS
                 return
-            if response.status_code not in RETRYABLE or attempt == RETRIES:
+            if status not in RETRYABLE or attempt == RETRIES:
                 break
             self.retries += 1
-            await asyncio.sleep(_retry_wait(response.headers.get("retry-after"), attempt))
-        raise RuntimeError(f"{self._server().name} answered {response.status_code}: {response.text[:300]}")
+            await asyncio.sleep(_retry_wait(retry_after, attempt))
+        text = answer[:300].decode(errors="replace")
+        raise RuntimeError(f"{self._server().name} answered {status}: {text}")
 
     async def run(self, rep: int) -> Outcome:
         """POST every request from the exporters; the timed part is the posting alone."""
         if self.spec.minutes:
             return await self._soak()
         server = self._server()
-        import httpx
-
         before = await self.writer()
         retries = self.retries
         rss_start = server.rss_mb()
         latencies: list[float] = []
-        limits = httpx.Limits(max_connections=self.spec.concurrency, max_keepalive_connections=self.spec.concurrency)
-        async with httpx.AsyncClient(limits=limits, timeout=120) as client:
+        async with _exporters(self.spec.concurrency) as client:
             bodies = self.bodies
 
             async def export(i: int) -> None:
@@ -483,8 +498,6 @@ class _ServerIngest:
 
     async def _soak(self) -> Outcome:
         """Post requests built on the fly for ``spec.minutes``; read memory and throughput along the way."""
-        import httpx
-
         server = self._server()
         duration = self.spec.minutes * 60
         every = _sample_every(duration)
@@ -503,8 +516,7 @@ class _ServerIngest:
             self.note(f"otlp_soak: {t:6.0f} s  {spans:>10,} spans  {rate:>8,.0f} spans/s  server RSS {rss:7.1f} MB")
             last = (t, spans)
 
-        limits = httpx.Limits(max_connections=self.spec.concurrency, max_keepalive_connections=self.spec.concurrency)
-        async with httpx.AsyncClient(limits=limits, timeout=120) as client:
+        async with _exporters(self.spec.concurrency) as client:
             started = time.perf_counter()
             deadline = started + duration
 
@@ -566,10 +578,11 @@ class OtlpIngest(_ServerIngest, _StoreWorkload):
 
     async def writer(self) -> dict[str, float]:
         """``log_spans`` calls (transactions) and their seconds so far, from ``/metrics``."""
-        import httpx
+        import aiohttp
 
-        async with httpx.AsyncClient(timeout=30) as client:
-            text = (await client.get(self._server().url + "/metrics")).text
+        async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=30)) as client:
+            async with client.get(self._server().url + "/metrics") as response:
+                text = await response.text()
         return {"transactions": _metric(text, "asyncstore_otlp_batch_spans_count"),
                 "write_s": _metric(text, "asyncstore_otlp_write_seconds_sum")}
 
