@@ -684,25 +684,29 @@ def test_otlp_ingest_is_opt_in_and_reports_http_over_direct(
     assert started_servers[0].process.returncode in (0, -signal.SIGTERM)
 
 
-async def test_otlp_ingest_stores_every_span_it_sends(store: AsyncStore, backend: str) -> None:
+async def test_otlp_ingest_stores_every_span_it_sends(store: AsyncStore, backend: str, tmp_path: Path) -> None:
     http = otlp.OtlpIngest(store, TINY_OTLP)
-    direct = otlp.DirectIngest(store, TINY_OTLP)
+    direct = otlp.DirectIngest(_server_uri(backend, tmp_path), TINY_OTLP)  # a database of its own
     for workload in (http, direct):
         await workload.setup()
     try:
+        assert direct.scratch is not None and direct.store is not store
         for rep in range(2):
             for workload in (http, direct):
                 await workload.prepare(rep)
                 outcome = await workload.run(rep)
                 assert outcome.items == 1000 and outcome.latencies and len(outcome.latencies) == 20
+        for workload in (http, direct):
+            experiment = int(workload.experiment_id)
+            assert await count_rows(workload.store, spans, spans.c.experiment_id == experiment) == 2000
+            # Whole traces: 5 of 10 spans per request.
+            assert await count_rows(workload.store, trace_info, trace_info.c.experiment_id == experiment) == 200
+        # serve's database holds serve's spans alone
+        assert await count_rows(store, spans) == 2000
     finally:
         for workload in (http, direct):
             await workload.teardown()
-    for workload in (http, direct):
-        experiment = int(workload.experiment_id)
-        assert await count_rows(store, spans, spans.c.experiment_id == experiment) == 2000
-        # Whole traces: 5 of 10 spans per request.
-        assert await count_rows(store, trace_info, trace_info.c.experiment_id == experiment) == 200
+    assert direct.scratch.dropped
     server = http.server
     assert server is not None and server.stopped()
     assert server.process is not None and server.process.returncode in (0, -signal.SIGTERM)

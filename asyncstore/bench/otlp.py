@@ -13,7 +13,8 @@ database share with them on a small machine). The systems:
   database (a free port, waited for on ``/health``, stopped with SIGTERM);
 - ``direct``: the ceiling without HTTP: the same requests decoded beforehand
   (``from_otlp_request``, untimed) and written by ``store.spans.log_spans`` in the
-  bench's process, one call per request, from as many concurrent callers;
+  bench's process, one call per request, from as many concurrent callers, into a
+  scratch database of its own (:class:`DirectIngest`);
 - with ``--compare mlflow``, ``asyncstore_on_mlflow_schema`` (``asyncstore serve`` on
   a database MLflow's migrations made) and ``mlflow``: MLflow's own tracking server,
   ``mlflow server --backend-store-uri <sync URI> --host 127.0.0.1 --port P --workers 1``
@@ -56,6 +57,7 @@ from sqlalchemy import func, select
 
 from asyncstore import schema
 from asyncstore.bench.data import SpanRow, span_batch
+from asyncstore.bench.database import ScratchDatabase, create_scratch
 from asyncstore.bench.measure import Outcome, fan_out, timed
 from asyncstore.bench.scale import SPAN_BATCH, Scale
 from asyncstore.bench.workloads import Spec, _StoreWorkload, unique
@@ -591,13 +593,38 @@ class DirectIngest(_StoreWorkload):
     """``direct``: the requests of :class:`OtlpIngest`, decoded beforehand, written by ``log_spans`` in-process.
 
     One call per request from as many concurrent callers as there are exporters: the
-    store's work without HTTP, body parsing or the server's group commit.
+    store's work without HTTP, body parsing or the server's group commit. It writes
+    into a scratch database of its own (made in :meth:`setup` on the server or in the
+    folder of ``uri``, dropped in :meth:`teardown`), so that the tables of
+    ``asyncstore serve`` hold only the spans it received, as MLflow's server's hold
+    only its own: where an insert costs more as its table grows (SQLite, MariaDB),
+    every HTTP system is measured on tables of the same size.
     """
 
-    def __init__(self, store: AsyncStore, scale: Scale, spec: Spec | None = None) -> None:
-        super().__init__(store, scale, spec or OTLP_INGEST)
+    def __init__(self, uri: str | None, scale: Scale, spec: Spec | None = None) -> None:
+        self.uri = uri
+        self.scale = scale
+        self.spec = spec or OTLP_INGEST
+        self.experiment_id = ""
+        self.scratch: ScratchDatabase | None = None
+        self.opened: AsyncStore | None = None
         self.batches: list[list[Span]] = []
         self.sent = 0
+
+    async def setup(self) -> None:
+        """The database of its own, then the experiment."""
+        self.scratch = await create_scratch(self.uri, "direct")
+        self.store = self.opened = await AsyncStore.open(self.scratch.uri)
+        await super().setup()
+
+    async def teardown(self) -> None:
+        """Close the store, drop the database."""
+        try:
+            if self.opened is not None:
+                await self.opened.close()
+        finally:
+            if self.scratch is not None:
+                await self.scratch.drop()
 
     async def prepare(self, rep: int) -> None:
         """This repetition's requests as the server would decode them (untimed)."""

@@ -248,7 +248,7 @@ def table(result: Mapping[str, Any]) -> str:
     if direct:
         ceilings += (
             "; direct (no HTTP): the OTLP requests' spans written by store.spans.log_spans in the bench's "
-            "process, same calls and concurrency"
+            "process, same calls and concurrency, into a database of its own"
         )
     return "\n".join([title, "", *lines, "", "throughput per second; " + ceilings + "; workloads:", *notes])
 

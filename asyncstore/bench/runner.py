@@ -392,7 +392,7 @@ class _Bench:
 
                 systems[system] = NAIVE_WORKLOADS[spec.kind](store, self.scale, spec)
             elif system == "direct":
-                systems[system] = DirectIngest(store, self.scale, spec)
+                systems[system] = DirectIngest(self.uri, self.scale, spec)
             elif system == ON_MLFLOW_SCHEMA and on_mlflow is not None:
                 systems[system] = workload_class(spec.kind)(on_mlflow, self.scale, spec)
             elif system == "mlflow" and peer is not None and spec.kind == "otlp_ingest":
