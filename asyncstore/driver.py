@@ -71,12 +71,13 @@ class Driver:
     that transaction.
     """
 
-    __slots__ = ("_conn", "_driver", "backend")
+    __slots__ = ("_conn", "_driver", "_pending", "backend")
 
     def __init__(self, conn: Connection, driver: Any, backend: Backend) -> None:
         self._conn = conn
         self._driver = driver
         self.backend = backend
+        self._pending: list[tuple[str, Sequence[Sequence[Any]]]] = []
 
     @classmethod
     async def of(cls, conn: AsyncConnection) -> Driver:
@@ -106,7 +107,8 @@ class Driver:
         if self.backend is Backend.POSTGRESQL:
             call: Callable[[], Awaitable[Any]] = partial(self._driver.execute, statement, *parameters)
         elif self.backend is Backend.SQLITE:
-            call = partial(self._driver.trip, False, statement, parameters)
+            await self._trip(False, statement, tuple(parameters))
+            return
         else:
             call = partial(_mysql_execute, self._driver, statement, parameters)
         await self._observed(statement, tuple(parameters), False, call)
@@ -114,15 +116,39 @@ class Driver:
     async def executemany(self, statement: str, rows: Sequence[Sequence[Any]]) -> None:
         """Run one statement once per row of ``rows`` (SQLite: one call into its thread)."""
         self._require(Backend.SQLITE)
-        await self._observed(statement, rows, True, partial(self._driver.trip, True, statement, rows))
+        await self._trip(True, statement, rows)
 
     async def fetchall(self, statement: str, parameters: Sequence[Any] = ()) -> list[tuple[Any, ...]]:
         """Run a query and return its rows (SQLite)."""
         self._require(Backend.SQLITE)
-        _, rows, _, _ = await self._observed(
-            statement, tuple(parameters), False, partial(self._driver.trip, False, statement, parameters)
-        )
+        _, rows, _, _ = await self._trip(False, statement, tuple(parameters))
         return [tuple(row) for row in rows]
+
+    def defer(self, statement: str, rows: Sequence[Sequence[Any]]) -> None:
+        """Queue an ``executemany`` whose result is not needed (SQLite): it is sent, in
+        order, in the trip of this driver's next statement, or by :meth:`flush`.
+
+        Each trip into aiosqlite's thread waits for the thread, then for the event
+        loop, a millisecond or more each on a busy loop, while the transaction holds
+        SQLite's write lock: writes sent together wait once. A deferred write that
+        fails raises from the call whose trip carried it, in the same transaction;
+        one never sent (the caller failed or was cancelled first) is dropped with the
+        transaction's rollback.
+        """
+        self._require(Backend.SQLITE)
+        self._pending.append((statement, rows))
+
+    async def flush(self) -> None:
+        """Send the deferred writes (SQLite; one trip), if any."""
+        if self._pending:
+            statement, rows = self._pending.pop()
+            await self._trip(True, statement, rows)
+
+    async def _trip(self, many: bool, statement: str, parameters: Any) -> Any:
+        """One trip into aiosqlite's thread: the deferred writes, then the statement."""
+        before, self._pending = self._pending, []
+        call = partial(self._driver.trip, many, statement, parameters, before)
+        return await self._observed(statement, parameters, many, call, before)
 
     async def copy(self, table: str, columns: Sequence[str], records: Sequence[Sequence[Any]]) -> None:
         """COPY ``records`` into ``table`` (PostgreSQL, binary format)."""
@@ -149,33 +175,41 @@ class Driver:
                 f"this driver call is not made on {self.backend.value}; send the statement through SQLAlchemy"
             )
 
-    async def _observed(self, statement: str, parameters: Any, many: bool, call: Callable[[], Awaitable[T]]) -> T:
-        """``await call()``, with SQLAlchemy's cursor events and echo around it when they are on."""
+    async def _observed(
+        self, statement: str, parameters: Any, many: bool, call: Callable[[], Awaitable[T]],
+        before: Sequence[tuple[str, Any]] = (),
+    ) -> T:
+        """``await call()``, with SQLAlchemy's cursor events and echo around it when they
+        are on: for the executemany statements ``before`` it (sent in the same call), then for it."""
         conn = self._conn
         listened = (conn._has_events or conn.engine._has_events) and bool(
             conn.dispatch.before_cursor_execute or conn.dispatch.after_cursor_execute
         )
         if not listened and not conn._echo:
             return await call()  # the fast path: nothing to tell anyone
-        return await greenlet_spawn(_in_greenlet, conn, listened, statement, parameters, many, call)
+        statements = [*((s, rows, True) for s, rows in before), (statement, parameters, many)]
+        return await greenlet_spawn(_in_greenlet, conn, listened, statements, call)
 
 
 def _in_greenlet(
-    conn: Connection, listened: bool, statement: str, parameters: Any, many: bool, call: Callable[[], Awaitable[T]]
+    conn: Connection, listened: bool, statements: Sequence[tuple[str, Any, bool]], call: Callable[[], Awaitable[T]]
 ) -> T:
-    """What ``Connection._cursor_execute`` does around a DBAPI call, around a driver call."""
-    if listened:
-        for fn in conn.dispatch.before_cursor_execute:
-            fn(conn, None, statement, parameters, None, many)
-    if conn._echo:
-        conn._log_info(statement)
-        if conn.engine.hide_parameters:
-            conn._log_info("[%s] [SQL parameters hidden due to hide_parameters=True]", _STATS)
-        else:
-            conn._log_info("[%s] %r", _STATS, _repr_params(parameters, batches=10, ismulti=many))
+    """What ``Connection._cursor_execute`` does around a DBAPI call, around a driver call
+    that sends ``statements`` (statement, parameters, executemany or not)."""
+    for statement, parameters, many in statements:
+        if listened:
+            for fn in conn.dispatch.before_cursor_execute:
+                fn(conn, None, statement, parameters, None, many)
+        if conn._echo:
+            conn._log_info(statement)
+            if conn.engine.hide_parameters:
+                conn._log_info("[%s] [SQL parameters hidden due to hide_parameters=True]", _STATS)
+            else:
+                conn._log_info("[%s] %r", _STATS, _repr_params(parameters, batches=10, ismulti=many))
     result = _await(call())
     if listened:
-        conn.dispatch.after_cursor_execute(conn, None, statement, parameters, None, many)
+        for statement, parameters, many in statements:
+            conn.dispatch.after_cursor_execute(conn, None, statement, parameters, None, many)
     return result
 
 

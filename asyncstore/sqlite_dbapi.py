@@ -43,13 +43,18 @@ _Description = tuple[tuple[Any, ...], ...] | None
 _Result = tuple[_Description, list[Any], int, int | None]
 
 
-def _run(conn: sqlite3.Connection, begin: str | None, many: bool, operation: str, parameters: Any) -> _Result:
-    """On aiosqlite's thread: the held-back BEGIN if any, a cursor, the statement, all
-    its rows, the cursor closed."""
+def _run(
+    conn: sqlite3.Connection, begin: str | None, many: bool, operation: str, parameters: Any,
+    before: Sequence[tuple[str, Any]] = (),
+) -> _Result:
+    """On aiosqlite's thread: the held-back BEGIN if any, a cursor, the writes ``before``
+    (executemany each), the statement, all its rows, the cursor closed."""
     if begin is not None:
         conn.execute(begin)
     cursor = conn.cursor()
     try:
+        for earlier, rows in before:
+            _executemany(conn, cursor, earlier, rows)
         if many:
             rowcount = _executemany(conn, cursor, operation, parameters)
         else:
@@ -200,11 +205,16 @@ class OneTripConnection(AsyncAdapt_aiosqlite_connection):
         self._begin = operation
         return True
 
-    async def trip(self, many: bool, operation: str, parameters: Any) -> _Result:
-        """Run one statement (after the held-back BEGIN) in one trip to aiosqlite's thread."""
+    async def trip(
+        self, many: bool, operation: str, parameters: Any, before: Sequence[tuple[str, Any]] = ()
+    ) -> _Result:
+        """Run one statement (after the held-back BEGIN and the writes ``before``, each an
+        executemany of a statement and its rows) in one trip to aiosqlite's thread."""
         begin, self._begin = self._begin, None
         driver: Any = self._connection  # aiosqlite.Connection; _execute and _conn are untyped
-        result: _Result = await driver._execute(partial(_run, driver._conn, begin, many, operation, parameters))
+        result: _Result = await driver._execute(
+            partial(_run, driver._conn, begin, many, operation, parameters, before)
+        )
         return result
 
     def commit(self) -> None:

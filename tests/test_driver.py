@@ -9,9 +9,14 @@ import os
 
 import pytest
 
-from asyncstore import AsyncStore
+from typing import Any
+
+from asyncstore import AsyncStore, InternalError
 from asyncstore.bulk import BULK_MIN
-from tests.helpers import make_experiment, make_span, mysql_only, new_trace_id
+from asyncstore.driver import Driver
+from asyncstore.schema import spans, trace_info
+from asyncstore.sqlite_dbapi import OneTripConnection
+from tests.helpers import count_rows, make_experiment, make_span, mysql_only, new_trace_id, sqlite_only
 
 
 async def test_echo_logs_the_statements_sent_to_the_driver(migrated_uri: str, caplog: pytest.LogCaptureFixture) -> None:
@@ -63,3 +68,66 @@ async def test_more_concurrent_loads_than_the_default_executor_has_threads(migra
             asyncio.gather(*(store.spans.log_spans(exp, batch) for batch in batches)), timeout=120
         )
     assert written == [BULK_MIN * 5] * loads
+
+
+def _count_trips(monkeypatch: pytest.MonkeyPatch) -> list[list[str]]:
+    """Every trip into aiosqlite's thread from now on: the first words of the statements it carried."""
+    trips: list[list[str]] = []
+    trip = OneTripConnection.trip
+
+    async def counted(self: OneTripConnection, many: bool, operation: str, parameters: Any, before: Any = ()) -> Any:
+        trips.append([" ".join(s.split()[:3]) for s, _ in [*before, (operation, None)]])
+        return await trip(self, many, operation, parameters, before)
+
+    monkeypatch.setattr(OneTripConnection, "trip", counted)
+    return trips
+
+
+@sqlite_only
+async def test_sqlite_log_spans_writes_in_two_trips(migrated_uri: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Each trip into aiosqlite's thread waits for the thread and then for the event loop
+    while the write lock is held: log_spans sends the trace upsert with its lookup, and
+    the tags with the spans (Driver.defer), two trips where there were four."""
+    async with AsyncStore.open(migrated_uri) as store:
+        exp = await make_experiment(store)
+        trips = _count_trips(monkeypatch)
+        tid = new_trace_id()
+        assert await store.spans.log_spans(exp, [make_span(tid, name=f"s{i}") for i in range(3)]) == 3
+        assert trips == [
+            ["INSERT INTO trace_info", "SELECT e.artifact_location, f.request_id,"],
+            ["INSERT INTO trace_tags", "INSERT INTO spans"],
+        ]
+        assert len(await store.spans.get_spans(tid)) == 3
+
+
+@sqlite_only
+async def test_a_deferred_write_that_fails_fails_its_transaction(migrated_uri: str) -> None:
+    """A deferred write raises from the call whose trip carried it; the transaction then
+    rolls back everything, the deferred writes sent before it included."""
+    async with AsyncStore.open(migrated_uri) as store:
+        exp = await make_experiment(store)
+        tid = new_trace_id()
+
+        async def work(conn: Any) -> None:
+            db = await Driver.of(conn)
+            db.defer(
+                "INSERT INTO trace_info (request_id, experiment_id, timestamp_ms, status) VALUES (?, ?, ?, ?)",
+                [(tid, exp, 1, "OK")],
+            )
+            db.defer("INSERT INTO no_such_table VALUES (?)", [(1,)])
+            await db.flush()
+
+        with pytest.raises(InternalError, match="no such table: no_such_table"):
+            await store.uow.run(work, write=True)
+        assert await count_rows(store, trace_info, trace_info.c.request_id == tid) == 0
+
+        async def deferred_then_read(conn: Any) -> list[tuple[Any, ...]]:
+            db = await Driver.of(conn)
+            db.defer(
+                "INSERT INTO trace_info (request_id, experiment_id, timestamp_ms, status) VALUES (?, ?, ?, ?)",
+                [(tid, exp, 1, "OK")],
+            )
+            return await db.fetchall("SELECT count(*) FROM trace_info WHERE request_id = ?", [tid])
+
+        assert await store.uow.run(deferred_then_read, write=True) == [(1,)]  # sent before the read, in order
+        assert await count_rows(store, spans, spans.c.trace_id == tid) == 0

@@ -70,6 +70,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from sqlalchemy import case, literal_column
+from sqlalchemy.dialects import sqlite as sqlite_dialect
 from sqlalchemy.ext.asyncio import AsyncConnection
 from typing_extensions import assert_never
 
@@ -207,7 +208,7 @@ ON CONFLICT (trace_id, span_id) DO UPDATE SET
 SQLITE_SPANS = {True: _sqlite_spans(_SPAN_FIELDS), False: _sqlite_spans(_PLAIN_SPAN_FIELDS)}
 
 SQLITE_TRACES = f"""
-INSERT INTO trace_info ({_TRACE_COLUMNS}) VALUES ({", ".join("?" * len(_TRACE_FIELDS))}, 1)
+INSERT INTO trace_info ({_TRACE_COLUMNS}) VALUES ({", ".join("?" * (len(_TRACE_FIELDS) + 1))})
 ON CONFLICT (request_id) DO UPDATE SET
     execution_time_ms = MAX(trace_info.timestamp_ms + COALESCE(trace_info.execution_time_ms, 0),
                             excluded.timestamp_ms + excluded.execution_time_ms)
@@ -335,6 +336,19 @@ def _tags_upsert(backend: Backend) -> Any:
     )
 
 
+def _sqlite_text(statement: Any) -> str:
+    """An insert of (key, value, request_id) rows as SQLite text with ``?`` in that order,
+    for :meth:`Driver.defer <asyncstore.driver.Driver.defer>`."""
+    compiled = statement.compile(dialect=sqlite_dialect.dialect(paramstyle="qmark"))
+    if tuple(compiled.positiontup or ()) != ("key", "value", "request_id"):  # pragma: no cover - a schema change
+        raise InvalidState(f"unexpected parameters {compiled.positiontup} in {compiled.string}")
+    return str(compiled.string)
+
+
+SQLITE_TAGS = _sqlite_text(_tags_upsert(Backend.SQLITE))
+SQLITE_USERS = _sqlite_text(upsert(Backend.SQLITE, trace_request_metadata, ["key", "request_id"], []))
+
+
 def _tag_rows(batch: PreparedBatch, artifact_location: str | None) -> list[dict[str, str]]:
     """The tags MLflow's ``log_spans`` writes for the batch's traces, in primary-key order
     (key, request_id), so concurrent ingesters lock them in the same order: its own, then
@@ -368,14 +382,22 @@ async def write_batch(conn: AsyncConnection, backend: Backend, experiment_id: in
     await _upsert_traces(conn, backend, batch, db)
     location, stored = await _lookup(conn, backend, experiment_id, batch, db)
     await _settle_analytics(conn, backend, batch, stored, db)
-    await conn.execute(_tags_upsert(backend), _tag_rows(batch, location))
+    tags = _tag_rows(batch, location)
     users = [
         {"key": derive.USER_METADATA, "request_id": tid, "value": user}
         for tid in batch.trace_ids if (user := batch.derived[tid].user)
     ]
-    if users:  # as in MLflow, a user already recorded is kept
-        await conn.execute(upsert(backend, trace_request_metadata, ["key", "request_id"], []), users)
+    if db is not None:  # SQLite: with the spans, in one trip
+        db.defer(SQLITE_TAGS, [(r["key"], r["value"], r["request_id"]) for r in tags])
+        if users:
+            db.defer(SQLITE_USERS, [(r["key"], r["value"], r["request_id"]) for r in users])
+    else:
+        await conn.execute(_tags_upsert(backend), tags)
+        if users:  # as in MLflow, a user already recorded is kept
+            await conn.execute(upsert(backend, trace_request_metadata, ["key", "request_id"], []), users)
     await _write_spans(conn, backend, experiment_id, batch, db)
+    if db is not None:
+        await db.flush()
 
 
 async def _upsert_traces(conn: AsyncConnection, backend: Backend, batch: PreparedBatch, db: Driver | None) -> None:
@@ -385,7 +407,7 @@ async def _upsert_traces(conn: AsyncConnection, backend: Backend, batch: Prepare
         await conn.exec_driver_sql(PG_TRACES, (rows[0][1], list(columns[0]), *(list(c) for c in columns[2:])))
     elif backend is Backend.SQLITE:
         assert db is not None
-        await db.executemany(SQLITE_TRACES, rows)
+        db.defer(SQLITE_TRACES, [(*row, 1) for row in rows])  # sent with the lookup
     elif backend is Backend.MYSQL:
         # The payload generation (1) as a parameter: VALUES of placeholders only is what
         # aiomysql rewrites into multi-row statements (else it sends a statement per row).
@@ -410,7 +432,7 @@ async def _write_spans(
             await conn.exec_driver_sql(PG_SPANS[derived], (experiment_id, *(list(c) for c in columns)))
         elif backend is Backend.SQLITE:
             assert db is not None
-            await db.executemany(SQLITE_SPANS[derived], chunk)
+            db.defer(SQLITE_SPANS[derived], chunk)  # write_batch flushes
         elif backend is Backend.MYSQL:
             await conn.exec_driver_sql(MYSQL_SPANS[derived], chunk)
         else:
@@ -488,7 +510,7 @@ async def _settle_analytics(
         await conn.exec_driver_sql(PG_ANALYTICS, tuple(list(c) for c in zip(*updates)))
     elif backend is Backend.SQLITE:
         assert db is not None
-        await db.executemany(SQLITE_ANALYTICS, [(*u[1:], u[0]) for u in updates])
+        db.defer(SQLITE_ANALYTICS, [(*u[1:], u[0]) for u in updates])
     elif backend is Backend.MYSQL:
         for chunk in chunks(updates, TRACE_CHUNK):
             await conn.exec_driver_sql(_mysql_analytics(len(chunk)), tuple(v for u in chunk for v in u))
