@@ -54,8 +54,11 @@ upsert path in the same transaction:
 * PostgreSQL: ``INSERT ... SELECT FROM unnest($arrays) ON CONFLICT DO UPDATE``, one
   prepared statement with a fixed number of array parameters (one per column), so
   the 32767 bind-parameter limit never applies.
-* SQLite: ``executemany`` of a one-row upsert (sqlite3 loops in C, one call into
-  the aiosqlite thread per batch).
+* SQLite: ``executemany`` of a one-row upsert, sent as multi-row INSERTs
+  (:mod:`asyncstore.sqlite_dbapi`). The writes whose results the batch does not need
+  ride in the trip of its next statement (:meth:`asyncstore.driver.Driver.defer`):
+  the trace upsert goes into aiosqlite's thread with the lookup, the analytics
+  update, tags, user metadata and spans together, two trips in all.
 * MySQL/MariaDB: ``executemany`` of a one-row ``INSERT ... ON DUPLICATE KEY UPDATE``,
   which aiomysql rewrites into multi-row statements of at most ~1 MB each (below
   MariaDB's 16 MB ``max_allowed_packet``).
@@ -382,22 +385,29 @@ async def write_batch(conn: AsyncConnection, backend: Backend, experiment_id: in
     await _upsert_traces(conn, backend, batch, db)
     location, stored = await _lookup(conn, backend, experiment_id, batch, db)
     await _settle_analytics(conn, backend, batch, stored, db)
+    await _write_tags(conn, backend, batch, location, db)
+    await _write_spans(conn, backend, experiment_id, batch, db)
+    if db is not None:  # SQLite: what was deferred since the lookup, in one trip
+        await db.flush()
+
+
+async def _write_tags(
+    conn: AsyncConnection, backend: Backend, batch: PreparedBatch, location: str | None, db: Driver | None
+) -> None:
+    """The trace tags of :func:`_tag_rows`, and the user metadata of the traces whose spans name one."""
     tags = _tag_rows(batch, location)
     users = [
         {"key": derive.USER_METADATA, "request_id": tid, "value": user}
         for tid in batch.trace_ids if (user := batch.derived[tid].user)
     ]
-    if db is not None:  # SQLite: with the spans, in one trip
+    if db is not None:  # SQLite: deferred, sent with the spans
         db.defer(SQLITE_TAGS, [(r["key"], r["value"], r["request_id"]) for r in tags])
         if users:
             db.defer(SQLITE_USERS, [(r["key"], r["value"], r["request_id"]) for r in users])
-    else:
-        await conn.execute(_tags_upsert(backend), tags)
-        if users:  # as in MLflow, a user already recorded is kept
-            await conn.execute(upsert(backend, trace_request_metadata, ["key", "request_id"], []), users)
-    await _write_spans(conn, backend, experiment_id, batch, db)
-    if db is not None:
-        await db.flush()
+        return
+    await conn.execute(_tags_upsert(backend), tags)
+    if users:  # as in MLflow, a user already recorded is kept
+        await conn.execute(upsert(backend, trace_request_metadata, ["key", "request_id"], []), users)
 
 
 async def _upsert_traces(conn: AsyncConnection, backend: Backend, batch: PreparedBatch, db: Driver | None) -> None:
