@@ -135,7 +135,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     Example::
 
         $ asyncstore db upgrade postgresql://postgres@127.0.0.1/test
-        postgresql+asyncpg://postgres@127.0.0.1/test is an asyncstore database at revision 0004_job_claim_order (head)
+        postgresql+asyncpg://postgres@127.0.0.1/test is an asyncstore database at revision 0005_spans_redundant_index (head)
     """
     args = build_parser().parse_args(argv)
     _configure_logging(args.verbose)

@@ -18,7 +18,9 @@ differences that remain, each on purpose:
   SQL gets MLflow's values.
 * Extra indexes for the queries asyncstore runs (run search, metric history, span
   search, claiming jobs, listing jobs); MLflow's analytics indexes on ``spans``
-  (cost covers) and ``trace_info`` (timestamp, request id) are not created.
+  (cost covers) and ``trace_info`` (timestamp, request id) are not created, nor its
+  ``index_spans_experiment_id``, a prefix of four other ``spans`` indexes (revision
+  ``0005_spans_redundant_index``).
 * On MySQL/MariaDB every table uses ``utf8mb4`` with a binary NO PAD collation, so
   keys that differ only by case or by trailing spaces are different keys (as on
   PostgreSQL and SQLite) and 4-byte UTF-8 is stored as it is. MLflow's tables use
@@ -355,7 +357,6 @@ spans = Table(
     Column("model_name", String(MODEL_NAME_MAX)),
     Column("model_provider", String(MODEL_NAME_MAX)),
     PrimaryKeyConstraint("trace_id", "span_id", name="spans_pk"),
-    Index("index_spans_experiment_id", "experiment_id"),
     Index("index_spans_experiment_id_status_type", "experiment_id", "status", "type"),
     Index("index_spans_experiment_id_type_status", "experiment_id", "type", "status"),
     Index("index_spans_experiment_id_duration", "experiment_id", "duration_ns"),

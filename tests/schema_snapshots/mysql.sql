@@ -1,4 +1,4 @@
--- revision 0004_job_claim_order; regenerate with: python -m tests.schema_snapshots --update
+-- revision 0005_spans_redundant_index; regenerate with: python -m tests.schema_snapshots --update
 
 CREATE TABLE `alembic_version` (
   `version_num` varchar(32) NOT NULL,
@@ -142,7 +142,6 @@ CREATE TABLE `spans` (
   `model_name` varchar(500) DEFAULT NULL,
   `model_provider` varchar(500) DEFAULT NULL,
   PRIMARY KEY (`trace_id`,`span_id`),
-  KEY `index_spans_experiment_id` (`experiment_id`),
   KEY `index_spans_experiment_id_duration` (`experiment_id`,`duration_ns`),
   KEY `index_spans_experiment_id_start_time` (`experiment_id`,`start_time_unix_nano`),
   KEY `index_spans_experiment_id_status_type` (`experiment_id`,`status`,`type`),

@@ -1,4 +1,4 @@
--- revision 0004_job_claim_order; regenerate with: python -m tests.schema_snapshots --update
+-- revision 0005_spans_redundant_index; regenerate with: python -m tests.schema_snapshots --update
 
 CREATE TABLE alembic_version (
 	version_num VARCHAR(32) NOT NULL,
@@ -157,8 +157,6 @@ CREATE TABLE spans (
 	CONSTRAINT fk_spans_trace_id_trace_info FOREIGN KEY(trace_id) REFERENCES trace_info (request_id) ON DELETE CASCADE,
 	CONSTRAINT spans_pk PRIMARY KEY (trace_id, span_id)
 );
-
-CREATE INDEX index_spans_experiment_id ON spans (experiment_id);
 
 CREATE INDEX index_spans_experiment_id_duration ON spans (experiment_id, duration_ns);
 

@@ -1,4 +1,4 @@
--- revision 0004_job_claim_order; regenerate with: python -m tests.schema_snapshots --update
+-- revision 0005_spans_redundant_index; regenerate with: python -m tests.schema_snapshots --update
 
 CREATE TABLE alembic_version (
 	version_num VARCHAR(32) NOT NULL,
@@ -209,8 +209,6 @@ CREATE INDEX index_metrics_run_uuid_key_step_timestamp ON metrics (run_uuid, "ke
 CREATE INDEX index_params_run_uuid ON params (run_uuid);
 
 CREATE INDEX index_runs_experiment_id_lifecycle_stage_start_time ON runs (experiment_id, lifecycle_stage, start_time);
-
-CREATE INDEX index_spans_experiment_id ON spans (experiment_id);
 
 CREATE INDEX index_spans_experiment_id_duration ON spans (experiment_id, duration_ns);
 
