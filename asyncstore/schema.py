@@ -21,6 +21,9 @@ differences that remain, each on purpose:
   (cost covers) and ``trace_info`` (timestamp, request id) are not created, nor its
   ``index_spans_experiment_id``, a prefix of four other ``spans`` indexes (revision
   ``0005_spans_redundant_index``).
+* On MySQL/MariaDB ``spans`` is keyed by an invisible ``AUTO_INCREMENT`` column,
+  ``(trace_id, span_id)`` being its unique key ``spans_pk`` (:data:`ROW_ID`): the
+  rows are stored in arrival order, not all over the table.
 * On MySQL/MariaDB every table uses ``utf8mb4`` with a binary NO PAD collation, so
   keys that differ only by case or by trailing spaces are different keys (as on
   PostgreSQL and SQLite) and 4-byte UTF-8 is stored as it is. MLflow's tables use
@@ -30,6 +33,7 @@ differences that remain, each on purpose:
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 from sqlalchemy import (
@@ -87,6 +91,39 @@ def mysql_collation(dialect: Dialect) -> str:
         return "utf8mb4_nopad_bin"
     version = getattr(dialect, "server_version_info", None) or (0,)
     return "utf8mb4_0900_bin" if version >= (8, 0, 17) else "utf8mb4_bin"
+
+
+ROW_ID = "asyncstore_row_id"
+"""MySQL/MariaDB: the primary key of the tables in :data:`ROW_ORDERED` (revision
+``0006_mysql_spans_row_id``), an invisible ``AUTO_INCREMENT`` column.
+
+InnoDB stores rows in primary-key order; ``spans``' key ``(trace_id, span_id)``
+starts with a random trace id, so its 1 KB rows were written all over the table.
+Keyed by this column they are stored in arrival order (as PostgreSQL's heap and
+SQLite's rowid tables store them), and the secondary indexes carry 8 bytes instead
+of the 50-byte key. The table's own key stays unique, under its name
+(``spans_pk``). ``SELECT *`` and ``INSERT`` without a column list do not see an
+invisible column: the table reads and copies as MLflow's does.
+"""
+
+ROW_ORDERED = ("spans",)
+"""The tables keyed by :data:`ROW_ID` on MySQL/MariaDB servers that have invisible columns."""
+
+
+def has_row_order(dialect: Dialect) -> bool:
+    """Whether a MySQL/MariaDB server has invisible columns (MariaDB 10.3, MySQL 8.0.23),
+    so that the tables of :data:`ROW_ORDERED` are keyed by :data:`ROW_ID` there."""
+    version = getattr(dialect, "server_version_info", None) or (0,)
+    return dialect.name == "mysql" and version >= ((10, 3) if getattr(dialect, "is_mariadb", False) else (8, 0, 23))
+
+
+def row_order_ddl(table: str, key: Sequence[str], key_name: str) -> str:
+    """The ``ALTER TABLE`` that keys a MySQL table by an invisible :data:`ROW_ID`, keeping ``key`` unique as ``key_name``."""
+    return (
+        f"ALTER TABLE {table} DROP PRIMARY KEY, "
+        f"ADD COLUMN {ROW_ID} BIGINT NOT NULL AUTO_INCREMENT INVISIBLE FIRST, "
+        f"ADD PRIMARY KEY ({ROW_ID}), ADD CONSTRAINT {key_name} UNIQUE ({', '.join(key)})"
+    )
 
 # Limits (MLflow's, where MLflow has one).
 EXPERIMENT_NAME_MAX = 500

@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from sqlalchemy import MetaData, select
+from sqlalchemy import MetaData, inspect, select
 from sqlalchemy.engine import make_url
 
 from asyncstore import AsyncStore, cli
@@ -53,7 +53,9 @@ from asyncstore.bench.raw import (
 from asyncstore.bench.data import metric_batch, to_metrics, to_spans
 from asyncstore.bench.scale import METRIC_BATCH, SCALES
 from asyncstore.bench.workloads import SPEC_BY_NAME, SPECS, STORE_WORKLOADS
-from asyncstore.schema import metrics, spans, trace_info
+from asyncstore.config import StoreConfig
+from asyncstore.engines import create_engine
+from asyncstore.schema import ROW_ID, metrics, spans, trace_info
 from tests import dbadmin
 from tests.helpers import count_rows, postgresql_only
 
@@ -564,6 +566,26 @@ def test_raw_tables_match_the_store_tables_without_foreign_keys() -> None:
     assert RAW_SPANS.c.duration_ns.computed is not None
     copy = clone_table(metrics, "other", MetaData())
     assert {i.name for i in copy.indexes}.isdisjoint({i.name for i in RAW_METRICS.indexes})
+
+
+async def test_raw_span_tables_are_stored_as_the_store_table_is(backend: str, db_uri: str) -> None:
+    """On MySQL/MariaDB the raw spans tables are keyed by the store table's invisible row
+    id (schema.ROW_ID), so that "raw, same table" writes into the same layout."""
+    engine = create_engine(StoreConfig.load(db_uri))
+    try:
+        async with engine.begin() as conn:
+            await conn.run_sync(lambda sync: RAW_SPANS.create(sync))
+            key = await conn.run_sync(lambda sync: inspect(sync).get_pk_constraint(RAW_SPANS.name)["constrained_columns"])
+            unique = await conn.run_sync(lambda sync: inspect(sync).get_indexes(RAW_SPANS.name))
+    finally:
+        await engine.dispose()
+    if backend == "mysql":
+        assert key == [ROW_ID]
+        assert [(i["name"], i["column_names"]) for i in unique if i["unique"]] == [
+            (f"{RAW_SPANS.name}_pk", ["trace_id", "span_id"])
+        ]
+    else:
+        assert key == ["trace_id", "span_id"]
 
 
 async def test_span_ceilings_write_the_rows_the_store_writes() -> None:

@@ -19,7 +19,8 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from asyncstore import AsyncStore, InvalidParameter, SchemaOutOfDate, migrate, schema
 from asyncstore.config import StoreConfig
 from asyncstore.engines import create_engine, engine_state
-from tests.helpers import needs_server
+from asyncstore import bulk as bulk_module
+from tests.helpers import count_rows, make_experiment, make_span, needs_server, new_trace_id
 from tests.schema_snapshots import UPDATE_COMMAND, dump, snapshot_path
 
 # --- comparing a database with schema.py ---------------------------------------------------
@@ -43,6 +44,22 @@ def _equivalent(diff: Any, dialect: str) -> bool:
     return False
 
 
+def _row_order(diff: Any, target: MetaData, row_ordered: set[str]) -> bool:
+    """A difference that is a row-ordered table's MySQL layout (schema.ROW_ID): the
+    ROW_ID column, and the table's own key as the unique index ``<table>_pk``."""
+    if not isinstance(diff, tuple):
+        return False
+    if diff[0] == "remove_column" and diff[2] in row_ordered:
+        return bool(diff[3].name == schema.ROW_ID)
+    if diff[0] == "remove_index" and diff[1].table.name in row_ordered:
+        index, table = diff[1], target.tables[diff[1].table.name]
+        return bool(
+            index.unique and index.name == f"{table.name}_pk"
+            and [c.name for c in index.columns] == [c.name for c in table.primary_key.columns]
+        )
+    return False
+
+
 def differences(conn: Connection, target: MetaData) -> list[str]:
     """Every way the database differs from ``target`` (empty when they agree).
 
@@ -53,14 +70,19 @@ def differences(conn: Connection, target: MetaData) -> list[str]:
     # (A callable compare_server_default trips over computed columns in Alembic 1.18+,
     # so server defaults use Alembic's comparison and _equivalent filters the result.)
     ctx = MigrationContext.configure(conn, opts={"compare_type": _compare_type, "compare_server_default": True})
-    found = [repr(diff) for diff in compare_metadata(ctx, target) if not _equivalent(diff, conn.dialect.name)]
+    row_ordered = set(schema.ROW_ORDERED) if schema.has_row_order(conn.dialect) else set()
+    found = [
+        repr(diff) for diff in compare_metadata(ctx, target)
+        if not _equivalent(diff, conn.dialect.name) and not _row_order(diff, target, row_ordered)
+    ]
     inspector = inspect(conn)
     for table in target.tables.values():
         if not inspector.has_table(table.name):
             continue  # reported by Alembic already
         pk = inspector.get_pk_constraint(table.name)["constrained_columns"]
-        if pk != [c.name for c in table.primary_key.columns]:
-            found.append(f"{table.name}: primary key {pk} != {[c.name for c in table.primary_key.columns]}")
+        want = [schema.ROW_ID] if table.name in row_ordered else [c.name for c in table.primary_key.columns]
+        if pk != want:
+            found.append(f"{table.name}: primary key {pk} != {want}")
         db_fks = {
             (tuple(fk["constrained_columns"]), fk["referred_table"], tuple(fk["referred_columns"]),
              (fk.get("options", {}).get("ondelete") or "NO ACTION").upper())
@@ -378,3 +400,48 @@ async def test_0003_moves_the_trace_name_session_tokens_and_cost_into_columns_an
         "mlflow.trace.tokenUsage": '{"input_tokens": 3, "total_tokens": 7}',
         "mlflow.trace.cost": '{"total_cost": 0.25}',
     }
+
+
+async def test_0006_keys_mysql_spans_by_an_invisible_row_id(backend: str, engine: AsyncEngine, db_uri: str) -> None:
+    """On MySQL/MariaDB spans are stored in arrival order under an invisible row id that
+    ``SELECT *`` does not see, and ``(trace_id, span_id)`` stays unique (a re-sent span
+    replaces its row, whether by upsert or by LOAD DATA); elsewhere nothing changes.
+    Downgrading restores the table's own key, rows kept."""
+    await migrate.upgrade(engine)
+    async with AsyncStore.open(db_uri) as store:
+        experiment = await make_experiment(store)
+        tid = new_trace_id()
+        first = [make_span(tid, f"{i:016x}", name="first") for i in range(1, 4)]
+        await store.spans.log_spans(experiment, first)
+        bulk = [make_span(new_trace_id(), f"{i:016x}") for i in range(1, 2 * bulk_module.BULK_MIN)]
+        await store.spans.log_spans(experiment, bulk)  # the load path where the server has one
+        await store.spans.log_spans(experiment, [make_span(tid, f"{1:016x}", name="again")])
+        await store.spans.log_spans(experiment, [*bulk[:bulk_module.BULK_MIN], make_span(tid, f"{2:016x}", name="again")])
+        names = [s.name for s in await store.spans.get_spans(tid)]
+        assert sorted(names) == ["again", "again", "first"]
+        assert await count_rows(store, schema.spans) == 3 + len(bulk)
+    async with engine.connect() as conn:
+        star = list((await conn.execute(text("SELECT * FROM spans LIMIT 1"))).keys())
+        pk = await conn.run_sync(lambda c: inspect(c).get_pk_constraint("spans")["constrained_columns"])
+        if backend == "mysql":
+            untouched = (await conn.execute(text(
+                f"SELECT {schema.ROW_ID} FROM spans WHERE trace_id = :tid AND span_id = :sid"
+            ), {"tid": tid, "sid": f"{3:016x}"})).scalar()
+            low = (await conn.execute(text(
+                f"SELECT MIN({schema.ROW_ID}) FROM spans WHERE trace_id <> :tid"
+            ), {"tid": tid})).scalar()
+    assert star == [c.name for c in schema.spans.columns]  # the row id is invisible
+    if backend == "mysql":
+        assert pk == [schema.ROW_ID]
+        # Rows in arrival order: a span of the first call (never sent again) before all of the second's.
+        assert untouched < low
+    else:
+        assert pk == ["trace_id", "span_id"]
+    await migrate.downgrade(engine, "0005_spans_redundant_index")
+    async with engine.connect() as conn:
+        pk = await conn.run_sync(lambda c: inspect(c).get_pk_constraint("spans")["constrained_columns"])
+        columns = await conn.run_sync(lambda c: [col["name"] for col in inspect(c).get_columns("spans")])
+        count = (await conn.execute(text("SELECT COUNT(*) FROM spans"))).scalar()
+    assert pk == ["trace_id", "span_id"] and schema.ROW_ID not in columns and count == 3 + len(bulk)
+    await migrate.upgrade(engine)
+    assert await _differences(engine) == []

@@ -48,8 +48,9 @@ from sqlalchemy import (
     MetaData,
     PrimaryKeyConstraint,
     Table,
+    event,
 )
-from sqlalchemy.engine import make_url
+from sqlalchemy.engine import Connection, make_url
 from sqlalchemy.ext.asyncio import AsyncEngine
 from typing_extensions import assert_never
 
@@ -60,7 +61,7 @@ from asyncstore.bench.scale import METRIC_BATCH, SPAN_BATCH, Scale
 from asyncstore.config import Backend, StoreConfig, backend_of
 from asyncstore.driver import mysql_load_data
 from asyncstore.engines import create_engine
-from asyncstore.schema import metrics, spans
+from asyncstore.schema import ROW_ORDERED, has_row_order, metrics, row_order_ddl, spans
 from asyncstore.tracking.batch import Batch
 from asyncstore.tracing.ingest import span_records
 from asyncstore.tracing.rows import prepare as prepare_spans
@@ -74,7 +75,8 @@ Statement = tuple[str, Any]
 
 
 def clone_table(source: Table, name: str, metadata: MetaData, *, foreign_keys: bool = False) -> Table:
-    """A table with ``source``'s columns, types, defaults, primary key and indexes.
+    """A table with ``source``'s columns, types, defaults, primary key and indexes
+    (on MySQL also its layout: :data:`asyncstore.schema.ROW_ID`).
 
     Without foreign keys by default (the raw path writes no parent rows); with
     ``foreign_keys=True`` it references the same parent tables as ``source``, for a
@@ -102,7 +104,16 @@ def clone_table(source: Table, name: str, metadata: MetaData, *, foreign_keys: b
         )
         for fk in source.foreign_key_constraints
     ] if foreign_keys else []
-    return Table(name, metadata, *columns, key, *indexes, *references, **source.dialect_kwargs)
+    table = Table(name, metadata, *columns, key, *indexes, *references, **source.dialect_kwargs)
+    if source.name in ROW_ORDERED:  # stored as the source is on MySQL: keyed by an invisible row id
+        ddl = row_order_ddl(name, source.primary_key.columns.keys(), f"{name}_pk")
+
+        def row_order(_table: Table, connection: Connection, **_: Any) -> None:
+            if has_row_order(connection.dialect):
+                connection.exec_driver_sql(ddl)
+
+        event.listen(table, "after_create", row_order)
+    return table
 
 
 _raw_metadata = MetaData()

@@ -1,4 +1,4 @@
--- revision 0005_spans_redundant_index; regenerate with: python -m tests.schema_snapshots --update
+-- revision 0006_mysql_spans_row_id; regenerate with: python -m tests.schema_snapshots --update
 
 CREATE TABLE `alembic_version` (
   `version_num` varchar(32) NOT NULL,
@@ -125,6 +125,7 @@ CREATE TABLE `runs` (
 ) ENGINE=InnoDB DEFAULT CHARSET=utf8mb4 COLLATE=utf8mb4_nopad_bin;
 
 CREATE TABLE `spans` (
+  `asyncstore_row_id` bigint(20) NOT NULL INVISIBLE AUTO_INCREMENT,
   `trace_id` varchar(50) NOT NULL,
   `experiment_id` int(11) NOT NULL,
   `span_id` varchar(50) NOT NULL,
@@ -141,7 +142,8 @@ CREATE TABLE `spans` (
   `total_cost` double DEFAULT NULL,
   `model_name` varchar(500) DEFAULT NULL,
   `model_provider` varchar(500) DEFAULT NULL,
-  PRIMARY KEY (`trace_id`,`span_id`),
+  PRIMARY KEY (`asyncstore_row_id`),
+  UNIQUE KEY `spans_pk` (`trace_id`,`span_id`),
   KEY `index_spans_experiment_id_duration` (`experiment_id`,`duration_ns`),
   KEY `index_spans_experiment_id_start_time` (`experiment_id`,`start_time_unix_nano`),
   KEY `index_spans_experiment_id_status_type` (`experiment_id`,`status`,`type`),

@@ -1,4 +1,4 @@
--- revision 0005_spans_redundant_index; regenerate with: python -m tests.schema_snapshots --update
+-- revision 0006_mysql_spans_row_id; regenerate with: python -m tests.schema_snapshots --update
 
 CREATE TABLE alembic_version (
 	version_num VARCHAR(32) NOT NULL,
