@@ -527,3 +527,25 @@ def test_serve_refuses_bad_options_naming_them(option: str, value: str, says: st
         cli.main(["serve", option, value])
     assert info.value.code == 2
     assert f"argument {option}: expected a {says}" in capsys.readouterr().err
+
+
+def test_serve_shortens_the_switch_interval_while_it_serves(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The serve command runs uvicorn with the GIL switch interval at SWITCH_INTERVAL
+    (the drivers' threads get their results back to the loop sooner) and restores it."""
+    import uvicorn
+
+    from asyncstore import cli
+    from asyncstore.server import command
+
+    seen: list[float] = []
+
+    async def serve(self: Any) -> None:
+        seen.append(sys.getswitchinterval())
+        self.started = True
+
+    monkeypatch.setattr(uvicorn.Server, "serve", serve)
+    before = sys.getswitchinterval()
+    assert before != command.SWITCH_INTERVAL
+    assert cli.main(["serve", "--uri", f"sqlite:///{tmp_path / 'serve.db'}", "--upgrade"]) == 0
+    assert seen == [command.SWITCH_INTERVAL]
+    assert sys.getswitchinterval() == before
