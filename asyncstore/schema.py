@@ -125,6 +125,7 @@ def row_order_ddl(table: str, key: Sequence[str], key_name: str) -> str:
         f"ADD PRIMARY KEY ({ROW_ID}), ADD CONSTRAINT {key_name} UNIQUE ({', '.join(key)})"
     )
 
+
 # Limits (MLflow's, where MLflow has one).
 EXPERIMENT_NAME_MAX = 500
 EXPERIMENT_TAG_VALUE_MAX = 5000

@@ -16,10 +16,9 @@ from sqlalchemy import Computed, Index, MetaData, String, inspect, insert, selec
 from sqlalchemy.engine import Connection
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from asyncstore import AsyncStore, InvalidParameter, SchemaOutOfDate, migrate, schema
+from asyncstore import AsyncStore, InvalidParameter, SchemaOutOfDate, bulk, migrate, schema
 from asyncstore.config import StoreConfig
 from asyncstore.engines import create_engine, engine_state
-from asyncstore import bulk as bulk_module
 from tests.helpers import count_rows, make_experiment, make_span, needs_server, new_trace_id
 from tests.schema_snapshots import UPDATE_COMMAND, dump, snapshot_path
 
@@ -413,13 +412,14 @@ async def test_0006_keys_mysql_spans_by_an_invisible_row_id(backend: str, engine
         tid = new_trace_id()
         first = [make_span(tid, f"{i:016x}", name="first") for i in range(1, 4)]
         await store.spans.log_spans(experiment, first)
-        bulk = [make_span(new_trace_id(), f"{i:016x}") for i in range(1, 2 * bulk_module.BULK_MIN)]
-        await store.spans.log_spans(experiment, bulk)  # the load path where the server has one
-        await store.spans.log_spans(experiment, [make_span(tid, f"{1:016x}", name="again")])
-        await store.spans.log_spans(experiment, [*bulk[:bulk_module.BULK_MIN], make_span(tid, f"{2:016x}", name="again")])
+        loaded = [make_span(new_trace_id(), f"{i:016x}") for i in range(1, 2 * bulk.BULK_MIN)]
+        await store.spans.log_spans(experiment, loaded)  # the load path where the server has one
+        await store.spans.log_spans(experiment, [make_span(tid, f"{1:016x}", name="again")])  # the upsert
+        again = make_span(tid, f"{2:016x}", name="again")
+        await store.spans.log_spans(experiment, [*loaded[: bulk.BULK_MIN], again])  # the load, a re-sent span
         names = [s.name for s in await store.spans.get_spans(tid)]
         assert sorted(names) == ["again", "again", "first"]
-        assert await count_rows(store, schema.spans) == 3 + len(bulk)
+        assert await count_rows(store, schema.spans) == 3 + len(loaded)
     async with engine.connect() as conn:
         star = list((await conn.execute(text("SELECT * FROM spans LIMIT 1"))).keys())
         pk = await conn.run_sync(lambda c: inspect(c).get_pk_constraint("spans")["constrained_columns"])
@@ -442,6 +442,6 @@ async def test_0006_keys_mysql_spans_by_an_invisible_row_id(backend: str, engine
         pk = await conn.run_sync(lambda c: inspect(c).get_pk_constraint("spans")["constrained_columns"])
         columns = await conn.run_sync(lambda c: [col["name"] for col in inspect(c).get_columns("spans")])
         count = (await conn.execute(text("SELECT COUNT(*) FROM spans"))).scalar()
-    assert pk == ["trace_id", "span_id"] and schema.ROW_ID not in columns and count == 3 + len(bulk)
+    assert pk == ["trace_id", "span_id"] and schema.ROW_ID not in columns and count == 3 + len(loaded)
     await migrate.upgrade(engine)
     assert await _differences(engine) == []
