@@ -4,9 +4,10 @@
 A few statements are faster sent straight to the driver than through SQLAlchemy, or
 cannot be sent through it: PostgreSQL's ``COPY`` (asyncpg's ``copy_records_to_table``),
 MySQL/MariaDB's ``LOAD DATA LOCAL INFILE`` (streamed, :func:`mysql_load_data`), the
-savepoints around them (:mod:`asyncstore.bulk`) and SQLite's ``executemany`` (the same
-one trip into aiosqlite's thread as through SQLAlchemy's adapter,
-:mod:`asyncstore.sqlite_dbapi`, without SQLAlchemy's statement execution). :class:`Driver`
+savepoints around them (:mod:`asyncstore.bulk`) and SQLite's ``executemany`` writes and
+lookups (the same trip into aiosqlite's thread as through SQLAlchemy's adapter,
+:mod:`asyncstore.sqlite_dbapi`, without SQLAlchemy's statement execution; writes whose
+results are not needed ride in the next trip, :meth:`Driver.defer`). :class:`Driver`
 makes those calls, inside the transaction SQLAlchemy began on the same connection, and
 keeps them visible:
 
@@ -112,11 +113,6 @@ class Driver:
         else:
             call = partial(_mysql_execute, self._driver, statement, parameters)
         await self._observed(statement, tuple(parameters), False, call)
-
-    async def executemany(self, statement: str, rows: Sequence[Sequence[Any]]) -> None:
-        """Run one statement once per row of ``rows`` (SQLite: one call into its thread)."""
-        self._require(Backend.SQLITE)
-        await self._trip(True, statement, rows)
 
     async def fetchall(self, statement: str, parameters: Sequence[Any] = ()) -> list[tuple[Any, ...]]:
         """Run a query and return its rows (SQLite)."""
